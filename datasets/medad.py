@@ -1,0 +1,208 @@
+"""Med-AD data sets: the folder layout, its data.json, and image loading.
+
+    <root>/<FOLDER>/images/<file>.png|.jpg    any size, read as 8-bit grayscale
+    <root>/<FOLDER>/masks/<file>              optional pixel masks of abnormal test images (non-zero = lesion)
+    <root>/<FOLDER>/data.json
+        {"train": {"0": [normal training files], "unlabeled": {...}},    # "unlabeled" is ignored
+         "test":  {"0": [normal test files], "1": [abnormal test files]}}
+
+Config names map to folders through FOLDERS (rsna -> RSNA, ...); "demo" is generated on first use.
+"""
+import difflib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from utils.errors import UserError
+
+FOLDERS = {"rsna": "RSNA", "vin": "VinCXR", "brain": "BrainTumor", "lag": "LAG"}
+
+# (section, key) -> what the list holds; the order is the order of Split.test.
+LISTS = {("train", "0"): "normal training files",
+         ("test", "0"): "normal test files",
+         ("test", "1"): "abnormal test files"}
+IGNORED = {("train", "unlabeled")}
+SHOWN = 5  # how many file names an error message lists
+
+
+def dataset_dir(root, dataset) -> Path:
+    """The folder of a data set given its config name; the demo data set is generated on first use."""
+    root = Path(root)
+    directory = root / FOLDERS.get(dataset, dataset)
+    if dataset == "demo" and not (directory / "data.json").is_file():
+        from datasets.demo import make_demo  # only the demo needs the generator
+        root.mkdir(parents=True, exist_ok=True)
+        print(f"generating the demo data set in {directory}")
+        make_demo(directory)
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist; set Data.root=... to the folder holding your data sets")
+    if not directory.is_dir():
+        known = ", ".join(f"{name} ({folder})" for name, folder in FOLDERS.items())
+        raise UserError(f"data set folder {directory} does not exist; put the {dataset} data there "
+                        f"or set Data.dataset to one of: {known}, demo")
+    return directory
+
+
+@dataclass(frozen=True)
+class Split:
+    directory: Path
+    train: list[str]        # normal training files, relative to <directory>/images
+    test: list[str]         # test normal files first, then abnormal
+    test_labels: list[int]  # 0 = normal, 1 = abnormal, aligned with test
+    has_masks: bool         # <directory>/masks exists
+
+
+def read_data_json(directory) -> dict:
+    """The parsed data.json of a data set folder; a missing folder or file, or bad JSON, is a UserError."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"data set folder {directory} does not exist")
+    path = directory / "data.json"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; every data set folder needs a data.json listing its splits")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def _unknown(key, valid):
+    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1)
+    return f"unknown key {json.dumps(key)}" + (f" (did you mean {json.dumps(close[0])}?)" if close else "")
+
+
+def parse_lists(data, source="data.json"):
+    """Validate the schema of data.json; returns ({(section, key): [files]}, [problems]).
+
+    Every problem is one line naming the key; lists that are valid are returned even when others are not,
+    so that datasets.check can go on and report everything at once.
+    """
+    lists, problems = {}, []
+    if not isinstance(data, dict):
+        return lists, [f"{source}: the top level must be an object with keys \"train\" and \"test\""]
+    sections = {section for section, _ in LISTS}
+    problems += [f"{source}: {_unknown(key, sections)} at the top level" for key in data if key not in sections]
+    for section in sorted(sections):
+        keys = [key for sec, key in [*LISTS, *IGNORED] if sec == section]
+        if section not in data:
+            problems.append(f"{source}: \"{section}\" is missing")
+            continue
+        if not isinstance(data[section], dict):
+            problems.append(f"{source}: \"{section}\" must be an object with keys {', '.join(map(json.dumps, keys))}")
+            continue
+        problems += [f"{source}: {_unknown(key, keys)} in \"{section}\""
+                     for key in data[section] if key not in keys]
+    for (section, key), what in LISTS.items():
+        content = data.get(section)
+        if not isinstance(content, dict):
+            continue
+        name = f"{section}.\"{key}\""
+        if key not in content:
+            problems.append(f"{source}: {name} is missing; it must list the {what}")
+        elif not isinstance(content[key], list):
+            problems.append(f"{source}: {name} must be a list of file names, got {type(content[key]).__name__}")
+        elif not all(isinstance(f, str) for f in content[key]):
+            bad = next(f for f in content[key] if not isinstance(f, str))
+            problems.append(f"{source}: {name} must hold file names (strings), found {json.dumps(bad)}")
+        elif not content[key]:
+            problems.append(f"{source}: {name} is empty; it must list the {what}")
+        else:
+            lists[section, key] = content[key]
+    return lists, problems
+
+
+def overlaps(lists) -> list[str]:
+    """Files listed in two splits: train vs test is leakage, test normal vs abnormal is a label conflict."""
+    problems = []
+    pairs = [(a, b) for i, a in enumerate(LISTS) for b in list(LISTS)[i + 1:] if a in lists and b in lists]
+    for a, b in pairs:
+        both = sorted(set(lists[a]) & set(lists[b]))
+        if both:
+            kind = "leakage" if "train" in (a[0], b[0]) else "label conflict"
+            problems.append(f"{kind}: {len(both)} files are listed in both {a[0]}.\"{a[1]}\" and {b[0]}.\"{b[1]}\", "
+                            f"e.g. {', '.join(both[:SHOWN])}")
+    return problems
+
+
+def missing_files(directory, files) -> list[str]:
+    images = Path(directory) / "images"
+    return [name for name in dict.fromkeys(files) if not (images / name).is_file()]
+
+
+def read_split(directory) -> Split:
+    """Read and validate <directory>/data.json; any problem is a UserError naming it."""
+    directory = Path(directory)
+    lists, problems = parse_lists(read_data_json(directory), directory / "data.json")
+    problems += overlaps(lists)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems; run python -m datasets.check {directory})"
+        raise UserError(problems[0] + (more if len(problems) > 1 else ""))
+    train, normal, abnormal = (lists[key] for key in LISTS)
+    missing = missing_files(directory, train + normal + abnormal)
+    if missing:
+        raise UserError(f"{len(missing)} files listed in {directory / 'data.json'} are missing from "
+                        f"{directory / 'images'}, e.g. {', '.join(missing[:SHOWN])}")
+    return Split(directory=directory, train=list(train), test=normal + abnormal,
+                 test_labels=[0] * len(normal) + [1] * len(abnormal),
+                 has_masks=(directory / "masks").is_dir())
+
+
+def open_gray(path) -> Image.Image:
+    """Decode an image file to 8-bit grayscale; an unreadable file is a UserError naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+                # High bit depth (16-bit PNG, float TIFF): min-max to 8 bit, as for DICOM; convert("L") would clip.
+                pixels = np.asarray(image, dtype=np.float64)
+                low, high = pixels.min(), pixels.max()
+                scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+                return Image.fromarray(np.round(scaled).astype(np.uint8))
+            return image.convert("L")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UserError(f"cannot read image {path}: {err}; replace or remove the file "
+                        f"(python -m datasets.check lists every unreadable file)") from None
+
+
+def _load(paths, img_size, resample, workers, what):
+    def decode(path):
+        return np.asarray(open_gray(path).resize((img_size, img_size), resample))
+
+    workers = workers or min(16, os.cpu_count() or 1)
+    show = len(paths) >= 500 and os.isatty(2)
+    with ThreadPoolExecutor(workers) as pool:
+        arrays = list(tqdm(pool.map(decode, paths), total=len(paths), desc=f"loading {what}",
+                           disable=not show, leave=False))
+    if not arrays:
+        return torch.zeros(0, 1, img_size, img_size, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrays)).unsqueeze(1)
+
+
+def load_images(directory, files, img_size, workers=None) -> torch.Tensor:
+    """uint8 (N, 1, S, S): <directory>/images/<file>, grayscale, bilinear resize to S x S."""
+    paths = [Path(directory) / "images" / name for name in files]
+    return _load(paths, img_size, Image.Resampling.BILINEAR, workers, "images")
+
+
+def load_masks(directory, files, img_size, workers=None) -> torch.Tensor:
+    """bool (N, 1, S, S): <directory>/masks/<file>, nearest resize, non-zero = abnormal; no mask file = all False."""
+    masks = torch.zeros(len(files), 1, img_size, img_size, dtype=torch.bool)
+    paths = [Path(directory) / "masks" / name for name in files]
+    present = [i for i, path in enumerate(paths) if path.is_file()]
+    if present:
+        masks[present] = _load([paths[i] for i in present], img_size, Image.Resampling.NEAREST, workers, "masks") > 0
+    return masks
+
+
+def to_model_input(images_u8) -> torch.Tensor:
+    """uint8 images -> float32 in [-1, 1], on the same device."""
+    return (images_u8.float() / 255 - 0.5) / 0.5

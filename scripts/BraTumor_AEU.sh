@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Train, then evaluate, D2UE with cfgs/BraTumor_AEU.yaml. Arguments are config overrides, e.g. Data.root=/data/Med-AD Exp.device=cuda:1
+set -euo pipefail
+source "$(dirname "$0")/_env.sh"
+run_config cfgs/BraTumor_AEU.yaml "$@"

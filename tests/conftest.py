@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny Med-AD data set built once per test session, and a tiny config to train on it."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from datasets.demo import make_demo
+
+REPO = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(1)  # small tensors: threads cost more than they give, and results stay reproducible
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """A Med-AD root holding one small synthetic data set, "tiny" (48 train, 8 + 8 test, with masks)."""
+    root = tmp_path_factory.mktemp("medad")
+    make_demo(root / "tiny", seed=1, n_train=48, n_test_normal=8, n_test_abnormal=8, size=64)
+    return root
+
+
+def write_config(path, root, out_dir, network="AE", **sections):
+    """A small YAML config for the tiny data set; `sections` updates e.g. Solver={"num_epoch": 3}."""
+    raw = {"Exp": {"out_dir": str(out_dir), "device": "cpu", "checkpoint_every_s": 0.0, "workers": 1},
+           "Model": {"network": network, "num_learners": 2},
+           "Data": {"root": str(root), "dataset": "tiny", "img_size": 32},
+           "Solver": {"bs": 16, "lr": 1e-3, "num_epoch": 2, "seed": 3}}
+    for section, values in sections.items():
+        raw[section].update(values)
+    Path(path).write_text(yaml.safe_dump(raw))
+    return Path(path)
+
+
+def run_cli(*args, timeout=300):
+    """Run a project command in a fresh interpreter, as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)

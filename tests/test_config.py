@@ -1,0 +1,92 @@
+"""Config schema: published settings in the shipped files, overrides, and clear errors."""
+from pathlib import Path
+
+import pytest
+
+from utils import config
+from utils.errors import UserError
+
+CFGS = Path(__file__).resolve().parents[1] / "cfgs"
+
+# METHOD.md: dataset -> {backbone file suffix: (network, lr, seed)}
+PUBLISHED = {
+    "RSNA": ("rsna", {"AE": ("AE", 5e-4, 8), "AEU": ("AE-U", 1e-3, 2), "MemAE": ("MemAE", 5e-4, 7)}),
+    "Vin": ("vin", {"AE": ("AE", 5e-4, 1), "AEU": ("AE-U", 1e-3, 9), "MemAE": ("MemAE", 5e-4, 9)}),
+    "BraTumor": ("brain", {"AE": ("AE", 5e-4, 8), "AEU": ("AE-U", 1e-3, 1), "MemAE": ("MemAE", 5e-4, 2)}),
+    "LAG": ("lag", {"AE": ("AE", 5e-4, 7), "AEU": ("AE-U", 1e-3, 6), "MemAE": ("MemAE", 5e-4, 9)}),
+}
+CASES = [(prefix, suffix, dataset, *values) for prefix, (dataset, rows) in PUBLISHED.items()
+         for suffix, values in rows.items()]
+
+
+@pytest.mark.parametrize("prefix, suffix, dataset, network, lr, seed", CASES)
+def test_shipped_configs_carry_the_published_settings(prefix, suffix, dataset, network, lr, seed):
+    cfg = config.load(CFGS / f"{prefix}_{suffix}.yaml")
+    assert (cfg.Data.dataset, cfg.Model.network, cfg.Solver.lr, cfg.Solver.seed) == (dataset, network, lr, seed)
+    assert (cfg.Solver.bs, cfg.Solver.num_epoch, cfg.Data.img_size, cfg.Model.ls, cfg.Model.mp) == (64, 250, 64, 16, 1)
+    assert (cfg.Model.layer, cfg.Solver.weight_decay, cfg.Solver.Lambda, cfg.Model.num_learners) == (4, 0.0, 1.0, 3)
+    assert (cfg.Model.mem_dim, cfg.Model.shrink_thres, cfg.Model.entropy_loss_weight) == (25, 0.0025, 0.0002)
+    assert cfg.Exp.device == "auto"
+
+
+def test_every_shipped_config_has_a_script():
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    for path in CFGS.glob("*.yaml"):
+        name = "demo" if path.stem == "Demo_AE" else path.stem
+        assert (scripts / f"{name}.sh").is_file(), name
+
+
+def test_overrides_are_typed_and_win(tmp_path):
+    cfg = config.load(CFGS / "RSNA_AE.yaml", ["Solver.num_epoch=30", "Data.root=/data/Med-AD", "Solver.lr=1e-3",
+                                               "Exp.fast=false", "Model.network=MemAE"])
+    assert cfg.Solver.num_epoch == 30 and cfg.Data.root == "/data/Med-AD"
+    assert cfg.Solver.lr == 1e-3 and cfg.Exp.fast is False and cfg.Model.network == "MemAE"
+
+
+def test_run_dir_placeholders():
+    cfg = config.load(CFGS / "RSNA_AEU.yaml", ["Solver.seed=5"])
+    assert cfg.run_dir == Path("runs/rsna_AE-U_s5")
+
+
+def test_int_accepted_for_float():
+    assert config.from_dict({"Solver": {"lr": 1}}).Solver.lr == 1.0
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = config.load(CFGS / "LAG_MemAE.yaml", ["Solver.num_epoch=3"])
+    config.save(cfg, tmp_path / "c.yaml")
+    assert config.load(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["Solver.lrr=0.1"], "unknown config key 'Solver.lrr'; did you mean 'Solver.lr'?"),
+    (["Slover.lr=0.1"], "unknown config section 'Slover'; did you mean 'Solver'?"),
+    (["Solver.bs=big"], "config Solver.bs must be int, got str 'big'"),
+    (["Solver.num_epoch=2.5"], "config Solver.num_epoch must be int, got float 2.5"),
+    (["Exp.fast=3"], "config Exp.fast must be bool, got int 3"),
+    (["Data.img_size=40"], "Data.img_size must be a positive multiple of 16, got 40"),
+    (["Model.network=VAE"], "unknown config Model.network 'VAE'"),
+    (["Exp.device=gpu0"], "Exp.device must be auto, cpu, cuda or cuda:N"),
+    (["Solver.lr=-1"], "Solver.lr must be positive"),
+    (["Model.layer=9"], "Model.layer must be 0..8"),
+    (["Solver.lr"], "must look like Section.key=value"),
+    (["Solver.lr="], "has no value"),
+    (["Exp.out_dir=runs/{data}"], "bad placeholder"),
+])
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(UserError) as err:
+        config.load(CFGS / "RSNA_AE.yaml", overrides)
+    assert message in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        config.load(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("Solver:\n  lr: [1,\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        config.load(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="mapping"):
+        config.load(listed)

@@ -1,0 +1,239 @@
+"""Med-AD reading and the demo data set: exact preprocessing, every user error, deterministic synthetic data."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datasets.demo import LESIONS, make_demo, make_image
+from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
+from utils.errors import UserError
+
+rng = np.random.default_rng(0)
+
+
+def write_medad(directory, train=("a.png", "b.png"), normal=("c.png",), abnormal=("d.png",), size=8, data=None):
+    """A tiny Med-AD folder with random grayscale images; data overrides data.json."""
+    (directory / "images").mkdir(parents=True)
+    for name in {*train, *normal, *abnormal}:
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(directory / "images" / name)
+    if data is None:
+        data = {"train": {"0": list(train)}, "test": {"0": list(normal), "1": list(abnormal)}}
+    (directory / "data.json").write_text(json.dumps(data))
+    return directory
+
+
+# ---- images ----
+
+def test_load_images_matches_hand_computed_bilinear(tmp_path):
+    (tmp_path / "images").mkdir()
+    # 4 -> 2 pixels: PIL's bilinear filter has support 2 here, so the first output column weighs input columns
+    # 0, 1, 2 by 0.75, 0.75, 0.25 (/1.75) and the second weighs 1, 2, 3 by 0.25, 0.75, 0.75.
+    Image.fromarray(np.tile(np.array([0, 0, 255, 255], np.uint8), (4, 1))).save(tmp_path / "images" / "step.png")
+    images = load_images(tmp_path, ["step.png"], 2)
+    assert images.dtype == torch.uint8 and images.shape == (1, 1, 2, 2)
+    expected = [round(0.25 * 255 / 1.75), round(1.5 * 255 / 1.75)]  # 36, 219
+    assert images[0, 0].tolist() == [expected, expected]
+
+
+def test_load_images_color_and_sizes_follow_pil(tmp_path):
+    (tmp_path / "images").mkdir()
+    color = rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (7, 9), dtype=np.uint8)
+    Image.fromarray(color).save(tmp_path / "images" / "color.png")
+    Image.fromarray(gray).save(tmp_path / "images" / "gray.png")
+    images = load_images(tmp_path, ["color.png", "gray.png"], 16, workers=2)
+    assert images.shape == (2, 1, 16, 16)
+    for image, array in zip(images, [color, gray]):
+        reference = Image.fromarray(array).convert("L").resize((16, 16), Image.Resampling.BILINEAR)
+        assert np.array_equal(image[0].numpy(), np.asarray(reference))
+
+
+def test_sixteen_bit_png_is_min_max_scaled(tmp_path):
+    (tmp_path / "images").mkdir()
+    ramp = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 200 + 1000)  # 1000..4000: above 8 bit, below 16
+    Image.fromarray(ramp).save(tmp_path / "images" / "deep.png")
+    image = load_images(tmp_path, ["deep.png"], 4)[0, 0].numpy()
+    expected = np.round((ramp.astype(float) - 1000) * 255 / 3000).astype(np.uint8)
+    assert np.array_equal(image, expected)
+
+
+def test_to_model_input_mapping():
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(3, 1, 1, 1)
+    x = to_model_input(images)
+    assert x.dtype == torch.float32 and x.device == images.device
+    assert x.flatten().tolist() == pytest.approx([-1.0, 51 / 255 * 2 - 1, 1.0], abs=1e-7)
+    assert x[0].item() == -1.0 and x[2].item() == 1.0
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    write_medad(tmp_path)
+    (tmp_path / "images" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(UserError, match="b.png"):
+        load_images(tmp_path, ["a.png", "b.png"], 8)
+
+
+def test_truncated_image_names_the_file(tmp_path):
+    write_medad(tmp_path, size=64)
+    data = (tmp_path / "images" / "a.png").read_bytes()
+    (tmp_path / "images" / "a.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="a.png"):
+        load_images(tmp_path, ["a.png"], 8)
+
+
+def test_masks_aligned_and_missing_mask_is_empty(tmp_path):
+    write_medad(tmp_path, size=8)
+    (tmp_path / "masks").mkdir()
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 4:8] = 255  # rows 2-3, right half
+    Image.fromarray(mask).save(tmp_path / "masks" / "d.png")
+    masks = load_masks(tmp_path, ["c.png", "d.png"], 4)
+    assert masks.dtype == torch.bool and masks.shape == (2, 1, 4, 4)
+    assert not masks[0].any()
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[1, 2:] = True  # nearest: output pixel i samples input pixel 2i + 1
+    assert torch.equal(masks[1, 0], expected)
+    assert read_split(tmp_path).has_masks
+
+
+# ---- data.json ----
+
+def test_read_split_orders_and_labels(tmp_path):
+    write_medad(tmp_path, train=("t1.png", "t2.png"), normal=("n1.png", "n2.png"), abnormal=("x1.png",))
+    split = read_split(tmp_path)
+    assert split.train == ["t1.png", "t2.png"]
+    assert split.test == ["n1.png", "n2.png", "x1.png"]
+    assert split.test_labels == [0, 0, 1]
+    assert split.directory == tmp_path and not split.has_masks
+
+
+def test_unlabeled_is_accepted_and_ignored(tmp_path):
+    data = {"train": {"0": ["a.png"], "unlabeled": {"0": ["u.png"], "1": ["v.png"]}},
+            "test": {"0": ["c.png"], "1": ["d.png"]}}
+    write_medad(tmp_path, data=data)
+    split = read_split(tmp_path)
+    assert split.train == ["a.png"] and "u.png" not in split.test
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"train": {"0": ["a.png"]}, "test": {"0": ["c.png"]}}, r'test\."1" is missing'),
+    ({"train": {"0": ["a.png"]}, "test": {"0": ["c.png"], "1": 3}}, r'test\."1" must be a list.*int'),
+    ({"train": {"0": ["a.png", 7]}, "test": {"0": ["c.png"], "1": ["d.png"]}}, r'train\."0" must hold file names'),
+    ({"train": {"0": []}, "test": {"0": ["c.png"], "1": ["d.png"]}}, r'train\."0" is empty'),
+    ({"train": {"0": ["a.png"]}, "test": {"0": [], "1": ["d.png"]}}, r'test\."0" is empty'),
+    ({"train": {"0": ["a.png"]}, "test": ["c.png"]}, r'"test" must be an object'),
+    ({"train": {"0": ["a.png"]}}, r'"test" is missing'),
+    ({"train": {"0": ["a.png"]}, "test": {"0": ["c.png"], "1": ["d.png"]}, "tset": {}}, r'unknown key "tset"'),
+    ({"train": {"0": ["a.png"]}, "test": {"0": ["c.png"], "1": ["d.png"], "2": ["b.png"]}},
+     r'unknown key "2" in "test"'),
+    ([1, 2], "top level must be an object"),
+    ({"train": {"0": ["a.png", "c.png"]}, "test": {"0": ["c.png"], "1": ["d.png"]}}, r"leakage.*c\.png"),
+    ({"train": {"0": ["a.png"]}, "test": {"0": ["c.png", "d.png"], "1": ["d.png"]}}, r"label conflict.*d\.png"),
+])
+def test_schema_errors_name_the_key(tmp_path, data, message):
+    write_medad(tmp_path, data=data)
+    with pytest.raises(UserError, match=message):
+        read_split(tmp_path)
+
+
+def test_malformed_json_gives_line_and_column(tmp_path):
+    write_medad(tmp_path)
+    (tmp_path / "data.json").write_text('{"train": {"0": ["a.png"]},\n "test": {"0": ["c.png"] "1": []}}')
+    with pytest.raises(UserError, match=r"data\.json is not valid JSON.*line 2 column"):
+        read_split(tmp_path)
+
+
+def test_missing_data_json_and_folders(tmp_path):
+    write_medad(tmp_path / "DS")
+    (tmp_path / "DS" / "data.json").unlink()
+    with pytest.raises(UserError, match=r"data\.json does not exist"):
+        read_split(tmp_path / "DS")
+    with pytest.raises(UserError, match="does not exist"):
+        read_split(tmp_path / "nothing")
+    with pytest.raises(UserError, match=r"data root .*absent does not exist; set Data\.root"):
+        dataset_dir(tmp_path / "absent", "rsna")
+    with pytest.raises(UserError, match=r"RSNA does not exist"):
+        dataset_dir(tmp_path, "rsna")
+    (tmp_path / "LAG").mkdir()
+    assert dataset_dir(tmp_path, "lag") == tmp_path / "LAG"
+
+
+def test_missing_images_are_counted_and_named(tmp_path):
+    write_medad(tmp_path, train=("a.png", "b.png", "e.png"))
+    (tmp_path / "images" / "b.png").unlink()
+    (tmp_path / "images" / "e.png").unlink()
+    with pytest.raises(UserError, match=r"2 files .* missing .*b\.png, e\.png"):
+        read_split(tmp_path)
+
+
+# ---- demo ----
+
+SMALL = dict(n_train=12, n_test_normal=6, n_test_abnormal=6, size=64)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo(tmp_path_factory.mktemp("demo") / "demo", **SMALL)
+
+
+def test_demo_is_deterministic(demo, tmp_path):
+    again = make_demo(tmp_path / "again", **SMALL)
+    assert (demo / "data.json").read_bytes() == (again / "data.json").read_bytes()
+    names = sorted(p.name for p in (demo / "images").iterdir())
+    assert names == sorted(p.name for p in (again / "images").iterdir())
+    for folder in ("images", "masks"):
+        for name in sorted(p.name for p in (demo / folder).iterdir())[::5]:
+            assert (demo / folder / name).read_bytes() == (again / folder / name).read_bytes()
+    other = make_demo(tmp_path / "other", seed=1, **SMALL)
+    assert (other / "images" / names[0]).read_bytes() != (demo / "images" / names[0]).read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_demo_layout(demo):
+    split = read_split(demo)
+    assert (len(split.train), split.test_labels.count(0), split.test_labels.count(1)) == (12, 6, 6)
+    abnormal = [name for name, label in zip(split.test, split.test_labels) if label]
+    assert split.has_masks and sorted(p.name for p in (demo / "masks").iterdir()) == sorted(abnormal)
+    assert {"opacity", "missing", "texture"} == {name.rsplit("_", 1)[1][:-4] for name in abnormal}
+    images = load_images(demo, split.train + split.test, 64)
+    assert images.shape == (24, 1, 64, 64) and images.float().std() > 20
+
+
+@pytest.mark.parametrize("kind", LESIONS)
+def test_demo_lesion_changes_only_the_masked_region(kind):
+    # The same subject rendered with and without a lesion: the difference must sit inside the mask.
+    for seed in range(4):
+        healthy, no_mask = make_image(np.random.default_rng(seed), 64)
+        sick, mask = make_image(np.random.default_rng(seed), 64, kind)
+        assert no_mask is None and mask.dtype == bool
+        assert 0.003 < mask.mean() < 0.05  # a lesion: not a speck, not a whole lung
+        change = np.abs(sick.astype(float) - healthy)
+        assert change[mask].mean() > 8  # visible: several grey levels on average
+        assert change[~mask].mean() < 0.5 and change[mask].mean() > 20 * change[~mask].mean()
+
+
+def test_demo_masks_match_files(demo):
+    split = read_split(demo)
+    abnormal = [name for name, label in zip(split.test, split.test_labels) if label]
+    masks = load_masks(demo, split.test, 64)
+    areas = masks.flatten(1).float().mean(1)
+    assert (areas[:6] == 0).all() and (areas[6:] > 0.003).all() and (areas[6:] < 0.05).all()
+    assert len(abnormal) == 6
+
+
+def test_dataset_dir_generates_demo_once(tmp_path):
+    root = tmp_path / "Med-AD"
+    directory = dataset_dir(root, "demo")
+    assert directory == root / "demo" and (directory / "data.json").is_file()
+    stamp = (directory / "data.json").stat().st_mtime_ns
+    assert dataset_dir(root, "demo") == directory
+    assert (directory / "data.json").stat().st_mtime_ns == stamp
+
+
+def test_make_demo_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="busy.*not empty"):
+        make_demo(tmp_path / "busy", **SMALL)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"

@@ -1,0 +1,102 @@
+"""Figures: chi-square distance properties, the grid's row selection, and every function writing a real PNG."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from utils import figures
+from utils.errors import UserError
+from utils.figures import (anomaly_grid, chi_square_distance, overlay, roc_pr_curves, score_histograms,
+                           select_extremes)
+
+
+def _png_size(path):
+    assert path.exists() and path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def _scores_and_labels(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], n // 2)
+    scores = {name: rng.normal(size=n) + shift * labels for name, shift in [("rec", 0.5), ("unc", 1), ("dsu", 2)]}
+    return scores, labels
+
+
+def test_chi_square_identical_is_zero_disjoint_is_one_and_symmetric():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=500)
+    assert chi_square_distance(normal, normal) == pytest.approx(0.0, abs=1e-15)
+    assert chi_square_distance(normal, normal + 100) == pytest.approx(1.0)
+    abnormal = rng.normal(0.7, 1.3, size=300)
+    distance = chi_square_distance(normal, abnormal)
+    assert 0.0 < distance < 1.0
+    assert chi_square_distance(abnormal, normal) == pytest.approx(distance)
+
+
+def test_chi_square_matches_the_formula_on_a_hand_case():
+    # Two bins over [0, 2]: p = (1, 0), q = (1/2, 1/2) -> 0.5 * ((1/2)^2 / (3/2) + (1/2)^2 / (1/2)) = 1/3.
+    assert chi_square_distance([0.0, 0.0], [0.0, 2.0], bins=2) == pytest.approx(1 / 3)
+
+
+def test_select_extremes_picks_highest_then_lowest():
+    scores = np.array([0.5, 9.0, 0.1, 3.0, 7.0, 0.2, 5.0, 0.0])
+    assert select_extremes(scores, 2).tolist() == [1, 4, 2, 7]
+    assert select_extremes(scores, 3).tolist() == [1, 4, 6, 5, 2, 7]
+    # With 2n or more rows than images, every image is shown once, highest first.
+    assert select_extremes(scores[:3], 2).tolist() == [1, 0, 2]
+
+
+def test_score_histograms_writes_png_and_returns_distances(tmp_path):
+    scores, labels = _scores_and_labels()
+    path = tmp_path / "figs" / "hist.png"
+    distances = score_histograms(scores, labels, path)
+    assert list(distances) == ["rec", "unc", "dsu"]
+    for name, values in scores.items():
+        assert distances[name] == pytest.approx(chi_square_distance(values[labels == 0], values[labels == 1]))
+    width, height = _png_size(path)
+    assert width / height == pytest.approx(3 * 4 / 3.2, rel=0.02)
+
+
+def test_roc_pr_curves_writes_png(tmp_path):
+    scores, labels = _scores_and_labels()
+    path = tmp_path / "curves.png"
+    roc_pr_curves(scores, labels, path)
+    width, height = _png_size(path)
+    assert width / height == pytest.approx(9 / 4, rel=0.02)
+
+
+def test_anomaly_grid_writes_png_with_one_row_per_selected_image(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, size=(10, 16, 16))
+    recon = np.clip(images + rng.normal(0, 0.1, size=images.shape), -1, 1)
+    maps = {"unc map": rng.random((10, 16, 16)), "dsu map": rng.random((10, 1, 16, 16))}
+    image_scores = maps["dsu map"].mean(axis=(1, 2, 3))
+    labels = (image_scores > np.median(image_scores)).astype(int)
+    masks = np.zeros((10, 16, 16), dtype=bool)
+    masks[labels == 1, 4:9, 5:11] = True
+    path = tmp_path / "grid.png"
+    shown = anomaly_grid(images, recon, maps, image_scores, labels, path, n=3, masks=masks)
+    assert shown.tolist() == select_extremes(image_scores, 3).tolist()
+    width, height = _png_size(path)
+    assert width / height == pytest.approx((2.2 * 4 + 0.6) / (2.2 * 6), rel=0.02)
+    with pytest.raises(UserError, match="must match"):
+        anomaly_grid(images, recon[:5], maps, image_scores, labels, tmp_path / "bad.png")
+
+
+def test_overlay_writes_png(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "overlay.png"
+    overlay(rng.uniform(-1, 1, size=(32, 32)), rng.random((1, 32, 32)), path)
+    width, height = _png_size(path)
+    assert width / height == pytest.approx(4.6 / 4, rel=0.02)
+    with pytest.raises(UserError, match="same size"):
+        overlay(np.zeros((32, 32)), np.zeros((16, 16)), tmp_path / "bad.png")
+
+
+def test_figures_are_closed(tmp_path):
+    scores, labels = _scores_and_labels()
+    before = len(figures.plt.get_fignums())
+    score_histograms(scores, labels, tmp_path / "a.png")
+    roc_pr_curves(scores, labels, tmp_path / "b.png")
+    assert len(figures.plt.get_fignums()) == before

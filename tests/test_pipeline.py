@@ -1,0 +1,174 @@
+"""train.py and eval.py end to end on tiny data: every backbone, resume after kill -9, refusals."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import eval as evaluate
+import train
+from tests.conftest import REPO, run_cli, write_config
+from utils import checkpoint
+
+
+def weights(run_dir, index):
+    return checkpoint.load(checkpoint.learner_path(run_dir, index))["model"]
+
+
+def user_error(main, argv, capsys):
+    """Run a command that must fail on bad input: exit code 2 and one `error:` line (returned)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("network", ["AE", "AE-U", "MemAE"])
+def test_train_then_eval(tiny_root, tmp_path, network, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", network)
+    train.main(["--config", str(cfg)])
+    for index in range(2):
+        state = checkpoint.load(checkpoint.learner_path(tmp_path / "run", index))
+        assert state["epoch"] == 2 and state["backbone"]["network"] == network
+        assert state["config"]["Model"]["network"] == network
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    junior = [r for r in records if r["tag"] == "learner1"]
+    assert len(junior) == 2 and 0 <= junior[0]["repulsion"] <= 1 and "cka_senior0" in junior[0]
+    assert all("repulsion" not in r for r in records if r["tag"] == "learner0")
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "run" / "tb").iterdir())
+
+    evaluate.main(["--config", str(cfg)])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    for score in ("rec", "unc", "dsu"):
+        assert 0 <= results[score]["auc"] <= 1 and 0 < results[score]["ap"] <= 1
+    assert results["run"]["network"] == network
+    lines = (tmp_path / "run" / "scores.csv").read_text().splitlines()
+    assert lines[0] == "file,label,rec,unc,dsu" and len(lines) == 17
+    printed = capsys.readouterr().out
+    assert "dsu" in printed and "auc" in printed
+
+
+def test_eval_uses_checkpoints_alone(tiny_root, tmp_path):
+    """Scores come from the stored weights: evaluating twice gives identical CSVs."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
+    train.main(["--config", str(cfg)])
+    evaluate.main(["--config", str(cfg)])
+    first = read_scores(tmp_path / "run" / "scores.csv")
+    evaluate.main(["--config", str(cfg), "Exp.score_batch=3"])  # other batches, same per-image scores
+    second = read_scores(tmp_path / "run" / "scores.csv")
+    assert first.keys() == second.keys()
+    for name, values in first.items():
+        assert values == pytest.approx(second[name], rel=1e-5)
+
+
+def read_scores(path):
+    rows = list(csv.DictReader(open(path)))
+    return {name: [float(row[name]) for row in rows] for name in ("rec", "unc", "dsu")}
+
+
+def test_fast_path_equals_eager_path(tiny_root, tmp_path):
+    """Cached senior features give the same training as forwarding the seniors at every step."""
+    runs = {}
+    for fast in (True, False):
+        out = tmp_path / f"fast{fast}"
+        cfg = write_config(tmp_path / f"{fast}.yaml", tiny_root, out, Exp={"fast": fast})
+        train.main(["--config", str(cfg)])
+        runs[fast] = out
+    for index in range(2):
+        a, b = weights(runs[True], index), weights(runs[False], index)
+        for key in a:
+            assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=1e-6), key
+
+
+def test_cached_features_equal_fresh_ones(tiny_root, tmp_path):
+    from datasets.medad import load_images, read_split, to_model_input
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Model={"num_learners": 1})
+    train.main(["--config", str(cfg)])
+    learner = evaluate.load_learners(tmp_path / "run", train.config.load(cfg), torch.device("cpu"))[0]
+    split = read_split(tiny_root / "tiny")
+    images = to_model_input(load_images(split.directory, split.train, 32))
+    cached = train.features_of(learner, images, batch_size=7)
+    order = torch.randperm(len(images))[:16]
+    with torch.no_grad():
+        fresh = learner(images[order])["features"]
+    assert torch.allclose(cached[order], fresh, atol=1e-5)
+
+
+def test_finished_run_is_skipped_and_other_config_refused(tiny_root, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
+    train.main(["--config", str(cfg)])
+    before = weights(tmp_path / "run", 1)
+    train.main(["--config", str(cfg)])
+    assert "finished earlier" in capsys.readouterr().out
+    assert_same_weights(before, weights(tmp_path / "run", 1))
+    message = user_error(train.main, ["--config", str(cfg), "Solver.lr=0.002"], capsys)
+    assert "Solver.lr=0.001 but this config has 0.002" in message
+    message = user_error(evaluate.main, ["--config", str(cfg), "Model.network=MemAE"], capsys)
+    assert "Model.network='AE' but this config has 'MemAE'" in message
+    assert_same_weights(before, weights(tmp_path / "run", 1))
+
+
+def test_eval_refuses_unfinished_and_missing_learners(tiny_root, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
+    assert "not found; train first" in user_error(evaluate.main, ["--config", str(cfg)], capsys)
+    train.main(["--config", str(cfg), "Model.num_learners=1"])
+    (tmp_path / "run" / "config.yaml").unlink()  # as if the folder came from elsewhere without it
+    message = user_error(evaluate.main, ["--config", str(cfg), "Model.num_learners=2"], capsys)
+    assert "learner_1.pt not found" in message
+    path = checkpoint.learner_path(tmp_path / "run", 0)
+    state = checkpoint.load(path)
+    state["epoch"] = 0  # as if killed before its end
+    checkpoint.save(state, path)
+    message = user_error(evaluate.main, ["--config", str(cfg), "Model.num_learners=1"], capsys)
+    assert "learner 0 in" in message and "has 0 of 1 epochs" in message
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tiny_root, tmp_path):
+    epochs = 12
+    straight = write_config(tmp_path / "a.yaml", tiny_root, tmp_path / "straight", Solver={"num_epoch": epochs})
+    killed = write_config(tmp_path / "b.yaml", tiny_root, tmp_path / "killed", Solver={"num_epoch": epochs})
+    assert run_cli("train.py", "--config", straight).returncode == 0  # same process setup as the killed run
+
+    junior = checkpoint.learner_path(tmp_path / "killed", 1)
+    process = subprocess.Popen([sys.executable, "train.py", "--config", str(killed)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not junior.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    interrupted_at = checkpoint.load(junior)["epoch"]
+    assert 1 <= interrupted_at < epochs, "the kill must land while learner 1 is training"
+
+    result = run_cli("train.py", "--config", killed)
+    assert result.returncode == 0, result.stderr
+    assert f"learner 1: resuming at epoch {interrupted_at}" in result.stdout
+    assert "learner 0: finished earlier" in result.stdout
+    for index in range(2):
+        assert_same_weights(weights(tmp_path / "straight", index), weights(tmp_path / "killed", index))
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_root, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
+    train.main(["--config", str(cfg)])
+    before = weights(tmp_path / "run", 0)
+    result = run_cli("train.py", "--config", cfg, "Solver.num_epoch=3", "Solver.lr=1e30",
+                     "Exp.out_dir=" + str(tmp_path / "diverge"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "learner 0, epoch" in result.stderr and "not finite" in result.stderr
+    assert_same_weights(before, weights(tmp_path / "run", 0))

@@ -1,0 +1,161 @@
+"""Train D2UE's ensemble: K learners one after another, each junior repelled from its frozen seniors (RAR).
+
+    python train.py --config cfgs/RSNA_AE.yaml [Section.key=value ...]
+
+Rerunning the same command resumes: finished learners are skipped and an interrupted learner continues from its
+last checkpoint. The test set is never touched here.
+"""
+import argparse
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+import models
+from datasets.medad import dataset_dir, load_images, read_split, to_model_input
+from utils import checkpoint, config
+from utils.cka import repulsion
+from utils.errors import UserError, cli
+from utils.runtime import RunLog, make_run_dir, pick_device, set_tf32
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file in cfgs/")
+    parser.add_argument("overrides", nargs="*", help="Section.key=value, e.g. Solver.num_epoch=30")
+    return parser.parse_args(argv)
+
+
+def requires_grad(model, flag: bool):
+    for parameter in model.parameters():
+        parameter.requires_grad_(flag)
+    return model
+
+
+def prepare_run(cfg) -> "Path":
+    """Create the run folder, refuse one that holds another experiment, store the resolved config."""
+    run_dir = make_run_dir(cfg.run_dir)
+    stored = run_dir / "config.yaml"
+    if stored.exists():
+        checkpoint.check_same_experiment(config.load(stored).to_dict(), cfg.to_dict(), f"run folder {run_dir}")
+    config.save(cfg, stored)
+    return run_dir
+
+
+@torch.no_grad()
+def features_of(learner, images, batch_size=256):
+    """A frozen learner's tapped features for a whole image tensor (exact: eval mode, no augmentation)."""
+    return torch.cat([learner(images[i:i + batch_size])["features"] for i in range(0, len(images), batch_size)])
+
+
+def training_loss(learner, x, senior_features, Lambda):
+    """The backbone's own loss plus, for a junior, Lambda x the mean linear CKA against its seniors."""
+    out = learner(x)
+    loss, terms = learner.loss(out, x)
+    if senior_features:
+        mean_cka, per_senior = repulsion(out["features"], senior_features)
+        loss = loss + Lambda * mean_cka
+        terms = {**terms, "repulsion": mean_cka, **{f"cka_senior{j}": c for j, c in enumerate(per_senior)}}
+    return loss, {"loss": loss, **terms}
+
+
+def epoch_order(n, seed, index, epoch):
+    """The shuffle of one epoch, a function of (seed, learner, epoch) alone so that a resumed run repeats it."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + index * 10_007 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def train_learner(index, seniors, images, cfg, device, run_dir, log):
+    """Train learner `index` (or resume or skip it); returns it."""
+    path = checkpoint.learner_path(run_dir, index)
+    solver = cfg.Solver
+    torch.manual_seed(solver.seed + index)
+    args = models.backbone_args(cfg.Model, cfg.Data.img_size)
+    learner = models.build(args).to(device)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=solver.lr, betas=(0.5, 0.999),
+                                 weight_decay=solver.weight_decay)
+    start = 0
+    if path.exists():
+        state = checkpoint.load(path)
+        checkpoint.check_same_experiment(state["config"], cfg.to_dict(), f"checkpoint {path}")
+        learner.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start = state["epoch"]
+    if start >= solver.num_epoch:
+        log.info(f"learner {index}: finished earlier ({start} epochs), skipping")
+        return learner
+    if start:
+        log.info(f"learner {index}: resuming at epoch {start}")
+
+    # Seniors are frozen and in eval mode and there is no augmentation: their features never change, so compute
+    # them once for the whole training set instead of at every step.
+    senior_cache = [features_of(senior, images) for senior in seniors] if cfg.Exp.fast else None
+
+    def save(epoch):
+        checkpoint.save({"learner": index, "epoch": epoch, "backbone": args, "config": cfg.to_dict(),
+                         "model": learner.state_dict(), "optimizer": optimizer.state_dict(),
+                         "rng": torch.get_rng_state()}, path)
+
+    learner.train()
+    steps = len(images) // solver.bs
+    if steps == 0:
+        raise UserError(f"only {len(images)} training images, fewer than one batch (Solver.bs={solver.bs})")
+    last_save = time.monotonic()
+    bar = tqdm(range(start, solver.num_epoch), desc=f"learner {index}", initial=start, total=solver.num_epoch)
+    for epoch in bar:
+        began = time.perf_counter()
+        order = epoch_order(len(images), solver.seed, index, epoch).to(device)
+        totals = {}
+        for step in range(steps):
+            batch = order[step * solver.bs:(step + 1) * solver.bs]
+            x = images[batch]
+            if senior_cache is None:
+                with torch.no_grad():
+                    senior_features = [senior(x)["features"] for senior in seniors]
+            else:
+                senior_features = [cache[batch] for cache in senior_cache]
+            loss, terms = training_loss(learner, x, senior_features, solver.Lambda)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in terms.items():  # summed on the device: no host sync inside the epoch
+                totals[name] = totals.get(name, 0) + value.detach()
+        values = dict(zip(totals, (torch.stack(list(totals.values())) / steps).tolist()))
+        if not all(math.isfinite(v) for v in values.values()):
+            raise UserError(f"learner {index}, epoch {epoch + 1}: loss is not finite ({values['loss']}); "
+                            f"the last good checkpoint is kept at {path}; try a lower Solver.lr")
+        values.update(lr=optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - began)
+        log.scalars(f"learner{index}", values, epoch + 1)
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+        if epoch + 1 == solver.num_epoch or time.monotonic() - last_save >= cfg.Exp.checkpoint_every_s:
+            save(epoch + 1)
+            last_save = time.monotonic()
+    log.info(f"learner {index}: trained {solver.num_epoch} epochs, final loss {values['loss']:.5f}")
+    return learner
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = config.load(args.config, args.overrides)
+    device = pick_device(cfg.Exp.device)
+    set_tf32(cfg.Exp.tf32)
+    split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
+    run_dir = prepare_run(cfg)
+    log = RunLog(run_dir, "train")
+    log.info(f"run folder {run_dir}; device {device}; {cfg.Model.num_learners} x {cfg.Model.network} on "
+             f"{cfg.Data.dataset} ({len(split.train)} normal training images)")
+    images = to_model_input(load_images(split.directory, split.train, cfg.Data.img_size, cfg.Exp.workers or None)
+                            .to(device))
+    seniors = []
+    for index in range(cfg.Model.num_learners):
+        learner = train_learner(index, seniors, images, cfg, device, run_dir, log)
+        seniors.append(requires_grad(learner.eval(), False))
+    log.info(f"done; evaluate with: python eval.py --config {args.config} {' '.join(args.overrides)}".rstrip())
+    log.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""The run configuration: a typed schema with defaults, loaded from YAML and `Section.key=value` overrides.
+
+Every setting lives here once, with its default and a one-line meaning. Loading validates names and types:
+an unknown key or a wrong type is a UserError that names the key (and the closest valid one).
+"""
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from utils.errors import UserError
+
+NETWORKS = ("AE", "AE-U", "MemAE")
+
+
+@dataclass
+class Exp:
+    out_dir: str = "./runs/{dataset}_{network}_s{seed}"  # run folder; {dataset} {network} {seed} are filled in
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    checkpoint_every_s: float = 60.0  # resumable checkpoint at most this often (and always at a learner's end)
+    fast: bool = True  # cached senior features; on CUDA also a captured training step (exactly the same maths)
+    tf32: bool = False  # allow TF32 matmul/convolutions on Ampere+ GPUs (faster, about 1e-3 relative error)
+    score_batch: int = 0  # test-time batch size; 0 = chosen from memory
+    workers: int = 0  # image decoding threads; 0 = all cores
+
+
+@dataclass
+class Model:
+    network: str = "AE"  # AE | AE-U | MemAE
+    mp: int = 1  # width multiplier: channels 16*mp, 32*mp, 64*mp
+    ls: int = 16  # latent size
+    layer: int = 4  # feature tap for RAR: 0-3 encoder blocks, 4 = z, 5 = bottleneck output, 6-8 decoder blocks
+    num_learners: int = 3  # K
+    mem_dim: int = 25  # MemAE: memory slots
+    shrink_thres: float = 0.0025  # MemAE: hard-shrinkage threshold (the value every published run used)
+    entropy_loss_weight: float = 0.0002  # MemAE: weight of the attention entropy loss
+
+
+@dataclass
+class Data:
+    root: str = "./Med-AD"  # folder holding the data sets
+    dataset: str = "rsna"  # rsna | vin | brain | lag | demo, or any folder name under root
+    img_size: int = 64  # S; a multiple of 16
+
+
+@dataclass
+class Solver:
+    bs: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    num_epoch: int = 250  # per learner
+    seed: int = 8
+    Lambda: float = 1.0  # weight of the RAR repulsion term
+
+
+@dataclass
+class Config:
+    Exp: Exp = field(default_factory=Exp)
+    Model: Model = field(default_factory=Model)
+    Data: Data = field(default_factory=Data)
+    Solver: Solver = field(default_factory=Solver)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.Exp.out_dir.format(
+            dataset=self.Data.dataset, network=self.Model.network, seed=self.Solver.seed))
+
+
+SECTIONS = {f.name: f.default_factory for f in fields(Config)}  # section name -> its dataclass
+
+
+def _unknown(kind: str, name: str, valid) -> UserError:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(valid)}"
+    return UserError(f"unknown config {kind} '{name}'{hint}")
+
+
+def _coerce(where: str, value, kind):
+    """Check one value against its field type; ints are accepted where floats are expected."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is float and isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise UserError(f"config {where} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _check(cfg: Config) -> Config:
+    if cfg.Model.network not in NETWORKS:
+        raise _unknown("Model.network", cfg.Model.network, NETWORKS)
+    if cfg.Data.img_size < 16 or cfg.Data.img_size % 16:
+        raise UserError(f"config Data.img_size must be a positive multiple of 16, got {cfg.Data.img_size}")
+    if not 0 <= cfg.Model.layer <= 8:
+        raise UserError(f"config Model.layer must be 0..8, got {cfg.Model.layer}")
+    positive = {"Model.num_learners": cfg.Model.num_learners, "Model.mp": cfg.Model.mp, "Model.ls": cfg.Model.ls,
+                "Model.mem_dim": cfg.Model.mem_dim, "Solver.bs": cfg.Solver.bs, "Solver.lr": cfg.Solver.lr,
+                "Solver.num_epoch": cfg.Solver.num_epoch}
+    for name, value in positive.items():
+        if value <= 0:
+            raise UserError(f"config {name} must be positive, got {value}")
+    device = cfg.Exp.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise UserError(f"config Exp.device must be auto, cpu, cuda or cuda:N, got '{device}'")
+    try:
+        cfg.run_dir
+    except (KeyError, IndexError, ValueError) as err:
+        raise UserError(f"config Exp.out_dir '{cfg.Exp.out_dir}' has a bad placeholder ({err}); "
+                        "use {dataset}, {network} or {seed}") from None
+    return cfg
+
+
+def from_dict(raw: dict) -> Config:
+    """Build a validated Config from a nested dict (YAML or a checkpoint's stored config)."""
+    if not isinstance(raw, dict):
+        raise UserError("config must be a mapping of sections (Exp, Model, Data, Solver)")
+    sections = {}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise _unknown("section", section, SECTIONS)
+        values = values or {}
+        if not isinstance(values, dict):
+            raise UserError(f"config section {section} must be a mapping, got {type(values).__name__}")
+        schema = {f.name: f.type for f in fields(SECTIONS[section])}
+        checked = {}
+        for key, value in values.items():
+            if key not in schema:
+                raise _unknown("key", f"{section}.{key}",
+                               [f"{section}.{name}" for name in schema])
+            checked[key] = _coerce(f"{section}.{key}", value, schema[key])
+        sections[section] = SECTIONS[section](**checked)
+    return _check(Config(**sections))
+
+
+def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
+    """Apply `Section.key=value` strings to a nested dict; values are parsed as YAML scalars."""
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        section, dot, key = name.partition(".")
+        if not sep or not dot or not key:
+            raise UserError(f"override '{item}' must look like Section.key=value, e.g. Solver.num_epoch=30")
+        if not text.strip():
+            raise UserError(f"override '{item}' has no value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise UserError(f"config section {section} must be a mapping")
+        raw[section][key] = value
+    return raw
+
+
+def load(path, overrides=()) -> Config:
+    """Read a YAML config file, apply overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections (Exp, Model, Data, Solver)")
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def save(cfg: Config, path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

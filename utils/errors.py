@@ -1,0 +1,27 @@
+"""User-facing failures: one clear line on stderr and a non-zero exit, never a traceback."""
+import functools
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input (files, config, checkpoints) that the user can fix."""
+
+
+EXIT_USER_ERROR = 2
+
+
+def cli(main):
+    """Wrap a command-line entry point so that a UserError becomes one line and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            print("interrupted; rerun the same command to resume", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper

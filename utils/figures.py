@@ -1,0 +1,194 @@
+"""Figures for anomaly scores: score histograms, ROC / PR curves, a grid of maps and a single-image overlay.
+
+Every function writes one PNG (creating its folder) and closes its figure, so it is safe in long loops.
+"""
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from utils.errors import UserError  # noqa: E402
+from utils.metrics import image_metrics  # noqa: E402
+
+DPI = 100
+NORMAL_COLOR, ABNORMAL_COLOR = "tab:blue", "tab:red"
+
+
+def chi_square_distance(normal_scores, abnormal_scores, bins=50) -> float:
+    """Chi-square distance between the two score histograms, in [0, 1]; 0 = same shape, 1 = no overlap.
+
+    p and q are the normalised histograms over common bin edges; distance = 0.5 * sum (p - q)^2 / (p + q)
+    over the bins where p + q > 0.
+    """
+    normal_scores = _finite_1d(normal_scores, "normal scores")
+    abnormal_scores = _finite_1d(abnormal_scores, "abnormal scores")
+    edges = np.histogram_bin_edges(np.concatenate([normal_scores, abnormal_scores]), bins=bins)
+    p = np.histogram(normal_scores, bins=edges)[0] / normal_scores.size
+    q = np.histogram(abnormal_scores, bins=edges)[0] / abnormal_scores.size
+    total = p + q
+    used = total > 0
+    return float(0.5 * np.sum((p[used] - q[used]) ** 2 / total[used]))
+
+
+def score_histograms(scores: dict, labels, path, bins=50) -> dict:
+    """One subplot per score with normal and abnormal histograms; returns the chi-square distance per score."""
+    labels = np.asarray(labels).ravel()
+    distances = {}
+    fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 3.2), squeeze=False,
+                             layout="constrained")
+    try:
+        for ax, (name, values) in zip(axes[0], scores.items()):
+            values = _finite_1d(values, f"{name} scores")
+            auc = image_metrics(labels, values)["auc"]  # first: it checks labels and scores match
+            normal, abnormal = values[labels == 0], values[labels == 1]
+            distances[name] = chi_square_distance(normal, abnormal, bins=bins)
+            edges = np.histogram_bin_edges(values, bins=bins)
+            ax.hist(normal, bins=edges, density=True, alpha=0.6, color=NORMAL_COLOR, label="normal")
+            ax.hist(abnormal, bins=edges, density=True, alpha=0.6, color=ABNORMAL_COLOR, label="abnormal")
+            ax.set_title(f"{name}   AUC {auc:.3f}   \u03c7\u00b2 {distances[name]:.3f}")
+            ax.set_xlabel("image score")
+            ax.legend(fontsize="small")
+        axes[0, 0].set_ylabel("density")
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+    return distances
+
+
+def roc_pr_curves(scores: dict, labels, path):
+    """ROC curves (left) and precision-recall curves (right), one line per score, AUC / AP in the legends."""
+    labels = np.asarray(labels).ravel()
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9, 4), layout="constrained")
+    try:
+        for name, values in scores.items():
+            values = _finite_1d(values, f"{name} scores")
+            metrics = image_metrics(labels, values)
+            false_pos, true_pos, _ = roc_curve(labels, values)
+            precision, recall, _ = precision_recall_curve(labels, values)
+            roc_ax.plot(false_pos, true_pos, label=f"{name} (AUC {metrics['auc']:.3f})")
+            pr_ax.step(recall, precision, where="post", label=f"{name} (AP {metrics['ap']:.3f})")
+        roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        pr_ax.axhline(labels.mean(), color="grey", linestyle=":", linewidth=1)  # a random scorer's precision
+        roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
+        pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall", xlim=(0, 1), ylim=(0, 1.02))
+        roc_ax.legend(loc="lower right", fontsize="small")
+        pr_ax.legend(loc="lower left", fontsize="small")
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def select_extremes(image_scores, n) -> np.ndarray:
+    """Indices of the n highest then the n lowest scores, all ordered from highest to lowest score.
+
+    With 2n or fewer images every image is returned, highest first. Ties keep the original order.
+    """
+    image_scores = np.asarray(image_scores, dtype=np.float64).ravel()
+    order = np.argsort(-image_scores, kind="stable")
+    if order.size <= 2 * n:
+        return order
+    return np.concatenate([order[:n], order[-n:]])
+
+
+def anomaly_grid(images, recon, maps: dict, image_scores, labels, path, n=4, score_name="dsu", masks=None):
+    """Grid of the n most and n least anomalous images (by image_scores), one row each.
+
+    Columns: image (with the mask contour when masks are given) | ensemble reconstruction | one column per map.
+    images and recon are (N, H, W) in [-1, 1]; each map is (N, H, W). Each map column shares one colour scale
+    (1st to 99th percentile of the shown rows) with one colorbar, so rows can be compared by colour.
+    Returns the indices of the rows shown.
+    """
+    images, recon = _stack(images, "images"), _stack(recon, "reconstructions")
+    maps = {name: _stack(values, name) for name, values in maps.items()}
+    image_scores = np.asarray(image_scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    for name, array in [("reconstructions", recon), ("image scores", image_scores), ("labels", labels),
+                        *maps.items()]:
+        if len(array) != len(images):
+            raise UserError(f"{len(images)} images but {len(array)} {name}; they must match")
+    if masks is not None:
+        masks = _stack(masks, "masks") > 0
+
+    shown = select_extremes(image_scores, n)
+    columns = ["image", "ensemble reconstruction", *maps]
+    fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.2 * len(columns) + 0.6, 2.2 * len(shown)),
+                             squeeze=False, layout="constrained")
+    try:
+        for row, index in enumerate(shown):
+            _show_gray(axes[row, 0], images[index])
+            if masks is not None and masks[index].any():
+                axes[row, 0].contour(masks[index], levels=[0.5], colors="lime", linewidths=0.8)
+            _show_gray(axes[row, 1], recon[index])
+            kind = "abnormal" if labels[index] == 1 else "normal"
+            axes[row, 0].set_ylabel(f"{kind}\n{score_name} {image_scores[index]:.3g}", fontsize="small")
+        for column, values in enumerate(maps.values(), start=2):
+            low, high = np.percentile(values[shown], [1, 99])
+            high = max(high, low + 1e-12)  # a constant map still needs a valid colour range
+            for row, index in enumerate(shown):
+                heat = axes[row, column].imshow(values[index], cmap="jet", vmin=low, vmax=high)
+                _hide_ticks(axes[row, column])
+            fig.colorbar(heat, ax=axes[:, column], shrink=0.6)
+        for column, name in enumerate(columns):
+            axes[0, column].set_title(name, fontsize="small")
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+    return shown
+
+
+def overlay(image, anomaly_map, path, vmax=None, alpha=0.45):
+    """One image in grey with its anomaly map overlaid as a heat map (0 to vmax, default the map's maximum)."""
+    image, anomaly_map = np.squeeze(np.asarray(image)), np.squeeze(np.asarray(anomaly_map, dtype=np.float64))
+    if image.ndim != 2 or image.shape != anomaly_map.shape:
+        raise UserError(f"overlay needs one 2-D image and a map of the same size, got {image.shape} and "
+                        f"{anomaly_map.shape}")
+    if vmax is None:
+        vmax = float(anomaly_map.max())
+    vmax = max(vmax, 1e-12)
+    fig, ax = plt.subplots(figsize=(4.6, 4), layout="constrained")
+    try:
+        _show_gray(ax, image)
+        heat = ax.imshow(anomaly_map, cmap="jet", alpha=alpha, vmin=0, vmax=vmax)
+        fig.colorbar(heat, ax=ax, shrink=0.8)
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _show_gray(ax, image):
+    ax.imshow(image, cmap="gray", vmin=-1, vmax=1)
+    _hide_ticks(ax)
+
+
+def _hide_ticks(ax):
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _stack(array, name):
+    """(N, H, W) or (N, 1, H, W) -> (N, H, W)."""
+    array = np.asarray(array)
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 3:
+        raise UserError(f"{name} must be shaped (N, H, W) or (N, 1, H, W), got {array.shape}")
+    return array
+
+
+def _finite_1d(values, name):
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise UserError(f"no {name} to plot")
+    if not np.isfinite(values).all():
+        raise UserError(f"{name} contain NaN or infinite values; the model diverged or its checkpoint is corrupt")
+    return values
+
+
+def _save(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)

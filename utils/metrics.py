@@ -1,0 +1,73 @@
+"""Image- and pixel-level anomaly detection metrics (label 1 = abnormal), all computed by scikit-learn."""
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from utils.errors import UserError
+
+
+def image_metrics(labels, scores) -> dict:
+    """ROC AUC and average precision of per-image anomaly scores: {"auc": float, "ap": float}."""
+    labels = np.asarray(labels).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    _check_labels_and_scores(labels, scores, what="image")
+    return {
+        "auc": float(roc_auc_score(labels, scores)),
+        "ap": float(average_precision_score(labels, scores)),
+    }
+
+
+def pixel_metrics(masks, maps, max_pixels=20_000_000, seed=0) -> dict:
+    """Pixel ROC AUC, pixel average precision and best Dice of anomaly maps against ground-truth masks.
+
+    masks: (N, H, W) or (N, 1, H, W), nonzero = abnormal pixel; maps: float array of the same shape.
+    Returns {"pixel_auroc", "pixel_ap", "pixel_best_dice"}, or {} when no mask has an abnormal pixel
+    (data sets without masks are given all-zero masks and simply get no pixel metrics).
+
+    When N*H*W exceeds max_pixels, the metrics are computed on a uniform random subsample of max_pixels pixels,
+    drawn without replacement and without stratification by a generator seeded with `seed`, so the same inputs
+    always give the same numbers. This keeps memory bounded for large test sets; the values are estimates.
+    """
+    masks = np.asarray(masks)
+    maps = np.asarray(maps)
+    if masks.shape != maps.shape:
+        raise UserError(f"pixel masks have shape {masks.shape} but anomaly maps have shape {maps.shape}; "
+                        "they must match")
+    truth = masks.ravel() > 0
+    if not truth.any():
+        return {}
+    values = maps.ravel()
+    if truth.size > max_pixels:
+        keep = np.random.default_rng(seed).choice(truth.size, size=max_pixels, replace=False)
+        keep.sort()
+        truth, values = truth[keep], values[keep]
+        if not truth.any():
+            raise UserError(f"the {max_pixels} sampled pixels hold no abnormal pixel; raise max_pixels")
+    values = values.astype(np.float64)
+    _check_labels_and_scores(truth.astype(np.int64), values, what="pixel")
+
+    # Dice of the mask "map >= t" is the F1 score at threshold t, so the best Dice over all thresholds, pooled
+    # over every pixel of every image, is the largest F1 along the precision-recall curve.
+    precision, recall, _ = precision_recall_curve(truth, values)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    return {
+        "pixel_auroc": float(roc_auc_score(truth, values)),
+        "pixel_ap": float(average_precision_score(truth, values)),
+        "pixel_best_dice": float(f1.max()),
+    }
+
+
+def _check_labels_and_scores(labels, scores, what):
+    if labels.size != scores.size:
+        raise UserError(f"{labels.size} {what} labels but {scores.size} {what} scores; they must match")
+    if labels.size == 0:
+        raise UserError(f"no {what} scores to evaluate")
+    if not np.isin(labels, (0, 1)).all():
+        raise UserError(f"{what} labels must be 0 (normal) or 1 (abnormal), got {sorted(set(labels.tolist()))}")
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        raise UserError(f"{bad} of {scores.size} {what} scores are NaN or infinite; the model diverged or its "
+                        "checkpoint is corrupt, so retrain or check the checkpoint")
+    if np.unique(labels).size < 2:
+        only = "abnormal" if labels[0] == 1 else "normal"
+        raise UserError(f"every {what} label is {only}; AUC and AP need both normal (0) and abnormal (1) samples")

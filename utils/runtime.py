@@ -1,0 +1,74 @@
+"""Device choice and run-folder logging (stdout + log.txt, JSON lines, TensorBoard)."""
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from utils.errors import UserError
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"Exp.device={name} but no CUDA device is visible; use Exp.device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"Exp.device={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
+
+
+def set_tf32(enabled: bool) -> None:
+    """Make TF32 an explicit choice (PyTorch's own defaults differ between matmul and cuDNN)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def make_run_dir(path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to run folder {path} ({err.strerror}); set Exp.out_dir=...") from None
+    return path
+
+
+class RunLog:
+    """Lines to stdout and <run>/log.txt, records to <run>/metrics.jsonl, scalars to TensorBoard (<run>/tb)."""
+
+    def __init__(self, run_dir, name="train"):
+        self.run_dir = Path(run_dir)
+        self.text = open(self.run_dir / f"{name}.log", "a")
+        self.records = open(self.run_dir / "metrics.jsonl", "a")
+        self._writer = None
+
+    @property
+    def tensorboard(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(str(self.run_dir / "tb"))
+        return self._writer
+
+    def info(self, message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        self.text.write(line + "\n")
+        self.text.flush()
+
+    def scalars(self, tag: str, values: dict, step: int) -> None:
+        for name, value in values.items():
+            self.tensorboard.add_scalar(f"{tag}/{name}", value, step)
+        self.records.write(json.dumps({"tag": tag, "step": step, **values}) + "\n")
+        self.records.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.text.close()
+        self.records.close()

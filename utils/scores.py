@@ -1,0 +1,44 @@
+"""Dual-Space Uncertainty (DSU) and the two baseline scores, as pixel maps; an image's score is its map's mean.
+
+rec: (x - mean_k x_hat_k)^2 / v                         (ensemble reconstruction error)
+unc: sqrt(var_k(x_hat_k) / v)                           (output-space disagreement)
+dsu: std_k(|x_hat_k - x| * d mean(error_k) / dx) / sqrt(v)   (input-space disagreement)
+v is the mean over learners of each learner's predicted pixel variance (1 for AE and MemAE, exp(log_var) for
+AE-U); error_k is the backbone's score_error. std and var are unbiased over the K learners.
+"""
+import torch
+
+SCORES = ("rec", "unc", "dsu")
+
+
+def score_maps(learners, x: torch.Tensor) -> dict:
+    """Pixel maps of rec, unc and dsu (each B x 1 x S x S) and the ensemble reconstruction, for one batch.
+
+    One forward and one backward per learner. Learners must be in eval mode, so samples are independent and the
+    gradient of the sum over the batch of each image's mean error is, for every image, its own gradient.
+    """
+    reconstructions, variances, input_terms = [], [], []
+    for learner in learners:
+        x_in = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = learner(x_in)
+            error = learner.score_error(out, x_in)
+            (gradient,) = torch.autograd.grad(error.flatten(1).mean(dim=1).sum(), x_in)
+        x_hat = out["x_hat"].detach()
+        reconstructions.append(x_hat)
+        variances.append(learner.pixel_variance(out).detach())
+        input_terms.append((x_hat - x).abs() * gradient)
+    x_hats = torch.stack(reconstructions)
+    variance = torch.stack(variances).mean(dim=0)
+    ensemble = x_hats.mean(dim=0)
+    return {
+        "rec": (x - ensemble).pow(2) / variance,
+        "unc": (x_hats.var(dim=0) / variance).sqrt(),
+        "dsu": torch.stack(input_terms).std(dim=0) / variance.sqrt(),
+        "x_hat": ensemble,
+    }
+
+
+def image_scores(maps: dict) -> dict:
+    """Image-level scores: the mean of each pixel map."""
+    return {name: maps[name].flatten(1).mean(dim=1) for name in SCORES}

@@ -1,0 +1,174 @@
+"""Gather every run's results.json under a folder into one table: mean and std over seeds per config and score.
+
+Usage: python -m utils.summary ROOT    (prints the Markdown table; writes ROOT/summary.md and ROOT/summary.csv)
+"""
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import UserError, cli
+
+SCORE_ORDER = ["rec", "unc", "dsu"]
+METRICS = ["auc", "ap", "pixel_auroc", "pixel_ap", "pixel_best_dice"]
+REQUIRED_METRICS = ["auc", "ap"]
+NOT_IDENTITY = {"seed", "out_dir"}  # runs that differ only in these are repeats of one config
+HEADERS = {"auc": "AUC", "ap": "AP", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP",
+           "pixel_best_dice": "pixel best Dice"}
+
+
+def collect(root) -> list:
+    """Every readable results.json under root (recursively, in sorted path order).
+
+    Each entry is the file's dict plus "source" (its path). Unreadable or malformed files are skipped with a
+    warning line on stderr.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"results folder {root} does not exist; pass the folder that holds your runs")
+    results = []
+    for path in sorted(root.rglob("results.json")):
+        try:
+            result = json.loads(path.read_text())
+            _validate(result)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
+            print(f"warning: skipping {path}: {err}", file=sys.stderr)
+            continue
+        result["source"] = str(path)
+        results.append(result)
+    return results
+
+
+def summarize(results) -> list:
+    """One row per (config, score) with the number of seeds, the seeds, and mean and sample std of each metric.
+
+    The config is every key of "run" except seed and out_dir. "config" names the keys beyond dataset and
+    network whose values differ between the configs present (empty when none do). A pixel metric is reported
+    only when every run of the row has it.
+    """
+    groups = {}
+    for result in results:
+        identity = _identity(result["run"])
+        for score, metrics in result.items():
+            if score not in ("run", "source"):
+                groups.setdefault((identity, score), []).append((result["run"].get("seed"), metrics))
+
+    varying = _varying_keys([dict(identity) for identity, _ in groups])
+    rows, warned = [], set()
+    for (identity, score), runs in groups.items():
+        config = {key: json.loads(value) for key, value in identity}
+        row = {
+            "dataset": config.get("dataset", ""),
+            "network": config.get("network", ""),
+            "config": ", ".join(f"{key}={config.get(key)}" for key in varying),
+            "score": score,
+            "n_seeds": len(runs),
+            "seeds": sorted((seed for seed, _ in runs), key=_seed_rank),
+        }
+        repeated = sorted({seed for seed in row["seeds"] if row["seeds"].count(seed) > 1}, key=_seed_rank)
+        if repeated and identity not in warned:
+            warned.add(identity)
+            print(f"warning: {row['dataset']} {row['network']} {row['config']}: seed(s) {repeated} appear in more "
+                  "than one run; each run counts once", file=sys.stderr)
+        for metric in METRICS:
+            if all(metric in metrics for _, metrics in runs):
+                values = np.array([metrics[metric] for _, metrics in runs], dtype=np.float64)
+                row[f"{metric}_mean"] = float(values.mean())
+                row[f"{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
+        rows.append(row)
+    rows.sort(key=lambda row: (str(row["dataset"]), str(row["network"]), row["config"], _score_rank(row["score"])))
+    return rows
+
+
+def write_summary(root):
+    """Write root/summary.md and root/summary.csv; returns (md_path, csv_path)."""
+    root = Path(root)
+    rows = summarize(collect(root))
+    if not rows:
+        raise UserError(f"no readable results.json under {root}; evaluate a run first (it writes results.json)")
+    md_path, csv_path = root / "summary.md", root / "summary.csv"
+    md_path.write_text(markdown_table(rows))
+    columns = ["dataset", "network", "config", "score", "n_seeds", "seeds"]
+    columns += [column for metric in METRICS for column in (f"{metric}_mean", f"{metric}_std")
+                if any(column in row for row in rows)]
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "seeds": " ".join(str(seed) for seed in row["seeds"])})
+    return md_path, csv_path
+
+
+def markdown_table(rows) -> str:
+    """Rows from summarize() as a Markdown table, metrics as `mean ± std`."""
+    metrics = [metric for metric in METRICS if any(f"{metric}_mean" in row for row in rows)]
+    show_config = any(row["config"] for row in rows)
+    header = ["dataset", "network", *(["config"] if show_config else []), "score", "seeds",
+              *(HEADERS[metric] for metric in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["dataset"]), str(row["network"]), *([row["config"]] if show_config else []), row["score"],
+                 f"{row['n_seeds']} ({', '.join(str(seed) for seed in row['seeds'])})"]
+        for metric in metrics:
+            if f"{metric}_mean" in row:
+                cells.append(f"{row[f'{metric}_mean']:.3f} ± {row[f'{metric}_std']:.3f}")
+            else:
+                cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _validate(result):
+    if not isinstance(result, dict) or not isinstance(result.get("run"), dict):
+        raise ValueError('no "run" section')
+    scores = [key for key in result if key != "run"]
+    if not scores:
+        raise ValueError("no scores")
+    for score in scores:
+        metrics = result[score]
+        if not isinstance(metrics, dict):
+            raise ValueError(f'"{score}" is not a table of metrics')
+        for metric in REQUIRED_METRICS:
+            if metric not in metrics:
+                raise ValueError(f'"{score}" has no "{metric}"')
+        for metric in METRICS:
+            value = metrics.get(metric, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f'"{score}.{metric}" is not a finite number: {value!r}')
+
+
+def _identity(run):
+    # JSON text makes any value (lists, nested dicts) hashable and comparable.
+    return tuple(sorted((key, json.dumps(value, sort_keys=True)) for key, value in run.items()
+                        if key not in NOT_IDENTITY))
+
+
+def _varying_keys(configs):
+    keys = sorted({key for config in configs for key in config} - {"dataset", "network"})
+    return [key for key in keys if len({json.dumps(config.get(key), sort_keys=True) for config in configs}) > 1]
+
+
+def _seed_rank(seed):
+    is_number = isinstance(seed, (int, float)) and not isinstance(seed, bool)
+    return (0, seed, "") if is_number else (1, 0, str(seed))
+
+
+def _score_rank(score):
+    return (SCORE_ORDER.index(score), "") if score in SCORE_ORDER else (len(SCORE_ORDER), score)
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Summarise every results.json under ROOT over seeds.")
+    parser.add_argument("root", metavar="ROOT", help="folder holding the runs (searched recursively)")
+    args = parser.parse_args(argv)
+    md_path, csv_path = write_summary(args.root)
+    print(md_path.read_text(), end="")
+    print(f"wrote {md_path} and {csv_path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
