@@ -90,3 +90,10 @@ def test_bad_files(tmp_path):
     listed.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="mapping"):
         config.load(listed)
+
+
+def test_readme_documents_every_key():
+    readme = (CFGS.parent / "README.md").read_text()
+    for section, schema in config.SECTIONS.items():
+        for field in config.fields(schema):
+            assert f"`{section}.{field.name}`" in readme, f"{section}.{field.name} missing from README"
