@@ -17,7 +17,8 @@ from datasets.medad import dataset_dir, load_images, read_split, to_model_input
 from utils import checkpoint, config
 from utils.cka import repulsion
 from utils.errors import UserError, cli
-from utils.runtime import RunLog, make_run_dir, pick_device, set_tf32
+from utils.fast import load_optimizer_state, make_step
+from utils.runtime import RunLog, make_run_dir, setup
 
 
 def parse_args(argv=None):
@@ -73,14 +74,15 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
     torch.manual_seed(solver.seed + index)
     args = models.backbone_args(cfg.Model, cfg.Data.img_size)
     learner = models.build(args).to(device)
+    capture = cfg.Exp.fast and device.type == "cuda"  # a CUDA graph step needs Adam's state on the GPU
     optimizer = torch.optim.Adam(learner.parameters(), lr=solver.lr, betas=(0.5, 0.999),
-                                 weight_decay=solver.weight_decay)
+                                 weight_decay=solver.weight_decay, capturable=capture)
     start = 0
     if path.exists():
         state = checkpoint.load(path)
         checkpoint.check_same_experiment(state["config"], cfg.to_dict(), f"checkpoint {path}")
         learner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         torch.set_rng_state(state["rng"])
         start = state["epoch"]
     if start >= solver.num_epoch:
@@ -93,6 +95,16 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
     # them once for the whole training set instead of at every step.
     senior_cache = [features_of(senior, images) for senior in seniors] if cfg.Exp.fast else None
 
+    def batch_loss(batch):
+        """The loss on images[batch]; the seniors' features come from the cache or from a forward pass now."""
+        x = images[batch]
+        if senior_cache is None:
+            with torch.no_grad():
+                senior_features = [senior(x)["features"] for senior in seniors]
+        else:
+            senior_features = [cache[batch] for cache in senior_cache]
+        return training_loss(learner, x, senior_features, solver.Lambda)
+
     def save(epoch):
         checkpoint.save({"learner": index, "epoch": epoch, "backbone": args, "config": cfg.to_dict(),
                          "model": learner.state_dict(), "optimizer": optimizer.state_dict(),
@@ -102,26 +114,17 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
     steps = len(images) // solver.bs
     if steps == 0:
         raise UserError(f"only {len(images)} training images, fewer than one batch (Solver.bs={solver.bs})")
+    step = make_step(batch_loss, learner, optimizer, solver.bs, capture=capture, log=log.info)  # utils/fast.py
     last_save = time.monotonic()
     bar = tqdm(range(start, solver.num_epoch), desc=f"learner {index}", initial=start, total=solver.num_epoch)
     for epoch in bar:
         began = time.perf_counter()
         order = epoch_order(len(images), solver.seed, index, epoch).to(device)
         totals = {}
-        for step in range(steps):
-            batch = order[step * solver.bs:(step + 1) * solver.bs]
-            x = images[batch]
-            if senior_cache is None:
-                with torch.no_grad():
-                    senior_features = [senior(x)["features"] for senior in seniors]
-            else:
-                senior_features = [cache[batch] for cache in senior_cache]
-            loss, terms = training_loss(learner, x, senior_features, solver.Lambda)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        for i in range(steps):
+            terms = step(order[i * solver.bs:(i + 1) * solver.bs])
             for name, value in terms.items():  # summed on the device: no host sync inside the epoch
-                totals[name] = totals.get(name, 0) + value.detach()
+                totals[name] = totals.get(name, 0) + value
         values = dict(zip(totals, (torch.stack(list(totals.values())) / steps).tolist()))
         if not all(math.isfinite(v) for v in values.values()):
             raise UserError(f"learner {index}, epoch {epoch + 1}: loss is not finite ({values['loss']}); "
@@ -139,9 +142,7 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
 @cli
 def main(argv=None):
     args = parse_args(argv)
-    cfg = config.load(args.config, args.overrides)
-    device = pick_device(cfg.Exp.device)
-    set_tf32(cfg.Exp.tf32)
+    cfg, device = setup(args.config, args.overrides)
     split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
     run_dir = prepare_run(cfg)
     log = RunLog(run_dir, "train")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from utils import config
 from utils.errors import UserError
 
 
@@ -25,6 +26,14 @@ def set_tf32(enabled: bool) -> None:
     """Make TF32 an explicit choice (PyTorch's own defaults differ between matmul and cuDNN)."""
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
+
+
+def setup(config_path, overrides):
+    """The validated config of a command and the device it runs on (TF32 set as the config says)."""
+    cfg = config.load(config_path, overrides)
+    device = pick_device(cfg.Exp.device)
+    set_tf32(cfg.Exp.tf32)
+    return cfg, device
 
 
 def make_run_dir(path) -> Path:

@@ -1,0 +1,176 @@
+"""Score new images with a trained D2UE ensemble: no labels, the run's own preprocessing.
+
+    python predict.py --run runs/demo_AE IMAGES... [--out DIR] [--device auto]
+
+IMAGES are files or folders (searched recursively; hidden files are skipped): PNG, JPEG, BMP, TIFF, and DICOM
+(.dcm, .dicom). A DICOM goes through the preparation rule of METHOD.md (datasets.prepare.dicom_to_array), then,
+like every other image, the loader's grayscale / bilinear resize to the run's img_size, exactly as in training.
+Writes <out>/predictions.csv (file, rec, unc, dsu; image score = mean of the pixel map) and
+<out>/overlays/<name>_dsu.png (dsu heat maps on one shared colour scale, so overlays compare by colour) and prints
+the most anomalous images. Default out: <run>/predict. Scores are relative: compare them with the run's scores.csv.
+"""
+import argparse
+import csv
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datasets.medad import open_gray, to_model_input
+from datasets.prepare import DICOM_SUFFIXES, PICTURE_SUFFIXES, dicom_to_array
+from eval import load_learners, score_dataset
+from utils import config
+from utils.errors import UserError, cli
+from utils.figures import overlay
+from utils.runtime import pick_device, set_tf32
+from utils.scores import SCORES
+
+SUFFIXES = DICOM_SUFFIXES | PICTURE_SUFFIXES
+SHOWN = 10  # rows of the printed table
+OVERLAY_PERCENTILE = 99  # the shared colour scale of the overlays tops out at this percentile of all dsu pixels
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="run folder written by train.py (holds config.yaml)")
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument("--out", help="output folder (default: <run>/predict)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return parser.parse_args(argv)
+
+
+def load_run(run_dir, device):
+    """The resolved config stored in a run folder and its K learners, frozen and in eval mode."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} not found; train first (e.g. ./scripts/demo.sh makes runs/demo_AE)")
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        raise UserError(f"{run_dir} has no config.yaml; pass the run folder that train.py wrote")
+    cfg = config.load(stored)
+    set_tf32(cfg.Exp.tf32)
+    return cfg, load_learners(run_dir, cfg, device)
+
+
+def find_images(arguments) -> list[Path]:
+    """Files as given, folders searched recursively for known image suffixes; duplicates dropped, order kept."""
+    found = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        else:
+            raise UserError(f"{path} does not exist; pass image files or folders")
+    unique, seen = [], set()
+    for path in found:  # a file named twice (or also inside a named folder) is scored once
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    if not unique:
+        raise UserError(f"no images found in {', '.join(arguments)} (looked for {', '.join(sorted(SUFFIXES))})")
+    return unique
+
+
+def decode(path, img_size) -> np.ndarray:
+    """uint8 (S, S), as datasets.medad.load_images decodes a prepared image; a DICOM is prepared first."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        try:
+            with warnings.catch_warnings():  # pydicom warns about every small irregularity
+                warnings.simplefilter("ignore")
+                gray = Image.fromarray(dicom_to_array(path))
+        except Exception as err:  # pydicom and its decoders raise many types for a broken file
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
+            raise UserError(f"{type(err).__name__}: {reason}") from None
+    else:
+        try:
+            gray = open_gray(path)
+        except UserError as err:
+            # open_gray raises `from None`; __context__ still holds the decoder's own reason, without the hint.
+            raise UserError(str(err.__context__ or err)) from None
+    return np.asarray(gray.resize((img_size, img_size), Image.Resampling.BILINEAR))
+
+
+def load_files(paths, img_size) -> torch.Tensor:
+    """uint8 (N, 1, S, S); every unreadable file is named in one error."""
+    def attempt(path):
+        try:
+            return decode(path, img_size), None
+        except UserError as err:
+            return None, f"{path} ({err})"
+
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(attempt, paths))
+    failures = [failure for _, failure in results if failure]
+    if failures:
+        raise UserError(f"cannot read {len(failures)} of {len(paths)} image(s): {'; '.join(failures[:5])}"
+                        f"{' ...' if len(failures) > 5 else ''}; fix or remove them, or leave them out")
+    return torch.from_numpy(np.stack([array for array, _ in results])).unsqueeze(1)
+
+
+def overlay_names(paths) -> list[str]:
+    """`<stem>_dsu.png`; when stems repeat (a/x.png, b/x.png, b/x.dcm) the folder and suffix join in: a_x_png."""
+    stems = [path.stem for path in paths]
+    names = []
+    for path, stem in zip(paths, stems):
+        if stems.count(stem) > 1:
+            stem = f"{path.parent.name}_{path.stem}{path.suffix.replace('.', '_')}".lstrip("_")
+        name, copy = stem, 1
+        while name in names:
+            copy += 1
+            name = f"{stem}_{copy}"
+        names.append(name)
+    return [f"{name}_dsu.png" for name in names]
+
+
+def write_predictions(path, paths, scores):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", *SCORES])
+        for row, file in enumerate(paths):
+            writer.writerow([str(file), *(f"{scores[name][row]:.8g}" for name in SCORES)])
+
+
+def format_top(paths, scores, shown=SHOWN) -> str:
+    order = np.argsort(-scores["dsu"], kind="stable")[:shown]
+    width = max(len(str(paths[i])) for i in order)
+    lines = [f"{'file':<{width}}  " + "  ".join(f"{name:>10}" for name in SCORES)]
+    for i in order:
+        lines.append(f"{str(paths[i]):<{width}}  " + "  ".join(f"{scores[name][i]:>10.4g}" for name in SCORES))
+    return "\n".join(lines)
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    cfg, learners = load_run(args.run, device)
+    paths = find_images(args.images)
+    images = load_files(paths, cfg.Data.img_size)
+    maps, scores = score_dataset(learners, images, cfg.Exp.score_batch, device)
+    scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
+
+    out = Path(args.out) if args.out else Path(args.run) / "predict"
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    write_predictions(out / "predictions.csv", paths, scores)
+    dsu_maps = maps["dsu"].numpy()[:, 0]
+    vmax = float(np.percentile(dsu_maps, OVERLAY_PERCENTILE))
+    pixels = to_model_input(images).numpy()[:, 0]
+    for index, name in enumerate(overlay_names(paths)):
+        overlay(pixels[index], dsu_maps[index], out / "overlays" / name, vmax=vmax)
+
+    print(f"scored {len(paths)} image(s) with {len(learners)} learners ({cfg.Model.network}, {cfg.Data.img_size} px);"
+          f" highest dsu first:")
+    print(format_top(paths, scores))
+    print(f"wrote {out / 'predictions.csv'} and {len(paths)} overlays in {out / 'overlays'} "
+          f"(one colour scale: 0 to {vmax:.3g}, the {OVERLAY_PERCENTILE}th percentile of all dsu pixels)")
+
+
+if __name__ == "__main__":
+    main()

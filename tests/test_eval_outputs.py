@@ -1,0 +1,131 @@
+"""What eval.py leaves beside the numbers: pixel metrics, figures, TensorBoard, and the summary over seeds."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata
+
+import eval as evaluate
+import train
+from datasets.medad import load_images, load_masks, read_split
+from tests.conftest import REPO, write_config
+from utils import config
+from utils.metrics import pixel_metrics
+
+PIXEL_KEYS = {"pixel_auroc", "pixel_ap", "pixel_best_dice"}
+SCORES = ("rec", "unc", "dsu")
+
+
+def train_and_eval(cfg, *overrides):
+    train.main(["--config", str(cfg), *overrides])
+    evaluate.main(["--config", str(cfg), *overrides])
+
+
+def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
+    train_and_eval(cfg_path)
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+
+    # The pixel metrics are those of the maps the stored learners give, against the masks (zero for normal images).
+    cfg = config.load(cfg_path)
+    split = read_split(tiny_root / "tiny")
+    learners = evaluate.load_learners(run, cfg, torch.device("cpu"))
+    images = load_images(split.directory, split.test, cfg.Data.img_size)
+    maps, _ = evaluate.score_dataset(learners, images, cfg.Exp.score_batch, torch.device("cpu"))
+    masks = load_masks(split.directory, split.test, cfg.Data.img_size)
+    labels = torch.tensor(split.test_labels)
+    assert not masks[labels == 0].any() and masks[labels == 1].flatten(1).any(dim=1).all()
+    for score in SCORES:
+        expected = pixel_metrics(masks.numpy(), maps[score].numpy())
+        assert expected.keys() == PIXEL_KEYS
+        for key, value in expected.items():
+            assert results[score][key] == pytest.approx(value, rel=1e-6), (score, key)
+        assert 0 <= results[score]["chi2"] <= 1
+
+    for name in ("hist.png", "roc_pr.png", "grid.png"):
+        with Image.open(run / name) as image:
+            image.verify()
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for score in SCORES:
+        for metric in ("auc", "ap", "chi2", *PIXEL_KEYS):
+            assert f"eval/{score}_{metric}" in tags["scalars"]
+        assert events.Scalars(f"eval/{score}_auc")[-1].value == pytest.approx(results[score]["auc"])
+    shown = {"input", "reconstruction", "mask", "rec_map", "unc_map", "dsu_map"}
+    assert {f"test_images/{name}" for name in shown} <= set(tags["images"])
+    hparams = events.PluginTagToContent("hparams")
+    session = metadata.parse_session_start_info_plugin_data(hparams[metadata.SESSION_START_INFO_TAG]).hparams
+    assert session["network"].string_value == "AE" and session["seed"].number_value == 3
+    assert session["lr"].number_value == cfg.Solver.lr and session["num_learners"].number_value == 2
+    experiment = metadata.parse_experiment_plugin_data(hparams[metadata.EXPERIMENT_TAG])
+    assert "eval/dsu_auc" in {info.name.tag for info in experiment.metric_infos}
+
+
+def test_no_masks_no_pixel_metrics(tiny_root, tmp_path):
+    shutil.copytree(tiny_root / "tiny", tmp_path / "data" / "tiny", ignore=lambda folder, names: ["masks"])
+    assert not (tmp_path / "data" / "tiny" / "masks").exists()
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "data", tmp_path / "run", Solver={"num_epoch": 1})
+    train_and_eval(cfg)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    for score in SCORES:
+        assert {"auc", "ap", "chi2"} <= results[score].keys() and not PIXEL_KEYS & results[score].keys()
+    assert (tmp_path / "run" / "grid.png").is_file()
+
+
+def read_summary(root):
+    rows = list(csv.DictReader(open(root / "summary.csv")))
+    assert (root / "summary.md").is_file() and [row["score"] for row in rows] == list(SCORES)
+    return rows
+
+
+def test_summary_over_two_seeds(tiny_root, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "runs" / "tiny_s{seed}", Solver={"num_epoch": 1})
+    for seed in (1, 2):
+        train_and_eval(cfg, f"Solver.seed={seed}")
+    capsys.readouterr()
+    evaluate.main(["--summary", str(tmp_path / "runs")])
+    for row in read_summary(tmp_path / "runs"):
+        assert row["n_seeds"] == "2" and row["seeds"] == "1 2" and row["pixel_auroc_mean"]
+    aucs = [json.loads((tmp_path / "runs" / f"tiny_s{seed}" / "results.json").read_text())["dsu"]["auc"]
+            for seed in (1, 2)]
+    dsu = read_summary(tmp_path / "runs")[2]
+    assert float(dsu["auc_mean"]) == pytest.approx(sum(aucs) / 2)
+    assert "| dsu |" in capsys.readouterr().out
+
+
+def test_summary_and_config_are_exclusive(capsys):
+    for argv in ([], ["--config", "a.yaml", "--summary", "runs"]):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(argv)
+        assert exit_info.value.code == 2
+    assert "one of the arguments --config --summary is required" in capsys.readouterr().err
+
+
+def test_seeds_script(tiny_root, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "runs" / "tiny_s{seed}")
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(["bash", "scripts/seeds.sh", str(cfg), "2", "Solver.num_epoch=1"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    rows = read_summary(tmp_path / "runs")
+    assert all(row["n_seeds"] == "2" and row["seeds"] == "1 2" for row in rows)
+    assert "| dsu |" in result.stdout
+
+
+def test_seeds_script_refuses_shared_run_folder(tiny_root, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run")
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(["bash", "scripts/seeds.sh", str(cfg), "2"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "has no {seed}" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,305 @@
+"""The fast path: the training step (eager, and the capture logic with an emulated graph), and the benchmark."""
+import contextlib
+import copy
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import eval as evaluate
+import models
+import train
+from datasets.medad import to_model_input
+from tests.conftest import REPO, run_cli, write_config
+from utils import checkpoint, fast
+from utils.cka import linear_cka
+from utils.scores import image_scores, score_maps
+
+SIZE, BS, LAMBDA = 32, 8, 1.0
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def backbone(network="AE", seed=0):
+    torch.manual_seed(seed)
+    return models.build({"network": network, "img_size": SIZE, "mp": 1, "ls": 16, "layer": 4})
+
+
+def adam(learner):
+    return torch.optim.Adam(learner.parameters(), lr=1e-3, betas=(0.5, 0.999))
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Training images in [-1, 1] and one frozen senior's cached features."""
+    images = torch.rand(4 * BS, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    senior = train.requires_grad(backbone(seed=1).eval(), False)
+    return images, [train.features_of(senior, images)]
+
+
+def batches(n=3):
+    generator = torch.Generator().manual_seed(5)
+    return [torch.randperm(4 * BS, generator=generator)[:BS] for _ in range(n)]
+
+
+def step_for(learner, optimizer, data, capture=False, log=print):
+    images, cache = data
+
+    def batch_loss(batch):
+        return train.training_loss(learner, images[batch], [c[batch] for c in cache], LAMBDA)
+
+    return fast.make_step(batch_loss, learner, optimizer, BS, capture=capture, log=log)
+
+
+def trajectory(data, capture=False, log=print, network="AE"):
+    """Losses of 3 steps from a fixed initial state, and the final weights."""
+    learner = backbone(network).train()
+    optimizer = adam(learner)
+    step = step_for(learner, optimizer, data, capture, log)
+    losses = [{name: value.item() for name, value in step(batch).items()} for batch in batches()]
+    return losses, learner.state_dict()
+
+
+def assert_same(a, b, rtol=1e-6):
+    (losses_a, weights_a), (losses_b, weights_b) = a, b
+    assert len(losses_a) == len(losses_b)
+    for step_a, step_b in zip(losses_a, losses_b):
+        assert step_a.keys() == step_b.keys()
+        for name in step_a:
+            assert step_a[name] == pytest.approx(step_b[name], rel=rtol, abs=1e-9), name
+    for key in weights_a:
+        assert torch.allclose(weights_a[key].double(), weights_b[key].double(), rtol=rtol, atol=1e-7), key
+
+
+@pytest.mark.parametrize("network", ["AE", "AE-U", "MemAE"])
+def test_eager_step_equals_hand_written_step(data, network):
+    images, cache = data
+    learner = backbone(network).train()
+    reference = copy.deepcopy(learner)
+    step = step_for(learner, adam(learner), data)
+    reference_optimizer = adam(reference)
+    for batch in batches():
+        x = images[batch]
+        out = reference(x)
+        loss = reference.loss(out, x)[0] + LAMBDA * linear_cka(out["features"], cache[0][batch])
+        reference_optimizer.zero_grad()
+        loss.backward()
+        reference_optimizer.step()
+        terms = step(batch)
+        assert terms["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+        assert terms["cka_senior0"].item() == pytest.approx(terms["repulsion"].item())
+        assert not terms["loss"].requires_grad
+    for key, value in reference.state_dict().items():
+        assert torch.allclose(learner.state_dict()[key].double(), value.double(), atol=1e-7), key
+
+
+def test_restore_undoes_steps_and_a_zero_adam_state_equals_a_fresh_one(data):
+    """What the capture relies on: warm-up steps are undone in place, also from an empty optimizer state."""
+    untouched = trajectory(data)
+    learner = backbone().train()
+    optimizer = adam(learner)
+    step = step_for(learner, optimizer, data)
+    tensors = [value.data_ptr() for value in learner.state_dict().values()]
+    saved = fast.snapshot(learner, optimizer)  # empty Adam state
+    for batch in batches():
+        step(batch)
+    fast.restore(learner, optimizer, saved)
+    assert [value.data_ptr() for value in learner.state_dict().values()] == tensors  # in place
+    assert all(float(state["step"]) == 0 for state in optimizer.state.values())
+    assert_same(([{name: value.item() for name, value in step(batch).items()} for batch in batches()],
+                 learner.state_dict()), untouched)
+
+    # From a non-empty state (as on resume): steps after restore repeat the steps after the snapshot.
+    saved = fast.snapshot(learner, optimizer)
+    first = [step(batch)["loss"].item() for batch in batches()]
+    fast.restore(learner, optimizer, saved)
+    assert [step(batch)["loss"].item() for batch in batches()] == first
+
+
+def emulated_capture(mode):
+    """A stand-in for fast.capture on the CPU: 'replay' runs the eager step on the static index."""
+    def capture(eager, index):
+        outputs = eager(index)  # like a capture, this leaves the state changed; captured_step restores it
+        if mode == "stale":
+            return (lambda: None), outputs  # a graph that updates nothing
+
+        def replay():
+            for name, value in eager(index).items():
+                outputs[name].copy_(value)
+            if mode == "double":  # right loss, wrong weights
+                eager(index)
+
+        return replay, outputs
+    return capture
+
+
+@pytest.mark.parametrize("mode", ["emulated", "stale", "double", "unavailable"])
+def test_capture_logic_keeps_the_eager_trajectory(data, monkeypatch, mode):
+    """Warm-up, self-check and fallback never change the maths: the run equals a plain eager run."""
+    eager = trajectory(data)
+    if mode != "unavailable":  # on this CPU, torch.cuda.Stream itself fails: the real fallback path
+        monkeypatch.setattr(fast, "side_stream", lambda device: contextlib.nullcontext())
+        monkeypatch.setattr(fast, "capture", emulated_capture(mode))
+    lines = []
+    captured = trajectory(data, capture=True, log=lines.append)
+    assert len(lines) == 1
+    if mode == "emulated":
+        assert "captured as a CUDA graph" in lines[0]
+    else:
+        assert "not used" in lines[0] and "training eagerly" in lines[0]
+    assert_same(captured, eager)
+
+
+def test_optimizer_state_resumes_without_capturable(data):
+    """A checkpoint written by a capturable (CUDA) optimizer resumes in a CPU one, and continues the same."""
+    learner = backbone().train()
+    optimizer = adam(learner)
+    step = step_for(learner, optimizer, data)
+    first, second, third = batches()
+    step(first)
+    saved = copy.deepcopy(optimizer.state_dict())
+    weights = copy.deepcopy(learner.state_dict())
+    for group in saved["param_groups"]:
+        group["capturable"] = True  # as written on a GPU
+    expected = [step(batch)["loss"].item() for batch in (second, third)]
+
+    resumed = backbone(seed=9).train()
+    resumed.load_state_dict(weights)
+    resumed_optimizer = adam(resumed)
+    fast.load_optimizer_state(resumed_optimizer, saved)
+    assert not any(group["capturable"] for group in resumed_optimizer.param_groups)
+    resumed_step = step_for(resumed, resumed_optimizer, data)
+    assert [resumed_step(batch)["loss"].item() for batch in (second, third)] == pytest.approx(expected, rel=1e-6)
+
+
+def test_fast_and_eager_training_log_the_same_losses(tiny_root, tmp_path):
+    """Per-epoch losses in metrics.jsonl (test_pipeline compares the weights)."""
+    logged = {}
+    for fast_path in (True, False):
+        cfg = write_config(tmp_path / f"{fast_path}.yaml", tiny_root, tmp_path / f"run{fast_path}",
+                           Exp={"fast": fast_path}, Solver={"num_epoch": 3})
+        train.main(["--config", str(cfg)])
+        records = [json.loads(line) for line in (tmp_path / f"run{fast_path}" / "metrics.jsonl").open()]
+        logged[fast_path] = {(r["tag"], r["step"]): r for r in records}
+    assert logged[True].keys() == logged[False].keys() and len(logged[True]) == 6
+    assert "repulsion" in logged[True]["learner1", 3]
+    for key, record in logged[True].items():
+        assert record.keys() == logged[False][key].keys()
+        for name in record.keys() - {"tag", "step", "epoch_s"}:
+            assert record[name] == pytest.approx(logged[False][key][name], rel=1e-5), (key, name)
+
+
+def test_bench_naive_step_equals_fast_step():
+    bench = load_bench()
+    train_u8, _, _ = bench.make_data(2 * BS, 4, SIZE)
+    naive_x = torch.stack([bench.NaiveImages(train_u8)[i] for i in range(len(train_u8))])
+    images = to_model_input(torch.from_numpy(train_u8).unsqueeze(1))
+    assert torch.allclose(naive_x, images, atol=1e-6)  # PIL -> ToTensor -> Normalize = the fast input
+
+    senior = train.requires_grad(backbone(seed=1).eval(), False)
+    data = (images, [train.features_of(senior, images)])
+    naive, learner = backbone(), backbone()
+    naive_optimizer = adam(naive)
+    step = step_for(learner, adam(learner), data)
+    for batch in (torch.arange(BS), torch.arange(BS, 2 * BS), torch.arange(BS)):
+        naive_terms = bench.naive_train_step(naive, naive_optimizer, [senior], naive_x[batch], LAMBDA)
+        terms = step(batch)
+        for name in terms:
+            assert naive_terms[name].item() == pytest.approx(terms[name].item(), rel=1e-5), name
+    for key, value in learner.state_dict().items():
+        assert torch.allclose(naive.state_dict()[key].double(), value.double(), rtol=1e-5, atol=1e-6), key
+
+
+@pytest.mark.parametrize("network", ["AE", "AE-U"])
+def test_bench_naive_scores_equal_batched_scores(network):
+    bench = load_bench()
+    _, test_u8, _ = bench.make_data(1, 12, SIZE)
+    learners = [train.requires_grad(backbone(network, seed).eval(), False) for seed in range(3)]
+    naive = bench.naive_scores(learners, test_u8, torch.device("cpu"))
+    exact = image_scores(score_maps(learners, to_model_input(torch.from_numpy(test_u8).unsqueeze(1))))
+    _, stored = evaluate.score_dataset(learners, torch.from_numpy(test_u8).unsqueeze(1), 5, torch.device("cpu"))
+    for name in ("rec", "unc", "dsu"):
+        assert naive[name] == pytest.approx(exact[name].double().numpy(), rel=1e-4), name
+        # eval.score_dataset averages maps stored as float16; tiny DSU maps lose precision there.
+        assert naive[name] == pytest.approx(stored[name].double().numpy(), rel=2e-2), name
+
+
+def test_bench_runs_end_to_end():
+    result = run_cli("scripts/bench.py", "--device", "cpu", "--n-train", "64", "--n-test", "16", "--img-size", "32",
+                     "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    required = ("device", "train_s_per_epoch", "score_images_per_s", "peak_mem_mb", "naive_train_s_per_epoch",
+                "naive_score_images_per_s", "naive_score_images", "train_speedup", "score_speedup")
+    assert all(key in report for key in required), [key for key in required if key not in report]
+    assert report["device"].startswith("cpu") and report["n_train"] == 64 and report["n_test"] == 16
+    assert len(report["train_s_per_epoch"]) == len(report["naive_train_s_per_epoch"]) == 3
+    assert all(value > 0 for value in report["train_s_per_epoch"] + report["naive_train_s_per_epoch"])
+    assert report["naive_score_images"] == 16 and report["peak_mem_mb"] > 0
+    assert report["loss_max_rel_diff"] < 1e-4  # the same training on both paths
+    assert report["score_max_rel_diff"]["rec"] < 1e-3 and report["score_max_rel_diff"]["unc"] < 1e-3
+    assert all(np.isfinite(report[key]) for key in ("train_speedup", "score_speedup"))
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("network", ["AE", "AE-U", "MemAE"])
+def test_cuda_graph_step_equals_eager_step(data, network):
+    """On a GPU: the step is really captured, and it trains as the eager step does (capturable Adam in both)."""
+    device = torch.device("cuda")
+    images, cache = data
+    runs = {}
+    for capture in (True, False):
+        learner = backbone(network).to(device).train()
+        optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3, betas=(0.5, 0.999), capturable=True)
+        lines = []
+        step = step_for(learner, optimizer, (images.to(device), [c.to(device) for c in cache]), capture,
+                        lines.append)
+        losses = [{name: value.item() for name, value in step(batch.to(device)).items()}
+                  for batch in batches() * 3]
+        runs[capture] = losses, {key: value.cpu() for key, value in learner.state_dict().items()}
+        if capture:
+            assert len(lines) == 1 and "captured as a CUDA graph" in lines[0], lines
+    assert_same(runs[True], runs[False], rtol=1e-3)
+
+
+@cuda
+def test_cuda_training_fast_equals_eager_and_resumes(tiny_root, tmp_path):
+    logged = {}
+    for fast_path in (True, False):
+        cfg = write_config(tmp_path / f"{fast_path}.yaml", tiny_root, tmp_path / f"run{fast_path}",
+                           Exp={"fast": fast_path, "device": "cuda"}, Solver={"num_epoch": 3})
+        train.main(["--config", str(cfg)])
+        log = (tmp_path / f"run{fast_path}" / "train.log").read_text()
+        assert ("captured as a CUDA graph" in log) == fast_path, log
+        records = [json.loads(line) for line in (tmp_path / f"run{fast_path}" / "metrics.jsonl").open()]
+        logged[fast_path] = {(r["tag"], r["step"]): r["loss"] for r in records}
+    assert logged[True].keys() == logged[False].keys()
+    for key, loss in logged[True].items():
+        assert loss == pytest.approx(logged[False][key], rel=1e-3), key
+    # Resume from a checkpoint written by the captured run (capturable Adam state on the GPU): on the GPU with and
+    # without capture, and on the CPU; epoch 3 is trained again from the same state and gives the same loss.
+    state = checkpoint.load(checkpoint.learner_path(tmp_path / "runTrue", 1))
+    state["epoch"] = 2
+    losses = []
+    for device, fast_path in (("cuda", True), ("cuda", False), ("cpu", True)):
+        out = tmp_path / f"resume-{device}-{fast_path}"
+        out.mkdir()
+        shutil.copy(checkpoint.learner_path(tmp_path / "runTrue", 0), checkpoint.learner_path(out, 0))
+        checkpoint.save(state, checkpoint.learner_path(out, 1))
+        cfg = write_config(tmp_path / "resume.yaml", tiny_root, out, Exp={"fast": fast_path, "device": device},
+                           Solver={"num_epoch": 3})
+        train.main(["--config", str(cfg)])
+        assert "learner 1: resuming at epoch 2" in (out / "train.log").read_text()
+        losses.append([json.loads(line) for line in (out / "metrics.jsonl").open()][-1]["loss"])
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-3)

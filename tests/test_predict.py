@@ -1,0 +1,116 @@
+"""predict.py scores new files exactly as eval.py scores the test set; utils.readme_figures draws from a real run."""
+import csv
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+import eval as evaluate
+import predict
+import train
+from datasets.prepare import dicom_to_array
+from tests.conftest import run_cli, write_config
+from utils import readme_figures
+
+# Bundled with pydicom; its get_testdata_file helpers may download, so the path is spelled out.
+CT_SMALL = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_root, tmp_path_factory):
+    """A trained (1 epoch, 2 learners) and evaluated run on the tiny data set."""
+    folder = tmp_path_factory.mktemp("predict")
+    cfg = write_config(folder / "c.yaml", tiny_root, folder / "run", Solver={"num_epoch": 1})
+    train.main(["--config", str(cfg)])
+    evaluate.main(["--config", str(cfg)])
+    return folder / "run"
+
+
+def read_csv(path, key):
+    return {row[key]: row for row in csv.DictReader(open(path))}
+
+
+def test_predict_equals_eval_and_reads_jpeg_and_dicom(tiny_root, tiny_run, tmp_path, capsys):
+    images = tiny_root / "tiny" / "images"
+    tested = ["test_normal_0000.png", "test_normal_0001.png", "test_abnormal_0000_opacity.png"]
+    folder = tmp_path / "new"
+    (folder / "more").mkdir(parents=True)
+    for name in tested:
+        shutil.copy(images / name, folder / name)
+    shutil.copy(images / tested[0], folder / "more" / tested[0])  # same stem twice: overlays must not collide
+    Image.open(images / tested[1]).convert("RGB").save(folder / "photo.jpg", quality=95)
+    pydicom.dcmread(CT_SMALL).save_as(folder / "more" / "ct.dcm")
+    Image.fromarray(dicom_to_array(CT_SMALL)).save(folder / "ct_prepared.png")  # what datasets.prepare writes
+    (folder / "notes.txt").write_text("not an image")  # unknown suffixes in folders are skipped
+
+    predict.main(["--run", str(tiny_run), str(folder), "--out", str(tmp_path / "out")])
+
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert list(rows[0]) == ["file", "rec", "unc", "dsu"] and len(rows) == 7
+    by_file = {Path(row["file"]).relative_to(folder).as_posix(): row for row in rows}
+    reference = read_csv(tiny_run / "scores.csv", "file")  # eval.py: the same images through load_images
+    for name in [*tested, "more/" + tested[0]]:
+        for score in ("rec", "unc", "dsu"):
+            assert float(by_file[name][score]) == pytest.approx(float(reference[Path(name).name][score]), rel=1e-4)
+    for score in ("rec", "unc", "dsu"):  # a DICOM is scored as its prepared PNG would be
+        assert float(by_file["more/ct.dcm"][score]) == pytest.approx(float(by_file["ct_prepared.png"][score]),
+                                                                      rel=1e-6)
+        assert np.isfinite(float(by_file["photo.jpg"][score]))
+
+    overlays = sorted((tmp_path / "out" / "overlays").iterdir())
+    assert len(overlays) == 7 and all(path.name.endswith("_dsu.png") for path in overlays)
+    for path in overlays:
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+    printed = capsys.readouterr().out
+    top = max(rows, key=lambda row: float(row["dsu"]))["file"]
+    assert "dsu" in printed and top in printed
+
+
+def test_overlay_names_are_unique():
+    paths = [Path("a/x.png"), Path("b/x.png"), Path("b/x.dcm"), Path("y.png")]
+    assert predict.overlay_names(paths) == ["a_x_png_dsu.png", "b_x_png_dsu.png", "b_x_dcm_dsu.png", "y_dsu.png"]
+
+
+def test_incomplete_run_is_refused(tiny_run, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_run, partial, ignore=shutil.ignore_patterns("learner_1.pt", "tb"))
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--run", str(partial), str(tiny_run)])
+    assert exit_info.value.code == 2
+    assert "learner_1.pt not found" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line(tiny_root, tiny_run, tmp_path):
+    """Missing run folder, no images, a corrupt image: exit 2, one `error:` line naming the problem, no traceback."""
+    good = tiny_root / "tiny" / "images" / "test_normal_0000.png"
+    for name in ("missing_run", "no_images", "corrupt"):
+        (tmp_path / name).mkdir()
+    shutil.copy(good, tmp_path / "missing_run")
+    (tmp_path / "no_images" / "readme.txt").write_text("no pictures here")
+    shutil.copy(good, tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing sensible")
+    cases = [(tmp_path / "nowhere", "missing_run", "nowhere not found"),
+             (tiny_run, "no_images", "no images found"),
+             (tiny_run, "corrupt", "broken.png")]
+    with ThreadPoolExecutor(len(cases)) as pool:  # three fresh interpreters at once: the imports dominate
+        results = list(pool.map(lambda case: run_cli("predict.py", "--run", case[0], tmp_path / case[1],
+                                                      "--out", tmp_path / f"out_{case[1]}"), cases))
+    for (_, _, expected), result in zip(cases, results):
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and expected in errors[0], result.stderr
+
+
+def test_readme_figures_from_a_run(tiny_run, tmp_path, capsys):
+    readme_figures.main(["--run", str(tiny_run), "--out", str(tmp_path / "images")])
+    for name in ("overview.png", "rar_tsne.png", "maps.png"):
+        with Image.open(tmp_path / "images" / name) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("linear CKA"))
+    assert 0 <= float(line.split()[-1]) <= 1  # "... 1-2 0.123": learners 1 and 2 of the tiny run

@@ -1,0 +1,145 @@
+"""The training step, eager or captured as a CUDA graph: the same maths, one callable `step(batch) -> loss terms`.
+
+A captured step replays forward, backward and Adam's update as one graph launch: the batch is gathered inside the
+graph from a static index tensor, so each step copies 64 indices and replays. Capture is checked once against an
+eager step from the same state and falls back to eager (with one log line) on any error or mismatch. Whatever
+happens, training starts from the untouched initial state: warm-up and check steps are undone.
+"""
+import contextlib
+
+import torch
+
+WARMUP_STEPS = 3  # eager steps on a side stream before capture, as the CUDA graph recipe asks
+LOSS_RTOL = 1e-4  # captured vs eager loss of the same step from the same state
+UPDATE_RTOL = 1e-2  # captured vs eager weights after that step, relative to the size of the update
+
+
+def make_step(batch_loss, learner, optimizer, batch_size, capture=False, log=print):
+    """step(batch_indices) -> {name: loss-term tensor}, one optimizer update on that batch.
+
+    batch_loss(batch_indices) -> (loss, {name: term}) gathers the batch and computes the loss. With capture=True
+    (CUDA only; Adam must be capturable) the step is a CUDA graph; its returned tensors are overwritten by the next
+    step, so use them (e.g. add them to running totals) before calling it again.
+    """
+    def eager(batch):
+        optimizer.zero_grad(set_to_none=True)
+        loss, terms = batch_loss(batch)
+        loss.backward()
+        optimizer.step()
+        return {name: value.detach() for name, value in terms.items()}
+
+    if not capture:
+        return eager
+    try:
+        step, problem = captured_step(eager, learner, optimizer, batch_size)
+    except Exception as err:  # noqa: BLE001  any failure to capture leaves the eager step, which is exact
+        step, problem = None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    if step is None:
+        log(f"CUDA graph capture not used ({problem}); training eagerly")
+        return eager
+    log("training step captured as a CUDA graph (checked against an eager step)")
+    return step
+
+
+def captured_step(eager, learner, optimizer, batch_size):
+    """(step, None) with a checked CUDA-graph step, or (None, why) when the check fails; state is left untouched."""
+    device = next(learner.parameters()).device
+    index = torch.arange(batch_size, device=device)  # the graph's static input, and the batch of the check
+    initial = snapshot(learner, optimizer)
+    try:
+        with side_stream(device):
+            reference = record(eager(index), learner)  # one eager step from the initial state
+            for _ in range(WARMUP_STEPS - 1):
+                eager(index)
+        replay, outputs = capture(eager, index)
+        restore(learner, optimizer, initial)
+        replay()
+        problem = mismatch(reference, record(outputs, learner), initial)
+    finally:
+        restore(learner, optimizer, initial)
+    if problem:
+        return None, problem
+
+    def step(batch):
+        index.copy_(batch)
+        replay()
+        return outputs
+
+    return step, None
+
+
+@contextlib.contextmanager
+def side_stream(device):
+    """Run the block on a fresh CUDA stream (warm-up before capture must not run on the capturing stream)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:  # also on failure: what follows (restoring the state) must not race the side stream
+        torch.cuda.current_stream(device).wait_stream(stream)
+
+
+def capture(eager, index):
+    """Capture one eager step on images[index] as a CUDA graph: (replay, static output tensors)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = eager(index)
+    return graph.replay, outputs
+
+
+def snapshot(learner, optimizer) -> dict:
+    """Copies of the learner's weights and buffers and of the optimizer state."""
+    return {"model": [value.clone() for value in learner.state_dict().values()],
+            "optimizer": {param: {key: value.clone() for key, value in state.items()}
+                          for param, state in optimizer.state.items()}}
+
+
+@torch.no_grad()
+def restore(learner, optimizer, saved) -> None:
+    """Write a snapshot back in place (a captured graph keeps pointing at the same tensors).
+
+    Optimizer state created after the snapshot is zeroed: a zero Adam state at step 0 updates exactly as a fresh one.
+    """
+    for value, old in zip(learner.state_dict().values(), saved["model"]):
+        value.copy_(old)
+    for param, state in optimizer.state.items():
+        old = saved["optimizer"].get(param)
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                value.copy_(old[key]) if old is not None else value.zero_()
+
+
+def weights_vector(learner) -> torch.Tensor:
+    return torch.cat([value.detach().double().flatten() for value in learner.state_dict().values()
+                      if value.is_floating_point()])
+
+
+def record(terms, learner) -> dict:
+    """What the check compares after a step: the loss terms and all weights and buffers."""
+    return {"terms": {name: value.detach().double().clone() for name, value in terms.items()},
+            "weights": weights_vector(learner)}
+
+
+def mismatch(reference, candidate, initial) -> str | None:
+    """Why a captured step differs from the eager one (None when it agrees within float noise)."""
+    for name, value in reference["terms"].items():
+        other = candidate["terms"][name]
+        if not torch.allclose(other, value, rtol=LOSS_RTOL, atol=1e-6):
+            return f"{name} {other.item():.6g} captured vs {value.item():.6g} eager"
+    start = torch.cat([value.double().flatten() for value in initial["model"] if value.is_floating_point()])
+    update = (reference["weights"] - start).norm().item()
+    error = (candidate["weights"] - reference["weights"]).norm().item()
+    if not error <= UPDATE_RTOL * update + 1e-9:
+        return f"weights after one step differ by {error:.3g} (the update itself is {update:.3g})"
+    return None
+
+
+def load_optimizer_state(optimizer, state) -> None:
+    """Load a checkpoint's optimizer state but keep this optimizer's `capturable` (a run may resume elsewhere).
+
+    Adam keeps its step counter on the parameters' device when capturable, on the CPU otherwise.
+    """
+    groups = [{**saved, "capturable": current.get("capturable", False)}
+              for saved, current in zip(state["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
