@@ -159,7 +159,7 @@ def test_capture_logic_keeps_the_eager_trajectory(data, monkeypatch, mode):
 
 
 def test_optimizer_state_resumes_without_capturable(data):
-    """A checkpoint written by a capturable (CUDA) optimizer resumes in a CPU one, and continues the same."""
+    """A checkpoint written by a capturable (CUDA) or fused optimizer resumes in a plain one, and continues the same."""
     learner = backbone().train()
     optimizer = adam(learner)
     step = step_for(learner, optimizer, data)
@@ -169,13 +169,14 @@ def test_optimizer_state_resumes_without_capturable(data):
     weights = copy.deepcopy(learner.state_dict())
     for group in saved["param_groups"]:
         group["capturable"] = True  # as written on a GPU
+        group["fused"] = True  # as written by a fused optimizer
     expected = [step(batch)["loss"].item() for batch in (second, third)]
 
     resumed = backbone(seed=9).train()
     resumed.load_state_dict(weights)
     resumed_optimizer = adam(resumed)
     fast.load_optimizer_state(resumed_optimizer, saved)
-    assert not any(group["capturable"] for group in resumed_optimizer.param_groups)
+    assert not any(group["capturable"] or group["fused"] for group in resumed_optimizer.param_groups)
     resumed_step = step_for(resumed, resumed_optimizer, data)
     assert [resumed_step(batch)["loss"].item() for batch in (second, third)] == pytest.approx(expected, rel=1e-6)
 

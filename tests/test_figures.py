@@ -79,7 +79,7 @@ def test_anomaly_grid_writes_png_with_one_row_per_selected_image(tmp_path):
     shown = anomaly_grid(images, recon, maps, image_scores, labels, path, n=3, masks=masks)
     assert shown.tolist() == select_extremes(image_scores, 3).tolist()
     width, height = _png_size(path)
-    assert width / height == pytest.approx((2.2 * 4 + 0.6) / (2.2 * 6), rel=0.02)
+    assert width / height == pytest.approx((2.2 * 4 + 0.6) / (2.2 * 6 + 0.6), rel=0.02)  # + colour bars below
     with pytest.raises(UserError, match="must match"):
         anomaly_grid(images, recon[:5], maps, image_scores, labels, tmp_path / "bad.png")
 

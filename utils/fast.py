@@ -136,10 +136,10 @@ def mismatch(reference, candidate, initial) -> str | None:
 
 
 def load_optimizer_state(optimizer, state) -> None:
-    """Load a checkpoint's optimizer state but keep this optimizer's `capturable` (a run may resume elsewhere).
-
-    Adam keeps its step counter on the parameters' device when capturable, on the CPU otherwise.
+    """Load a checkpoint's optimizer state but keep this optimizer's `capturable` and `fused` (a run may resume on
+    another device). Adam keeps its step counter on the parameters' device when capturable, on the CPU otherwise.
     """
-    groups = [{**saved, "capturable": current.get("capturable", False)}
+    kept = ("capturable", "fused")
+    groups = [{**saved, **{key: current.get(key) for key in kept}}
               for saved, current in zip(state["param_groups"], optimizer.param_groups)]
     optimizer.load_state_dict({**state, "param_groups": groups})

@@ -115,7 +115,7 @@ def anomaly_grid(images, recon, maps: dict, image_scores, labels, path, n=4, sco
 
     shown = select_extremes(image_scores, n)
     columns = ["image", "ensemble reconstruction", *maps]
-    fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.2 * len(columns) + 0.6, 2.2 * len(shown)),
+    fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.2 * len(columns) + 0.6, 2.2 * len(shown) + 0.6),
                              squeeze=False, layout="constrained")
     try:
         for row, index in enumerate(shown):
@@ -131,7 +131,7 @@ def anomaly_grid(images, recon, maps: dict, image_scores, labels, path, n=4, sco
             for row, index in enumerate(shown):
                 heat = axes[row, column].imshow(values[index], cmap="jet", vmin=low, vmax=high)
                 _hide_ticks(axes[row, column])
-            fig.colorbar(heat, ax=axes[:, column], shrink=0.6)
+            fig.colorbar(heat, ax=axes[:, column], location="bottom", shrink=0.9, aspect=15)
         for column, name in enumerate(columns):
             axes[0, column].set_title(name, fontsize="small")
         _save(fig, path)
