@@ -131,7 +131,8 @@ def anomaly_grid(images, recon, maps: dict, image_scores, labels, path, n=4, sco
             for row, index in enumerate(shown):
                 heat = axes[row, column].imshow(values[index], cmap="jet", vmin=low, vmax=high)
                 _hide_ticks(axes[row, column])
-            fig.colorbar(heat, ax=axes[:, column], location="bottom", shrink=0.9, aspect=15)
+            bar = fig.colorbar(heat, ax=axes[:, column], location="bottom", shrink=0.9, aspect=15, format="%.2g")
+            bar.ax.locator_params(nbins=3)
         for column, name in enumerate(columns):
             axes[0, column].set_title(name, fontsize="small")
         _save(fig, path)
