@@ -28,13 +28,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def requires_grad(model, flag: bool):
-    for parameter in model.parameters():
-        parameter.requires_grad_(flag)
-    return model
-
-
-def prepare_run(cfg) -> "Path":
+def prepare_run(cfg):
     """Create the run folder, refuse one that holds another experiment, store the resolved config."""
     run_dir = make_run_dir(cfg.run_dir)
     stored = run_dir / "config.yaml"
@@ -154,7 +148,7 @@ def main(argv=None):
     seniors = []
     for index in range(cfg.Model.num_learners):
         learner = train_learner(index, seniors, images, cfg, device, run_dir, log)
-        seniors.append(requires_grad(learner.eval(), False))
+        seniors.append(learner.eval().requires_grad_(False))  # frozen
     log.info(f"done; evaluate with: python eval.py --config {args.config} {' '.join(args.overrides)}".rstrip())
     log.close()
 

@@ -179,7 +179,7 @@ def fast_train(train_images, cfg, device, run_dir):
         learner = train.train_learner(index, seniors, images, cfg, device, run_dir, log)
         synchronize(device)
         seconds.append(time.perf_counter() - began)
-        seniors.append(train.requires_grad(learner.eval(), False))
+        seniors.append(learner.eval().requires_grad_(False))
     log.close()
     return seniors, seconds
 
@@ -284,7 +284,7 @@ def main(argv=None):
     for index in range(args.learners):
         learner, seconds, losses = naive_train(index, naive_seniors, train_images, cfg, device, naive_epochs,
                                                args.naive_workers)
-        naive_seniors.append(train.requires_grad(learner.eval(), False))
+        naive_seniors.append(learner.eval().requires_grad_(False))
         naive_epoch_s.append(seconds)
         naive_losses.append(losses)
     naive_test = test_images[:n_naive_score]

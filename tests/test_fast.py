@@ -41,7 +41,7 @@ def adam(learner):
 def data():
     """Training images in [-1, 1] and one frozen senior's cached features."""
     images = torch.rand(4 * BS, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    senior = train.requires_grad(backbone(seed=1).eval(), False)
+    senior = backbone(seed=1).eval().requires_grad_(False)
     return images, [train.features_of(senior, images)]
 
 
@@ -205,7 +205,7 @@ def test_bench_naive_step_equals_fast_step():
     images = to_model_input(torch.from_numpy(train_u8).unsqueeze(1))
     assert torch.allclose(naive_x, images, atol=1e-6)  # PIL -> ToTensor -> Normalize = the fast input
 
-    senior = train.requires_grad(backbone(seed=1).eval(), False)
+    senior = backbone(seed=1).eval().requires_grad_(False)
     data = (images, [train.features_of(senior, images)])
     naive, learner = backbone(), backbone()
     naive_optimizer = adam(naive)
@@ -223,7 +223,7 @@ def test_bench_naive_step_equals_fast_step():
 def test_bench_naive_scores_equal_batched_scores(network):
     bench = load_bench()
     _, test_u8, _ = bench.make_data(1, 12, SIZE)
-    learners = [train.requires_grad(backbone(network, seed).eval(), False) for seed in range(3)]
+    learners = [backbone(network, seed).eval().requires_grad_(False) for seed in range(3)]
     naive = bench.naive_scores(learners, test_u8, torch.device("cpu"))
     exact = image_scores(score_maps(learners, to_model_input(torch.from_numpy(test_u8).unsqueeze(1))))
     _, stored = evaluate.score_dataset(learners, torch.from_numpy(test_u8).unsqueeze(1), 5, torch.device("cpu"))
