@@ -56,7 +56,7 @@ def load_learners(run_dir, cfg, device):
                             "rerun train.py with the same config to finish it")
         learner = models.build(state["backbone"])
         learner.load_state_dict(state["model"])
-        learners.append(learner.to(device).eval().requires_grad_(False))
+        learners.append(models.place(learner, device).eval().requires_grad_(False))
     return learners
 
 

@@ -67,7 +67,7 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
     solver = cfg.Solver
     torch.manual_seed(solver.seed + index)
     args = models.backbone_args(cfg.Model, cfg.Data.img_size)
-    learner = models.build(args).to(device)
+    learner = models.place(models.build(args), device)
     capture = cfg.Exp.fast and device.type == "cuda"  # a CUDA graph step needs Adam's state on the GPU
     # On the CPU the fused Adam kernel makes a whole step about 30% faster; same update rule.
     optimizer = torch.optim.Adam(learner.parameters(), lr=solver.lr, betas=(0.5, 0.999),

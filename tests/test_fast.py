@@ -229,8 +229,7 @@ def test_bench_naive_scores_equal_batched_scores(network):
     _, stored = evaluate.score_dataset(learners, torch.from_numpy(test_u8).unsqueeze(1), 5, torch.device("cpu"))
     for name in ("rec", "unc", "dsu"):
         assert naive[name] == pytest.approx(exact[name].double().numpy(), rel=1e-4), name
-        # eval.score_dataset averages maps stored as float16; tiny DSU maps lose precision there.
-        assert naive[name] == pytest.approx(stored[name].double().numpy(), rel=2e-2), name
+        assert naive[name] == pytest.approx(stored[name].double().numpy(), rel=1e-4), name
 
 
 def test_bench_runs_end_to_end():
@@ -245,7 +244,9 @@ def test_bench_runs_end_to_end():
     assert len(report["train_s_per_epoch"]) == len(report["naive_train_s_per_epoch"]) == 3
     assert all(value > 0 for value in report["train_s_per_epoch"] + report["naive_train_s_per_epoch"])
     assert report["naive_score_images"] == 16 and report["peak_mem_mb"] > 0
-    assert report["loss_max_rel_diff"] < 1e-4  # the same training on both paths
+    # The same training on both paths; train.py's CPU path uses fused Adam and channels-last weights (same maths,
+    # other rounding), so a few steps differ in the fourth digit. Exact step equality: the test above.
+    assert report["loss_max_rel_diff"] < 1e-3
     assert report["score_max_rel_diff"]["rec"] < 1e-3 and report["score_max_rel_diff"]["unc"] < 1e-3
     assert all(np.isfinite(report[key]) for key in ("train_speedup", "score_speedup"))
 
