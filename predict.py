@@ -13,6 +13,7 @@ import argparse
 import csv
 import os
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -116,16 +117,18 @@ def load_files(paths, img_size) -> torch.Tensor:
 
 def overlay_names(paths) -> list[str]:
     """`<stem>_dsu.png`; when stems repeat (a/x.png, b/x.png, b/x.dcm) the folder and suffix join in: a_x_png."""
-    stems = [path.stem for path in paths]
-    names = []
-    for path, stem in zip(paths, stems):
-        if stems.count(stem) > 1:
+    repeats = Counter(path.stem for path in paths)
+    names, taken = [], set()  # a set: no quadratic search over thousands of images
+    for path in paths:
+        stem = path.stem
+        if repeats[stem] > 1:
             stem = f"{path.parent.name}_{path.stem}{path.suffix.replace('.', '_')}".lstrip("_")
         name, copy = stem, 1
-        while name in names:
+        while name in taken:
             copy += 1
             name = f"{stem}_{copy}"
         names.append(name)
+        taken.add(name)
     return [f"{name}_dsu.png" for name in names]
 
 

@@ -122,17 +122,23 @@ def dicom_to_array(path):
     if photometric == "MONOCHROME1":
         pixels = 255 - pixels if pixels.dtype == np.uint8 else pixels.max() - pixels
     if pixels.dtype != np.uint8:
-        low, high = pixels.min(), pixels.max()
-        if high > low:
-            pixels = np.rint((pixels - low) / (high - low) * 255).astype(np.uint8)
-        else:
-            pixels = np.zeros(pixels.shape, np.uint8)  # a constant image has no contrast to stretch
+        pixels = min_max_uint8(pixels)
     return np.asarray(Image.fromarray(pixels).resize((DICOM_SIZE, DICOM_SIZE), Image.BILINEAR))
+
+
+def min_max_uint8(pixels):
+    low, high = pixels.min(), pixels.max()
+    if high > low:
+        return np.rint((pixels - low) / (high - low) * 255).astype(np.uint8)
+    return np.zeros(pixels.shape, np.uint8)  # a constant image has no contrast to stretch
 
 
 def picture_to_array(path):
     """A JPEG (or other picture) as an 8-bit grayscale array of the same size."""
     with Image.open(path) as image:
+        if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+            # 16-bit PNG / float TIFF: min-max, as the loader does; convert("L") would clip to white.
+            return min_max_uint8(np.asarray(image, dtype=np.float64))
         return np.asarray(image.convert("L"))
 
 
@@ -275,6 +281,8 @@ def read_split_file(split_path):
         raise UserError(f"split file {split_path} does not exist") from None
     except (OSError, ValueError) as err:
         raise UserError(f"split file {split_path} is not readable JSON ({err})") from None
+    if not isinstance(published, dict):
+        raise UserError(f"split file {split_path} must be a JSON object shaped like data.json")
     listed = {}
     for section, label in SPLIT_KEYS:
         names = published.get(section, {}).get(label) if isinstance(published.get(section), dict) else None

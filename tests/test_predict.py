@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 from PIL import Image
 
 import eval as evaluate
@@ -74,6 +75,9 @@ def test_predict_equals_eval_and_reads_jpeg_and_dicom(tiny_root, tiny_run, tmp_p
 def test_overlay_names_are_unique():
     paths = [Path("a/x.png"), Path("b/x.png"), Path("b/x.dcm"), Path("y.png")]
     assert predict.overlay_names(paths) == ["a_x_png_dsu.png", "b_x_png_dsu.png", "b_x_dcm_dsu.png", "y_dsu.png"]
+    # A generated name that is also a real stem gets a counter.
+    clash = [Path("a_x_png.png"), Path("a/x.png"), Path("b/x.png")]
+    assert predict.overlay_names(clash) == ["a_x_png_dsu.png", "a_x_png_2_dsu.png", "b_x_png_dsu.png"]
 
 
 def test_incomplete_run_is_refused(tiny_run, tmp_path, capsys):
@@ -114,3 +118,15 @@ def test_readme_figures_from_a_run(tiny_run, tmp_path, capsys):
             assert image.format == "PNG" and min(image.size) > 200
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("linear CKA"))
     assert 0 <= float(line.split()[-1]) <= 1  # "... 1-2 0.123": learners 1 and 2 of the tiny run
+
+
+def test_rar_tsne_with_wide_features_and_few_points(tmp_path, monkeypatch):
+    # 2 learners x 12 images = 24 points of 200 features: PCA must not ask for 50 components.
+    generator = torch.Generator().manual_seed(0)
+    monkeypatch.setattr(readme_figures, "features_of",
+                        lambda learner, images: torch.randn(12, 200, generator=generator))
+    labels = np.repeat([0, 1], 6)
+    cka = readme_figures.rar_tsne([None, None], None, labels, tmp_path / "tsne.png", tap="en1")
+    assert cka.shape == (2, 2) and np.allclose(np.diag(cka), 1) and 0 <= cka[0, 1] < 1
+    with Image.open(tmp_path / "tsne.png") as image:
+        assert image.format == "PNG"

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from datasets.prepare import dicom_to_array, prepare
+from datasets.prepare import dicom_to_array, picture_to_array, prepare
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,3 +268,16 @@ def test_bad_input_is_one_line(tmp_path, case):
     if case == "missing_listed_file":
         assert "gone1.png" in lines[0] and "gone2.dcm" in lines[0]
     assert not (tmp_path / "out" / "RSNA" / "data.json").exists()
+
+
+def test_sixteen_bit_picture_is_min_max_scaled(tmp_path):
+    ramp = np.arange(16, dtype=np.uint16).reshape(4, 4) * 200 + 1000  # 1000..4000: convert("L") would clip to 255
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    expected = np.rint((ramp.astype(float) - 1000) / 3000 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(picture_to_array(tmp_path / "deep.png"), expected)
+
+
+def test_split_file_that_is_not_an_object_is_a_user_error(tmp_path):
+    raw = make_brain_raw(tmp_path / "raw")
+    with pytest.raises(UserError, match="must be a JSON object"):
+        prepare("brain", raw, tmp_path / "out", split=write_json(tmp_path / "split.json", ["a.png"]), workers=1)

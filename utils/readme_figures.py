@@ -144,7 +144,7 @@ def rar_tsne(learners, images, labels, path, tap="z", seed=SEED) -> np.ndarray:
     subset = tsne_subset(labels, seed=seed)
     points = torch.cat([f[subset] for f in features]).numpy()
     if points.shape[1] > 50:  # wide taps (encoder / decoder blocks): PCA first, the usual t-SNE practice
-        points = PCA(50, random_state=seed).fit_transform(points)
+        points = PCA(min(50, len(points)), random_state=seed).fit_transform(points)  # no more components than points
     perplexity = min(30.0, (len(points) - 1) / 3)
     embedded = TSNE(2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)\
         .fit_transform(points)
