@@ -38,7 +38,11 @@ def dataset_dir(root, dataset) -> Path:
     directory = root / FOLDERS.get(dataset, dataset)
     if dataset == "demo" and not (directory / "data.json").is_file():
         from datasets.demo import make_demo  # only the demo needs the generator
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create data root {root} for the demo data ({err.strerror}); "
+                            "set Data.root=... to a writable folder") from None
         print(f"generating the demo data set in {directory}")
         make_demo(directory)
     if not root.is_dir():

@@ -186,17 +186,22 @@ def convert_all(jobs, workers, description):
 
 # ---------------------------------------------------------------- finding raw images and their labels
 
+def raw_files(src, suffixes):
+    """Files under src with one of the suffixes, sorted; hidden files and folders (e.g. macOS `._x.jpg`,
+    `__MACOSX/`) are skipped."""
+    return [path for path in sorted(src.rglob("*"))
+            if path.suffix.lower() in suffixes and path.is_file()
+            and not any(part.startswith((".", "__MACOSX")) for part in path.relative_to(src).parts)]
+
+
 def find_raw_images(spec, src):
     if spec.kind == "dicom":
-        images = [RawImage(path, path.parent.name, None)
-                  for path in sorted(src.rglob("*")) if path.suffix.lower() in DICOM_SUFFIXES and path.is_file()]
+        images = [RawImage(path, path.parent.name, None) for path in raw_files(src, DICOM_SUFFIXES)]
         if not images:
             raise UserError(f"no DICOM files (*.dcm, *.dicom) found under {src}; point --src at the raw download")
         return images
     images = []
-    for path in sorted(src.rglob("*")):
-        if path.suffix.lower() not in PICTURE_SUFFIXES or not path.is_file():
-            continue
+    for path in raw_files(src, PICTURE_SUFFIXES):
         folders = [part.lower() for part in path.relative_to(src).parts[:-1]]
         if "attention_map" in folders:
             continue  # LAG ships attention maps beside the fundus images
@@ -233,7 +238,7 @@ def read_csv_rows(src, file_name, columns):
         path = next(src.rglob(file_name), None)
     if path is None:
         return None
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a CSV saved with a byte-order mark
         reader = csv.DictReader(handle)
         missing = [column for column in columns if column not in (reader.fieldnames or [])]
         if missing:

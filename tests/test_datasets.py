@@ -237,3 +237,10 @@ def test_make_demo_refuses_a_foreign_folder(tmp_path):
     with pytest.raises(UserError, match="busy.*not empty"):
         make_demo(tmp_path / "busy", **SMALL)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_demo_root_that_is_a_file_is_a_user_error(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="cannot create data root"):
+        dataset_dir(blocker, "demo")

@@ -281,3 +281,20 @@ def test_split_file_that_is_not_an_object_is_a_user_error(tmp_path):
     raw = make_brain_raw(tmp_path / "raw")
     with pytest.raises(UserError, match="must be a JSON object"):
         prepare("brain", raw, tmp_path / "out", split=write_json(tmp_path / "split.json", ["a.png"]), workers=1)
+
+
+def test_hidden_and_macos_files_are_skipped(tmp_path):
+    clean = json.loads(prepare("brain", make_brain_raw(tmp_path / "clean"), tmp_path / "a", workers=1).read_text())
+    raw = make_brain_raw(tmp_path / "raw")
+    (raw / "Training/notumor/._no_0.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # unreadable as a JPEG
+    (raw / "__MACOSX/Training/glioma").mkdir(parents=True)
+    (raw / "__MACOSX/Training/glioma/gl_9.jpg").write_bytes(b"junk")
+    assert json.loads(prepare("brain", raw, tmp_path / "b", workers=1).read_text()) == clean
+
+
+def test_label_csv_with_byte_order_mark(tmp_path):
+    rsna = make_rsna_raw(tmp_path / "rsna", {f"n{i}": "MR_small.dcm" for i in range(5)} | {"a0": "MR_small.dcm"})
+    rows = "".join(f"n{i},Normal\n" for i in range(5)) + "a0,Lung Opacity\n"
+    (rsna / "stage_2_detailed_class_info.csv").write_text("\ufeffpatientId,class\n" + rows, encoding="utf-8")
+    data = json.loads(prepare("rsna", rsna, tmp_path / "out", workers=1).read_text())
+    assert data["test"]["1"] == ["a0.png"]
