@@ -3,7 +3,7 @@
     python predict.py --run runs/demo_AE IMAGES... [--out DIR] [--device auto]
 
 IMAGES are files or folders (searched recursively; hidden files are skipped): PNG, JPEG, BMP, TIFF, and DICOM
-(.dcm, .dicom). A DICOM goes through the preparation rule of METHOD.md (datasets.prepare.dicom_to_array), then,
+(.dcm, .dicom). A DICOM goes through the preparation rule of datasets.prepare (dicom_to_array), then,
 like every other image, the loader's grayscale / bilinear resize to the run's img_size, exactly as in training.
 Writes <out>/predictions.csv (file, rec, unc, dsu; image score = mean of the pixel map) and
 <out>/overlays/<name>_dsu.png (dsu heat maps on one shared colour scale, so overlays compare by colour) and prints

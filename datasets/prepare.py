@@ -23,11 +23,11 @@ converted; names are matched by stem, so `x.dcm`, `x.dicom`, `x.jpg` and `x.png`
 output is `x.png`. `train.unlabeled` is not used by D2UE and is ignored. Without --split the split is drawn: the
 labelled images are sorted by output name, each class is shuffled with numpy.random.default_rng(seed) (normals
 first, then abnormals, from the same generator), and the first (train normal, test normal, test abnormal) images
-are taken, sizes from METHOD.md: rsna 3851/1000/1000, vin 4000/1000/1000, brain 1000/600/600, lag 1500/811/811.
+are taken, at the benchmark's sizes: rsna 3851/1000/1000, vin 4000/1000/1000, brain 1000/600/600, lag 1500/811/811.
 When there are too few images, all three sizes are scaled by the same factor (rounded down), which keeps the
 table's proportions and a balanced test set, and a warning says so.
 
-Conversion. DICOM (rsna, vin), the rule of METHOD.md: pixel array; invert if MONOCHROME1; min-max scale to uint8
+Conversion. DICOM (rsna, vin), the benchmark's rule: pixel array; invert if MONOCHROME1; min-max scale to uint8
 (rounded to nearest) when not already uint8; bilinear resize to 512x512 (PIL). JPEG folders (brain, lag): 8-bit
 grayscale, size kept (the loader resizes). Output names are `<stem>.png`; when stems collide, the class folder name
 (DICOM: the parent folder name) is prefixed. Files are converted in a process pool; outputs that already exist are
@@ -104,7 +104,7 @@ def name_stem(name):
 # ---------------------------------------------------------------- conversion (runs in the worker processes)
 
 def dicom_to_array(path):
-    """A DICOM file as a 512x512 uint8 array, by the METHOD.md rule."""
+    """A DICOM file as a 512x512 uint8 array, by the benchmark's preparation rule (module docstring)."""
     dataset = pydicom.dcmread(path)
     pixels = dataset.pixel_array
     if int(dataset.get("NumberOfFrames", 1) or 1) > 1:

@@ -147,7 +147,7 @@ def naive_train(index, seniors, train_images, cfg, device, epochs, workers=0):
 
 
 def naive_scores(learners, test_images, device, workers=0):
-    """rec, unc and dsu of each image, one image at a time, written out from the formulas in METHOD.md."""
+    """rec, unc and dsu of each image, one image at a time, written out from the formulas in utils/scores.py's docstring."""
     scores = {name: [] for name in SCORES}
     for x in DataLoader(NaiveImages(test_images), batch_size=1, num_workers=workers):
         x = x.to(device)

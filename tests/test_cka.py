@@ -7,7 +7,7 @@ from utils.cka import linear_cka, repulsion
 
 
 def cka_numpy(x, y):
-    """HSIC(X, Y) = sum(HKH o HLH), K = X X^T, L = Y Y^T, H = I - 11^T / n (METHOD.md), in float64."""
+    """HSIC(X, Y) = sum(HKH o HLH), K = X X^T, L = Y Y^T, H = I - 11^T / n (the definition D2UE uses), in float64."""
     n = x.shape[0]
     h = np.eye(n) - np.ones((n, n)) / n
 

@@ -8,7 +8,7 @@ from utils.errors import UserError
 
 CFGS = Path(__file__).resolve().parents[1] / "cfgs"
 
-# METHOD.md: dataset -> {backbone file suffix: (network, lr, seed)}
+# The published settings (D2UE paper and code): dataset -> {backbone file suffix: (network, lr, seed)}
 PUBLISHED = {
     "RSNA": ("rsna", {"AE": ("AE", 5e-4, 8), "AEU": ("AE-U", 1e-3, 2), "MemAE": ("MemAE", 5e-4, 7)}),
     "Vin": ("vin", {"AE": ("AE", 5e-4, 1), "AEU": ("AE-U", 1e-3, 9), "MemAE": ("MemAE", 5e-4, 9)}),

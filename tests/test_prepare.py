@@ -19,7 +19,7 @@ DICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
 def reference(path, first_frame=False):
-    """The METHOD.md rule written out with numpy + PIL, independently of the module."""
+    """The DICOM preparation rule written out with numpy + PIL, independently of the module."""
     dataset = pydicom.dcmread(path)
     pixels = dataset.pixel_array
     pixels = pixels[0] if first_frame else pixels

@@ -1,4 +1,4 @@
-"""The three scores: batched maps equal per-image computations and the formulas of METHOD.md."""
+"""The three scores: batched maps equal per-image computations and the formulas of the paper (see utils/scores.py)."""
 import pytest
 import torch
 
@@ -23,7 +23,7 @@ def ensemble(network, k=3, img_size=32):
 
 
 def reference_maps(learners, image):
-    """Straight from METHOD.md, for one image (batch of 1), written without the batched helper's tricks."""
+    """Straight from the formulas, for one image (batch of 1), written without the batched helper's tricks."""
     x_hats, variances, terms = [], [], []
     for learner in learners:
         x = image.clone().requires_grad_(True)
