@@ -32,7 +32,7 @@ def score_maps(learners, x: torch.Tensor) -> dict:
     ensemble = mean_over_learners(reconstructions)
     return {
         "rec": (x - ensemble).pow(2) / variance,
-        "unc": (variance_over_learners(reconstructions) / variance).sqrt(),
+        "unc": (variance_over_learners(reconstructions, ensemble) / variance).sqrt(),
         "dsu": variance_over_learners(input_terms).sqrt() / variance.sqrt(),
         "x_hat": ensemble,
     }
@@ -44,9 +44,9 @@ def mean_over_learners(values: list) -> torch.Tensor:
     return sum(values) / len(values)
 
 
-def variance_over_learners(values: list) -> torch.Tensor:
-    """Unbiased variance across learners, per pixel."""
-    mean = mean_over_learners(values)
+def variance_over_learners(values: list, mean=None) -> torch.Tensor:
+    """Unbiased variance across learners, per pixel (pass their mean when it is already at hand)."""
+    mean = mean_over_learners(values) if mean is None else mean
     return sum((value - mean).pow(2) for value in values) / (len(values) - 1)
 
 
