@@ -23,7 +23,7 @@ from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_
 from utils import checkpoint
 from utils.errors import UserError, cli
 from utils.figures import anomaly_grid, chi_square_distance, roc_pr_curves, score_histograms
-from utils.metrics import image_metrics, pixel_metrics
+from utils.metrics import image_metrics, pixel_metrics_of_maps
 from utils.runtime import RunLog, setup
 from utils.scores import SCORES, image_scores, score_maps
 from utils.summary import write_summary
@@ -63,23 +63,26 @@ def load_learners(run_dir, cfg, device):
 def score_dataset(learners, images_u8, batch_size, device):
     """Pixel maps (float32, on the CPU) and image scores of every image, in batches.
 
-    batch_size 0 picks the largest batch that fits: it starts high and halves on an out-of-memory error.
+    The maps are allocated once at their final size and filled batch by batch, so a large test set is held in
+    memory once. batch_size 0 picks the largest batch that fits: it starts high and halves on an out-of-memory
+    error.
     """
     batch_size = batch_size or (1024 if device.type == "cuda" else 128)
-    while True:
+    maps = {name: torch.empty(images_u8.shape, dtype=torch.float32) for name in (*SCORES, "x_hat")}
+    start = 0
+    while start < len(images_u8):
         try:
-            maps = {name: [] for name in (*SCORES, "x_hat")}
-            for start in range(0, len(images_u8), batch_size):
-                x = to_model_input(images_u8[start:start + batch_size].to(device))
-                for name, value in score_maps(learners, x).items():
-                    maps[name].append(value.cpu())
-            maps = {name: torch.cat(parts) for name, parts in maps.items()}
-            return maps, image_scores(maps)
+            x = to_model_input(images_u8[start:start + batch_size].to(device))
+            for name, value in score_maps(learners, x).items():
+                maps[name][start:start + len(x)] = value
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
                 raise
-            batch_size //= 2
+            batch_size //= 2  # and the same batch again, smaller
             torch.cuda.empty_cache()
+            continue
+        start += len(x)
+    return maps, image_scores(maps)
 
 
 def metrics_table(labels, scores, maps, masks) -> dict:
@@ -89,8 +92,10 @@ def metrics_table(labels, scores, maps, masks) -> dict:
     for name in SCORES:
         results[name] = image_metrics(labels, scores[name])
         results[name]["chi2"] = chi_square_distance(scores[name][labels == 0], scores[name][labels == 1])
-        if masks is not None:
-            results[name].update(pixel_metrics(masks.numpy(), maps[name].numpy()))
+    if masks is not None:
+        pixel = pixel_metrics_of_maps(masks.numpy(), {name: maps[name].numpy() for name in SCORES})
+        for name in SCORES:
+            results[name].update(pixel[name])
     return results
 
 

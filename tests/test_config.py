@@ -69,6 +69,7 @@ def test_saved_config_round_trips(tmp_path):
     (["Exp.device=gpu0"], "Exp.device must be auto, cpu, cuda or cuda:N"),
     (["Solver.lr=-1"], "Solver.lr must be positive"),
     (["Model.layer=9"], "Model.layer must be 0..8"),
+    (["Model.num_learners=1"], "Model.num_learners must be at least 2"),
     (["Solver.lr"], "must look like Section.key=value"),
     (["Solver.lr="], "has no value"),
     (["Exp.out_dir=runs/{data}"], "bad placeholder"),

@@ -14,7 +14,7 @@ import models
 import train
 from datasets.medad import to_model_input
 from tests.conftest import REPO, run_cli, write_config
-from utils import checkpoint, fast
+from utils import checkpoint, config, fast
 from utils.cka import linear_cka
 from utils.scores import image_scores, score_maps
 
@@ -126,7 +126,7 @@ def test_restore_undoes_steps_and_a_zero_adam_state_equals_a_fresh_one(data):
 
 def emulated_capture(mode):
     """A stand-in for fast.capture on the CPU: 'replay' runs the eager step on the static index."""
-    def capture(eager, index):
+    def capture(eager, index, device):
         outputs = eager(index)  # like a capture, this leaves the state changed; captured_step restores it
         if mode == "stale":
             return (lambda: None), outputs  # a graph that updates nothing
@@ -181,6 +181,76 @@ def test_optimizer_state_resumes_without_capturable(data):
     assert [resumed_step(batch)["loss"].item() for batch in (second, third)] == pytest.approx(expected, rel=1e-6)
 
 
+def test_resume_of_a_gpu_layout_state_on_the_cpu_equals_an_uninterrupted_run(data):
+    """A checkpoint written on a GPU holds weights and Adam moments in the standard layout; on the CPU the weights
+    are channels-last and Adam is fused. Resumed there, training must continue exactly as if never stopped."""
+    solver, cpu = config.Solver(lr=1e-3), torch.device("cpu")
+    learner = models.place(backbone(), cpu).train()
+    optimizer = fast.adam(learner, solver, cpu)
+    step = step_for(learner, optimizer, data)
+    first, *rest = batches(4)
+    step(first)
+    as_on_gpu = {key: value.clone(memory_format=torch.contiguous_format) for key, value in learner.state_dict().items()}
+    state = copy.deepcopy(optimizer.state_dict())
+    for param_state in state["state"].values():
+        for key, value in param_state.items():
+            param_state[key] = value.contiguous()
+    assert any(not value.is_contiguous() for value in learner.state_dict().values())  # channels-last here
+    uninterrupted = [step(batch)["loss"].item() for batch in rest]
+
+    resumed = models.place(backbone(seed=9), cpu).train()
+    resumed.load_state_dict(as_on_gpu)
+    resumed_optimizer = fast.adam(resumed, solver, cpu)
+    fast.load_optimizer_state(resumed_optimizer, state)
+    resumed_step = step_for(resumed, resumed_optimizer, data)
+    assert [resumed_step(batch)["loss"].item() for batch in rest] == uninterrupted  # bit for bit
+    for key, value in learner.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_adam_is_fused_on_cpu_and_cuda_and_capturable_when_captured():
+    """Without an explicit choice on CUDA, fused=False would select Adam's slowest path, a loop over parameters."""
+    assert fast.adam_options(torch.device("cpu")) == {"fused": True, "capturable": False}
+    assert fast.adam_options(torch.device("cuda:1"), capture=True) == {"fused": True, "capturable": True}
+    assert fast.adam_options(torch.device("cuda"), capture=False) == {"fused": True, "capturable": False}
+    optimizer = fast.adam(backbone(), config.Solver(lr=2e-3, weight_decay=1e-5), torch.device("cpu"))
+    group = optimizer.param_groups[0]
+    assert (group["fused"], group["capturable"], group["lr"], group["betas"], group["weight_decay"]) == \
+        (True, False, 2e-3, (0.5, 0.999), 1e-5)
+
+
+def test_capture_runs_on_a_stream_of_the_learners_device(monkeypatch):
+    """Exp.device=cuda:1: the graph must be captured on a cuda:1 stream with cuda:1 current, else the step's work
+    runs outside the capture. Checked with stand-ins for torch.cuda's pieces (no GPU needed)."""
+    seen = {}
+
+    class Stream:
+        def __init__(self, device=None):
+            self.device = device
+
+    @contextlib.contextmanager
+    def on_device(device):
+        seen["current"] = device
+        yield
+        seen["current"] = None
+
+    @contextlib.contextmanager
+    def graph(cuda_graph, stream=None, **kwargs):
+        seen["stream_device"] = stream.device if stream is not None else None
+        yield
+
+    def eager(index):
+        seen["step_device"], seen["step_stream"] = seen["current"], seen["stream_device"]
+        return {"loss": torch.zeros(())}
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "device", on_device)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: type("Graph", (), {"replay": lambda self: None})())
+    fast.capture(eager, torch.arange(4), torch.device("cuda:1"))
+    assert seen["step_device"] == torch.device("cuda:1") and seen["step_stream"] == torch.device("cuda:1")
+
+
 def test_fast_and_eager_training_log_the_same_losses(tiny_root, tmp_path):
     """Per-epoch losses in metrics.jsonl (test_pipeline compares the weights)."""
     logged = {}
@@ -206,7 +276,9 @@ def test_bench_naive_step_equals_fast_step():
     assert torch.allclose(naive_x, images, atol=1e-6)  # PIL -> ToTensor -> Normalize = the fast input
 
     senior = backbone(seed=1).eval().requires_grad_(False)
-    data = (images, [train.features_of(senior, images)])
+    # Cached in the batches the naive path forwards (a convolution's rounding may depend on the batch size, and
+    # Adam's first steps turn tiny differences of near-zero gradients into differences of the order of lr).
+    data = (images, [train.features_of(senior, images, batch_size=BS)])
     naive, learner = backbone(), backbone()
     naive_optimizer = adam(naive)
     step = step_for(learner, adam(learner), data)

@@ -100,3 +100,27 @@ def test_figures_are_closed(tmp_path):
     score_histograms(scores, labels, tmp_path / "a.png")
     roc_pr_curves(scores, labels, tmp_path / "b.png")
     assert len(figures.plt.get_fignums()) == before
+
+
+@pytest.mark.parametrize("low, spread", [(3e-4, 1e-6), (2e-5, 6e-5), (1e-5, 1e-3), (0.2, 0.5), (1234.0, 0.01)])
+def test_histogram_tick_labels_never_overlap(tmp_path, monkeypatch, low, spread):
+    """dsu scores sit near 1e-5 and may span a sliver of that: the tick labels must still be separate."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 100)
+    scores = {"rec": rng.random(200), "dsu": low + spread * rng.random(200)}
+    boxes = []
+
+    def measure(fig, path):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            shown = [label for label in ax.get_xticklabels() if label.get_visible() and label.get_text()]
+            assert len(shown) >= 2
+            boxes.append(sorted((label.get_window_extent(renderer) for label in shown), key=lambda box: box.x0))
+
+    monkeypatch.setattr(figures, "_save", measure)
+    score_histograms(scores, labels, tmp_path / "hist.png")
+    assert len(boxes) == 2
+    for axis_boxes in boxes:
+        for left, right in zip(axis_boxes, axis_boxes[1:]):
+            assert left.x1 < right.x0, (left, right)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from utils import metrics
 from utils.errors import UserError
 from utils.metrics import image_metrics, pixel_metrics
 
@@ -102,3 +103,19 @@ def test_pixel_metrics_reject_mismatched_or_nonfinite_maps():
     maps[0, 0, 0, 0] = np.nan
     with pytest.raises(UserError, match="NaN"):
         pixel_metrics(masks, maps)
+
+
+def test_pixel_metrics_of_several_maps_draw_one_subsample(monkeypatch):
+    """Each map gets the numbers pixel_metrics gives it alone, from one subsample drawn once for all maps."""
+    rng = np.random.default_rng(2)
+    masks = np.zeros((4, 64, 64), dtype=bool)
+    masks[:, 5:25, 30:50] = True
+    maps = {name: rng.random(masks.shape) + shift * masks for name, shift in (("a", 0.2), ("b", 0.5), ("c", 0.9))}
+    draws = []
+    original = np.random.default_rng
+    monkeypatch.setattr(metrics.np.random, "default_rng", lambda *args: draws.append(args) or original(*args))
+    together = metrics.pixel_metrics_of_maps(masks, maps, max_pixels=5_000)
+    assert len(draws) == 1
+    for name, values in maps.items():
+        assert together[name] == pixel_metrics(masks, values, max_pixels=5_000)
+    assert together["a"]["pixel_auroc"] < together["b"]["pixel_auroc"] < together["c"]["pixel_auroc"]

@@ -97,7 +97,7 @@ def test_fast_path_equals_eager_path(tiny_root, tmp_path):
 
 def test_cached_features_equal_fresh_ones(tiny_root, tmp_path):
     from datasets.medad import load_images, read_split, to_model_input
-    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Model={"num_learners": 1})
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
     train.main(["--config", str(cfg)])
     learner = evaluate.load_learners(tmp_path / "run", train.config.load(cfg), torch.device("cpu"))[0]
     split = read_split(tiny_root / "tiny")
@@ -126,16 +126,16 @@ def test_finished_run_is_skipped_and_other_config_refused(tiny_root, tmp_path, c
 def test_eval_refuses_unfinished_and_missing_learners(tiny_root, tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
     assert "not found; train first" in user_error(evaluate.main, ["--config", str(cfg)], capsys)
-    train.main(["--config", str(cfg), "Model.num_learners=1"])
+    train.main(["--config", str(cfg)])
     (tmp_path / "run" / "config.yaml").unlink()  # as if the folder came from elsewhere without it
-    message = user_error(evaluate.main, ["--config", str(cfg), "Model.num_learners=2"], capsys)
-    assert "learner_1.pt not found" in message
-    path = checkpoint.learner_path(tmp_path / "run", 0)
+    message = user_error(evaluate.main, ["--config", str(cfg), "Model.num_learners=3"], capsys)
+    assert "learner_2.pt not found" in message
+    path = checkpoint.learner_path(tmp_path / "run", 1)
     state = checkpoint.load(path)
     state["epoch"] = 0  # as if killed before its end
     checkpoint.save(state, path)
-    message = user_error(evaluate.main, ["--config", str(cfg), "Model.num_learners=1"], capsys)
-    assert "learner 0 in" in message and "has 0 of 1 epochs" in message
+    message = user_error(evaluate.main, ["--config", str(cfg)], capsys)
+    assert "learner 1 in" in message and "has 0 of 1 epochs" in message
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tiny_root, tmp_path):

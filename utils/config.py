@@ -33,7 +33,7 @@ class Model:
     mp: int = 1  # width multiplier: channels 16*mp, 32*mp, 64*mp
     ls: int = 16  # latent size
     layer: int = 4  # feature tap for RAR: 0-3 encoder blocks, 4 = z, 5 = bottleneck output, 6-8 decoder blocks
-    num_learners: int = 3  # K
+    num_learners: int = 3  # K, at least 2: unc and dsu are disagreements between learners
     mem_dim: int = 25  # MemAE: memory slots
     shrink_thres: float = 0.0025  # MemAE: hard-shrinkage threshold (the value every published run used)
     entropy_loss_weight: float = 0.0002  # MemAE: weight of the attention entropy loss
@@ -102,7 +102,10 @@ def _check(cfg: Config) -> Config:
         raise UserError(f"config Data.img_size must be a positive multiple of 16, got {cfg.Data.img_size}")
     if not 0 <= cfg.Model.layer <= 8:
         raise UserError(f"config Model.layer must be 0..8, got {cfg.Model.layer}")
-    positive = {"Model.num_learners": cfg.Model.num_learners, "Model.mp": cfg.Model.mp, "Model.ls": cfg.Model.ls,
+    if cfg.Model.num_learners < 2:
+        raise UserError(f"config Model.num_learners must be at least 2 (unc and dsu measure how the learners "
+                        f"disagree), got {cfg.Model.num_learners}")
+    positive = {"Model.mp": cfg.Model.mp, "Model.ls": cfg.Model.ls,
                 "Model.mem_dim": cfg.Model.mem_dim, "Solver.bs": cfg.Solver.bs, "Solver.lr": cfg.Solver.lr,
                 "Solver.num_epoch": cfg.Solver.num_epoch}
     for name, value in positive.items():

@@ -51,7 +51,7 @@ def captured_step(eager, learner, optimizer, batch_size):
             reference = record(eager(index), learner)  # one eager step from the initial state
             for _ in range(WARMUP_STEPS - 1):
                 eager(index)
-        replay, outputs = capture(eager, index)
+        replay, outputs = capture(eager, index, device)
         restore(learner, optimizer, initial)
         replay()
         problem = mismatch(reference, record(outputs, learner), initial)
@@ -80,11 +80,16 @@ def side_stream(device):
         torch.cuda.current_stream(device).wait_stream(stream)
 
 
-def capture(eager, index):
-    """Capture one eager step on images[index] as a CUDA graph: (replay, static output tensors)."""
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = eager(index)
+def capture(eager, index, device):
+    """Capture one eager step on images[index] as a CUDA graph: (replay, static output tensors).
+
+    On a stream of the learner's own device: without one, torch.cuda.graph captures on the current device (cuda:0
+    unless set), and the step's work on cuda:N would run outside the capture.
+    """
+    with torch.cuda.device(device):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(device)):
+            outputs = eager(index)
     return graph.replay, outputs
 
 
@@ -135,11 +140,34 @@ def mismatch(reference, candidate, initial) -> str | None:
     return None
 
 
+def adam(learner, solver, device, capture=False):
+    """The training optimizer: Adam (betas 0.5, 0.999) in its fused implementation, on the CPU and on CUDA.
+
+    Fused is one kernel for every parameter; on CUDA the alternative PyTorch picks when `fused=False` is passed
+    explicitly is a loop of several kernels per parameter, most of a captured step's launches. A captured step
+    also needs `capturable` (Adam's step counter on the GPU).
+    """
+    return torch.optim.Adam(learner.parameters(), lr=solver.lr, betas=(0.5, 0.999),
+                            weight_decay=solver.weight_decay, **adam_options(device, capture))
+
+
+def adam_options(device, capture=False) -> dict:
+    return {"fused": torch.device(device).type in ("cpu", "cuda"), "capturable": capture}
+
+
 def load_optimizer_state(optimizer, state) -> None:
     """Load a checkpoint's optimizer state but keep this optimizer's `capturable` and `fused` (a run may resume on
     another device). Adam keeps its step counter on the parameters' device when capturable, on the CPU otherwise.
+
+    Each moment tensor is then laid out like its parameter: `load_state_dict` keeps the saved strides, so a state
+    written on a GPU (standard layout) would meet channels-last weights on the CPU, and the fused kernel, which
+    walks both in memory order, would pair every 4-D weight with the wrong moments.
     """
     kept = ("capturable", "fused")
     groups = [{**saved, **{key: current.get(key) for key in kept}}
               for saved, current in zip(state["param_groups"], optimizer.param_groups)]
     optimizer.load_state_dict({**state, "param_groups": groups})
+    for param, param_state in optimizer.state.items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                param_state[key] = torch.empty_like(param).copy_(value)  # empty_like keeps the param's strides

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from utils.errors import UserError  # noqa: E402
@@ -51,6 +52,7 @@ def score_histograms(scores: dict, labels, path, bins=50) -> dict:
             ax.hist(abnormal, bins=edges, density=True, alpha=0.6, color=ABNORMAL_COLOR, label="abnormal")
             ax.set_title(f"{name}   AUC {auc:.3f}   \u03c7\u00b2 {distances[name]:.3f}")
             ax.set_xlabel("image score")
+            _compact_ticks(ax.xaxis)
             ax.legend(fontsize="small")
         axes[0, 0].set_ylabel("density")
         _save(fig, path)
@@ -187,6 +189,17 @@ def _finite_1d(values, name):
     if not np.isfinite(values).all():
         raise UserError(f"{name} contain NaN or infinite values; the model diverged or its checkpoint is corrupt")
     return values
+
+
+def _compact_ticks(axis):
+    """Few tick labels, each short: scores such as dsu sit near 1e-5 and often span a sliver of their own size, where
+    matplotlib's default labels (0.0003000, 0.0003002, ...) run into each other. Scientific notation below 1e-3
+    and an offset as soon as it saves two digits keep every label to a few characters."""
+    with matplotlib.rc_context({"axes.formatter.offset_threshold": 2}):
+        formatter = ScalarFormatter(useMathText=True)
+    formatter.set_powerlimits((-3, 4))
+    axis.set_major_formatter(formatter)
+    axis.set_major_locator(MaxNLocator(nbins=5))
 
 
 def _save(fig, path):

@@ -23,28 +23,43 @@ def pixel_metrics(masks, maps, max_pixels=20_000_000, seed=0) -> dict:
     Returns {"pixel_auroc", "pixel_ap", "pixel_best_dice"}, or {} when no mask has an abnormal pixel
     (data sets without masks are given all-zero masks and simply get no pixel metrics).
 
-    When N*H*W exceeds max_pixels, the metrics are computed on a uniform random subsample of max_pixels pixels,
-    drawn without replacement and without stratification by a generator seeded with `seed`, so the same inputs
-    always give the same numbers. This keeps memory bounded for large test sets; the values are estimates.
+    When N*H*W exceeds max_pixels, the metrics are computed on a uniform random subsample of max_pixels pixels
+    (see pixel_metrics_of_maps).
+    """
+    return pixel_metrics_of_maps(masks, {"map": maps}, max_pixels, seed)["map"]
+
+
+def pixel_metrics_of_maps(masks, maps: dict, max_pixels=20_000_000, seed=0) -> dict:
+    """pixel_metrics of each of several maps of the same images: {name: metrics}.
+
+    When N*H*W exceeds max_pixels, every map is scored on one uniform random subsample of max_pixels pixels,
+    drawn once, without replacement and without stratification, by a generator seeded with `seed`, so the same
+    inputs always give the same numbers. This keeps memory bounded for large test sets; the values are estimates.
     """
     masks = np.asarray(masks)
-    maps = np.asarray(maps)
-    if masks.shape != maps.shape:
-        raise UserError(f"pixel masks have shape {masks.shape} but anomaly maps have shape {maps.shape}; "
-                        "they must match")
+    for values in maps.values():
+        if masks.shape != np.shape(values):
+            raise UserError(f"pixel masks have shape {masks.shape} but anomaly maps have shape {np.shape(values)}; "
+                            "they must match")
     truth = masks.ravel() > 0
     if not truth.any():
-        return {}
-    values = maps.ravel()
+        return {name: {} for name in maps}
+    keep = None
     if truth.size > max_pixels:
-        keep = np.random.default_rng(seed).choice(truth.size, size=max_pixels, replace=False)
-        keep.sort()
-        truth, values = truth[keep], values[keep]
+        # shuffle=False: the sample comes unordered anyway, and numpy then needs no array of every pixel index
+        keep = np.sort(np.random.default_rng(seed).choice(truth.size, size=max_pixels, replace=False, shuffle=False))
+        truth = truth[keep]
         if not truth.any():
             raise UserError(f"the {max_pixels} sampled pixels hold no abnormal pixel; raise max_pixels")
-    values = values.astype(np.float64)
-    _check_labels_and_scores(truth.astype(np.int64), values, what="pixel")
+    results = {}
+    for name, values in maps.items():
+        values = np.asarray(values).ravel()
+        results[name] = _pixel_metrics(truth, (values if keep is None else values[keep]).astype(np.float64))
+    return results
 
+
+def _pixel_metrics(truth, values) -> dict:
+    _check_labels_and_scores(truth.astype(np.int64), values, what="pixel")
     # Dice of the mask "map >= t" is the F1 score at threshold t, so the best Dice over all thresholds, pooled
     # over every pixel of every image, is the largest F1 along the precision-recall curve.
     precision, recall, _ = precision_recall_curve(truth, values)

@@ -19,6 +19,7 @@ def pick_device(name: str) -> torch.device:
             raise UserError(f"Exp.device={name} but no CUDA device is visible; use Exp.device=cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"Exp.device={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        torch.cuda.set_device(device)  # kernels, streams and graphs created without a device then land on it
     return device
 
 
