@@ -16,16 +16,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import models
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
-from utils import checkpoint
+from utils import config
+from utils.ensemble import load_learners, score_dataset
 from utils.errors import UserError, cli
 from utils.figures import anomaly_grid, chi_square_distance, roc_pr_curves, score_histograms
 from utils.metrics import image_metrics, pixel_metrics_of_maps
 from utils.runtime import RunLog, setup
-from utils.scores import SCORES, image_scores, score_maps
+from utils.scores import SCORES
 from utils.summary import write_summary
 
 SHOWN_PER_CLASS = 4  # TensorBoard shows the first 4 normal and first 4 abnormal test images: the same in every run
@@ -42,47 +41,6 @@ def parse_args(argv=None):
     if args.summary and args.overrides:
         parser.error("overrides go with --config, not with --summary")
     return args
-
-
-def load_learners(run_dir, cfg, device):
-    """Rebuild every learner from its checkpoint, frozen and in eval mode; refuse unfinished or foreign ones."""
-    learners = []
-    for index in range(cfg.Model.num_learners):
-        path = checkpoint.learner_path(run_dir, index)
-        state = checkpoint.load(path)
-        checkpoint.check_same_experiment(state["config"], cfg.to_dict(), f"checkpoint {path}")
-        if state["epoch"] < cfg.Solver.num_epoch:
-            raise UserError(f"learner {index} in {run_dir} has {state['epoch']} of {cfg.Solver.num_epoch} epochs; "
-                            "rerun train.py with the same config to finish it")
-        learner = models.build(state["backbone"])
-        learner.load_state_dict(state["model"])
-        learners.append(models.place(learner, device).eval().requires_grad_(False))
-    return learners
-
-
-def score_dataset(learners, images_u8, batch_size, device):
-    """Pixel maps (float32, on the CPU) and image scores of every image, in batches.
-
-    The maps are allocated once at their final size and filled batch by batch, so a large test set is held in
-    memory once. batch_size 0 picks the largest batch that fits: it starts high and halves on an out-of-memory
-    error.
-    """
-    batch_size = batch_size or (1024 if device.type == "cuda" else 128)
-    maps = {name: torch.empty(images_u8.shape, dtype=torch.float32) for name in (*SCORES, "x_hat")}
-    start = 0
-    while start < len(images_u8):
-        try:
-            x = to_model_input(images_u8[start:start + batch_size].to(device))
-            for name, value in score_maps(learners, x).items():
-                maps[name][start:start + len(x)] = value
-        except torch.cuda.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            batch_size //= 2  # and the same batch again, smaller
-            torch.cuda.empty_cache()
-            continue
-        start += len(x)
-    return maps, image_scores(maps)
 
 
 def metrics_table(labels, scores, maps, masks) -> dict:
@@ -130,19 +88,13 @@ def write_figures(run_dir, images_u8, maps, scores, labels, masks):
                  run_dir / "grid.png", score_name="dsu", masks=masks)
 
 
-def hyperparameters(cfg) -> dict:
-    """Every Model, Data and Solver setting under its bare name (no name appears in two sections)."""
-    raw = cfg.to_dict()
-    return {key: value for section in ("Model", "Data", "Solver") for key, value in raw[section].items()}
-
-
 def log_metrics(log, cfg, results, step):
     """Metrics as scalars eval/<score>_<metric>, and the run's hyper-parameters for the HParams dashboard."""
     from torch.utils.tensorboard.summary import hparams
     metrics = {f"{name}_{key}": value for name in SCORES for key, value in results[name].items()}
     log.scalars("eval", metrics, step)
     # add_hparams would write the metrics again, into a sub-run; write only its summaries, beside the scalars.
-    for summary in hparams(hyperparameters(cfg), {f"eval/{key}": value for key, value in metrics.items()}):
+    for summary in hparams(config.hyperparameters(cfg), {f"eval/{key}": value for key, value in metrics.items()}):
         log.tensorboard.file_writer.add_summary(summary, step)
 
 
@@ -161,6 +113,39 @@ def log_images(writer, images_u8, maps, labels, masks, step):
                           (values - values.min()) / (values.max() - values.min()).clamp_min(1e-12), step)
 
 
+def evaluate(cfg, device, echo=True) -> dict:
+    """Score the test set with the trained run `cfg` describes; writes results.json, scores.csv, the figures and
+    TensorBoard records into its run folder and returns the results. echo=False: log to the run folder only."""
+    run_dir = cfg.run_dir
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} not found; train it first (python train.py with the same config)")
+    learners = load_learners(run_dir, cfg, device)
+    split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
+    log = RunLog(run_dir, "eval", echo=echo)
+    try:
+        images = load_images(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
+        labels = np.asarray(split.test_labels)
+        maps, scores = score_dataset(learners, images, cfg.Exp.score_batch, device)
+        scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
+        masks = None
+        if split.has_masks:  # a data set without a masks/ folder simply gets no pixel metrics
+            masks = load_masks(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
+        results = metrics_table(labels, scores, maps, masks)
+        results["run"] = {**config.run_settings(cfg), "out_dir": str(run_dir)}
+        write_json(results, run_dir / "results.json")
+        write_scores_csv(run_dir / "scores.csv", split.test, labels, scores)
+        log.info(f"{len(labels)} test images ({int(labels.sum())} abnormal); wrote {run_dir / 'results.json'}")
+        if echo:
+            print(format_table(results))
+        write_figures(run_dir, images, maps, scores, labels, masks)
+        log_metrics(log, cfg, results, step=cfg.Solver.num_epoch)
+        log_images(log.tensorboard, images, maps, labels, masks, step=cfg.Solver.num_epoch)
+        log.info(f"figures hist.png, roc_pr.png, grid.png in {run_dir}; tensorboard --logdir {run_dir / 'tb'}")
+    finally:
+        log.close()
+    return results
+
+
 @cli
 def main(argv=None):
     args = parse_args(argv)
@@ -170,33 +155,9 @@ def main(argv=None):
         print(f"wrote {md_path} and {csv_path}", file=sys.stderr)
         return
     cfg, device = setup(args.config, args.overrides)
-    run_dir = cfg.run_dir
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} not found; train first: python train.py --config {args.config}")
-    learners = load_learners(run_dir, cfg, device)
-    split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
-    log = RunLog(run_dir, "eval")
-    images = load_images(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
-    labels = np.asarray(split.test_labels)
-    maps, scores = score_dataset(learners, images, cfg.Exp.score_batch, device)
-    scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
-    masks = None
-    if split.has_masks:  # a data set without a masks/ folder simply gets no pixel metrics
-        masks = load_masks(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
-    results = metrics_table(labels, scores, maps, masks)
-    results["run"] = {"dataset": cfg.Data.dataset, "network": cfg.Model.network, "seed": cfg.Solver.seed,
-                      "num_learners": cfg.Model.num_learners, "img_size": cfg.Data.img_size,
-                      "num_epoch": cfg.Solver.num_epoch, "lr": cfg.Solver.lr, "Lambda": cfg.Solver.Lambda,
-                      "layer": cfg.Model.layer, "out_dir": str(run_dir)}
-    write_json(results, run_dir / "results.json")
-    write_scores_csv(run_dir / "scores.csv", split.test, labels, scores)
-    log.info(f"{len(labels)} test images ({int(labels.sum())} abnormal); wrote {run_dir / 'results.json'}")
-    print(format_table(results))
-    write_figures(run_dir, images, maps, scores, labels, masks)
-    log_metrics(log, cfg, results, step=cfg.Solver.num_epoch)
-    log_images(log.tensorboard, images, maps, labels, masks, step=cfg.Solver.num_epoch)
-    log.info(f"figures hist.png, roc_pr.png, grid.png in {run_dir}; tensorboard --logdir {run_dir / 'tb'}")
-    log.close()
+    if not cfg.run_dir.is_dir():
+        raise UserError(f"run folder {cfg.run_dir} not found; train first: python train.py --config {args.config}")
+    evaluate(cfg, device)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,10 @@ from PIL import Image
 
 from datasets.medad import open_gray, to_model_input
 from datasets.prepare import DICOM_SUFFIXES, PICTURE_SUFFIXES, dicom_to_array
-from eval import load_learners, score_dataset
-from utils import config
+from utils.ensemble import load_run, score_dataset
 from utils.errors import UserError, cli
 from utils.figures import overlay
-from utils.runtime import pick_device, set_tf32
+from utils.runtime import pick_device
 from utils.scores import SCORES
 
 SUFFIXES = DICOM_SUFFIXES | PICTURE_SUFFIXES
@@ -42,19 +41,6 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="output folder (default: <run>/predict)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return parser.parse_args(argv)
-
-
-def load_run(run_dir, device):
-    """The resolved config stored in a run folder and its K learners, frozen and in eval mode."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} not found; train first (e.g. ./scripts/demo.sh makes runs/demo_AE)")
-    stored = run_dir / "config.yaml"
-    if not stored.is_file():
-        raise UserError(f"{run_dir} has no config.yaml; pass the run folder that train.py wrote")
-    cfg = config.load(stored)
-    set_tf32(cfg.Exp.tf32)
-    return cfg, load_learners(run_dir, cfg, device)
 
 
 def find_images(arguments) -> list[Path]:

@@ -16,6 +16,7 @@ import models
 from datasets.medad import dataset_dir, load_images, read_split, to_model_input
 from utils import checkpoint, config
 from utils.cka import repulsion
+from utils.ensemble import features_of
 from utils.errors import UserError, cli
 from utils.fast import adam, load_optimizer_state, make_step
 from utils.runtime import RunLog, make_run_dir, setup
@@ -36,12 +37,6 @@ def prepare_run(cfg):
         checkpoint.check_same_experiment(config.load(stored).to_dict(), cfg.to_dict(), f"run folder {run_dir}")
     config.save(cfg, stored)
     return run_dir
-
-
-@torch.no_grad()
-def features_of(learner, images, batch_size=256):
-    """A frozen learner's tapped features for a whole image tensor (exact: eval mode, no augmentation)."""
-    return torch.cat([learner(images[i:i + batch_size])["features"] for i in range(0, len(images), batch_size)])
 
 
 def training_loss(learner, x, senior_features, Lambda):
@@ -109,7 +104,8 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
         raise UserError(f"only {len(images)} training images, fewer than one batch (Solver.bs={solver.bs})")
     step = make_step(batch_loss, learner, optimizer, solver.bs, capture=capture, log=log.info)  # utils/fast.py
     last_save = time.monotonic()
-    bar = tqdm(range(start, solver.num_epoch), desc=f"learner {index}", initial=start, total=solver.num_epoch)
+    bar = tqdm(range(start, solver.num_epoch), desc=f"learner {index}", initial=start, total=solver.num_epoch,
+               disable=not log.echo)
     for epoch in bar:
         began = time.perf_counter()
         order = epoch_order(len(images), solver.seed, index, epoch).to(device)
@@ -132,23 +128,34 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
     return learner
 
 
+def train(cfg, device, echo=True):
+    """Train (or resume, or skip) every learner of the run `cfg` describes; returns its run folder.
+
+    echo=False writes the log to the run folder only (no stdout, no progress bar), as the grid runner wants.
+    """
+    split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
+    run_dir = prepare_run(cfg)
+    log = RunLog(run_dir, "train", echo=echo)
+    try:
+        log.info(f"run folder {run_dir}; device {device}; {cfg.Model.num_learners} x {cfg.Model.network} on "
+                 f"{cfg.Data.dataset} ({len(split.train)} normal training images)")
+        images = to_model_input(load_images(split.directory, split.train, cfg.Data.img_size,
+                                            cfg.Exp.workers or None).to(device))
+        seniors = []
+        for index in range(cfg.Model.num_learners):
+            learner = train_learner(index, seniors, images, cfg, device, run_dir, log)
+            seniors.append(learner.eval().requires_grad_(False))  # frozen
+    finally:
+        log.close()
+    return run_dir
+
+
 @cli
 def main(argv=None):
     args = parse_args(argv)
     cfg, device = setup(args.config, args.overrides)
-    split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
-    run_dir = prepare_run(cfg)
-    log = RunLog(run_dir, "train")
-    log.info(f"run folder {run_dir}; device {device}; {cfg.Model.num_learners} x {cfg.Model.network} on "
-             f"{cfg.Data.dataset} ({len(split.train)} normal training images)")
-    images = to_model_input(load_images(split.directory, split.train, cfg.Data.img_size, cfg.Exp.workers or None)
-                            .to(device))
-    seniors = []
-    for index in range(cfg.Model.num_learners):
-        learner = train_learner(index, seniors, images, cfg, device, run_dir, log)
-        seniors.append(learner.eval().requires_grad_(False))  # frozen
-    log.info(f"done; evaluate with: python eval.py --config {args.config} {' '.join(args.overrides)}".rstrip())
-    log.close()
+    train(cfg, device)
+    print(f"done; evaluate with: python eval.py --config {args.config} {' '.join(args.overrides)}".rstrip())
 
 
 if __name__ == "__main__":

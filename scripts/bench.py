@@ -31,12 +31,12 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import eval as evaluate  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
 from datasets.demo import LESIONS, make_image  # noqa: E402
 from datasets.medad import to_model_input  # noqa: E402
 from utils import config  # noqa: E402
+from utils.ensemble import score_dataset  # noqa: E402
 from utils.errors import cli  # noqa: E402
 from utils.metrics import image_metrics  # noqa: E402
 from utils.runtime import RunLog, pick_device, set_tf32  # noqa: E402
@@ -187,12 +187,12 @@ def fast_train(train_images, cfg, device, run_dir):
 def fast_scores(learners, test_images, device, repeats):
     """eval.score_dataset as eval.py calls it (batch chosen from memory): (image scores, seconds, median)."""
     images = torch.from_numpy(test_images).unsqueeze(1)
-    evaluate.score_dataset(learners, images[:256], 0, device)  # warm-up: kernels, allocator
+    score_dataset(learners, images[:256], 0, device)  # warm-up: kernels, allocator
     seconds = []
     for _ in range(repeats):
         synchronize(device)
         began = time.perf_counter()
-        _, scores = evaluate.score_dataset(learners, images, 0, device)
+        _, scores = score_dataset(learners, images, 0, device)
         seconds.append(time.perf_counter() - began)
     return {name: value.double().numpy() for name, value in scores.items()}, statistics.median(seconds)
 

@@ -4,4 +4,4 @@
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 setup_python requirements.txt
-"$PY" -m utils.readme_figures --run "${1:-runs/demo_AE}" --out images
+"$PY" scripts/readme_figures.py --run "${1:-runs/demo_AE}" --out images

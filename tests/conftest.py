@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny Med-AD data set built once per test session, and a tiny config to train on it."""
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,11 @@ def run_cli(*args, timeout=300):
     """Run a project command in a fresh interpreter, as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def load_script(name):
+    """A script of scripts/ as a module (they are run as files, not imported as a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -16,7 +16,7 @@ import eval as evaluate
 import train
 from datasets.medad import load_images, load_masks, read_split
 from tests.conftest import REPO, write_config
-from utils import config
+from utils import config, ensemble
 from utils.metrics import pixel_metrics
 
 PIXEL_KEYS = {"pixel_auroc", "pixel_ap", "pixel_best_dice"}
@@ -37,9 +37,9 @@ def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path):
     # The pixel metrics are those of the maps the stored learners give, against the masks (zero for normal images).
     cfg = config.load(cfg_path)
     split = read_split(tiny_root / "tiny")
-    learners = evaluate.load_learners(run, cfg, torch.device("cpu"))
+    learners = ensemble.load_learners(run, cfg, torch.device("cpu"))
     images = load_images(split.directory, split.test, cfg.Data.img_size)
-    maps, _ = evaluate.score_dataset(learners, images, cfg.Exp.score_batch, torch.device("cpu"))
+    maps, _ = ensemble.score_dataset(learners, images, cfg.Exp.score_batch, torch.device("cpu"))
     masks = load_masks(split.directory, split.test, cfg.Data.img_size)
     labels = torch.tensor(split.test_labels)
     assert not masks[labels == 0].any() and masks[labels == 1].flatten(1).any(dim=1).all()
@@ -134,7 +134,7 @@ def test_seeds_script_refuses_shared_run_folder(tiny_root, tmp_path):
 SCORING_MEMORY = """
 import resource, sys
 import torch
-import eval as evaluate
+from utils import ensemble
 import models
 torch.set_num_threads(1)
 learners = []
@@ -143,9 +143,9 @@ for seed in range(2):
     learners.append(models.build({"network": "AE", "img_size": 64, "mp": 1, "ls": 16, "layer": 4}).eval()
                     .requires_grad_(False))
 images = torch.randint(0, 256, (int(sys.argv[1]), 1, 64, 64), dtype=torch.uint8)
-evaluate.score_dataset(learners, images[:16], 16, torch.device("cpu"))  # warm-up: kernels, allocator
+ensemble.score_dataset(learners, images[:16], 16, torch.device("cpu"))  # warm-up: kernels, allocator
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-maps, _ = evaluate.score_dataset(learners, images, 16, torch.device("cpu"))
+maps, _ = ensemble.score_dataset(learners, images, 16, torch.device("cpu"))
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # ru_maxrss is in KiB on Linux
 print(grown / sum(value.numel() * value.element_size() for value in maps.values()))
 """

@@ -1,7 +1,6 @@
 """The fast path: the training step (eager, and the capture logic with an emulated graph), and the benchmark."""
 import contextlib
 import copy
-import importlib.util
 import json
 import shutil
 
@@ -9,23 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-import eval as evaluate
 import models
 import train
 from datasets.medad import to_model_input
-from tests.conftest import REPO, run_cli, write_config
-from utils import checkpoint, config, fast
+from tests.conftest import load_script, run_cli, write_config
+from utils import checkpoint, config, ensemble, fast
 from utils.cka import linear_cka
 from utils.scores import image_scores, score_maps
 
 SIZE, BS, LAMBDA = 32, 8, 1.0
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
 
 
 def backbone(network="AE", seed=0):
@@ -42,7 +33,7 @@ def data():
     """Training images in [-1, 1] and one frozen senior's cached features."""
     images = torch.rand(4 * BS, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
     senior = backbone(seed=1).eval().requires_grad_(False)
-    return images, [train.features_of(senior, images)]
+    return images, [ensemble.features_of(senior, images)]
 
 
 def batches(n=3):
@@ -269,7 +260,7 @@ def test_fast_and_eager_training_log_the_same_losses(tiny_root, tmp_path):
 
 
 def test_bench_naive_step_equals_fast_step():
-    bench = load_bench()
+    bench = load_script("bench")
     train_u8, _, _ = bench.make_data(2 * BS, 4, SIZE)
     naive_x = torch.stack([bench.NaiveImages(train_u8)[i] for i in range(len(train_u8))])
     images = to_model_input(torch.from_numpy(train_u8).unsqueeze(1))
@@ -278,7 +269,7 @@ def test_bench_naive_step_equals_fast_step():
     senior = backbone(seed=1).eval().requires_grad_(False)
     # Cached in the batches the naive path forwards (a convolution's rounding may depend on the batch size, and
     # Adam's first steps turn tiny differences of near-zero gradients into differences of the order of lr).
-    data = (images, [train.features_of(senior, images, batch_size=BS)])
+    data = (images, [ensemble.features_of(senior, images, batch_size=BS)])
     naive, learner = backbone(), backbone()
     naive_optimizer = adam(naive)
     step = step_for(learner, adam(learner), data)
@@ -293,12 +284,12 @@ def test_bench_naive_step_equals_fast_step():
 
 @pytest.mark.parametrize("network", ["AE", "AE-U"])
 def test_bench_naive_scores_equal_batched_scores(network):
-    bench = load_bench()
+    bench = load_script("bench")
     _, test_u8, _ = bench.make_data(1, 12, SIZE)
     learners = [backbone(network, seed).eval().requires_grad_(False) for seed in range(3)]
     naive = bench.naive_scores(learners, test_u8, torch.device("cpu"))
     exact = image_scores(score_maps(learners, to_model_input(torch.from_numpy(test_u8).unsqueeze(1))))
-    _, stored = evaluate.score_dataset(learners, torch.from_numpy(test_u8).unsqueeze(1), 5, torch.device("cpu"))
+    _, stored = ensemble.score_dataset(learners, torch.from_numpy(test_u8).unsqueeze(1), 5, torch.device("cpu"))
     for name in ("rec", "unc", "dsu"):
         assert naive[name] == pytest.approx(exact[name].double().numpy(), rel=1e-4), name
         assert naive[name] == pytest.approx(stored[name].double().numpy(), rel=1e-4), name

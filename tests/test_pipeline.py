@@ -13,7 +13,7 @@ import torch
 import eval as evaluate
 import train
 from tests.conftest import REPO, run_cli, write_config
-from utils import checkpoint
+from utils import checkpoint, ensemble
 
 
 def weights(run_dir, index):
@@ -99,10 +99,10 @@ def test_cached_features_equal_fresh_ones(tiny_root, tmp_path):
     from datasets.medad import load_images, read_split, to_model_input
     cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
     train.main(["--config", str(cfg)])
-    learner = evaluate.load_learners(tmp_path / "run", train.config.load(cfg), torch.device("cpu"))[0]
+    learner = ensemble.load_learners(tmp_path / "run", train.config.load(cfg), torch.device("cpu"))[0]
     split = read_split(tiny_root / "tiny")
     images = to_model_input(load_images(split.directory, split.train, 32))
-    cached = train.features_of(learner, images, batch_size=7)
+    cached = ensemble.features_of(learner, images, batch_size=7)
     order = torch.randperm(len(images))[:16]
     with torch.no_grad():
         fresh = learner(images[order])["features"]
@@ -172,3 +172,16 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_root, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "learner 0, epoch" in result.stderr and "not finite" in result.stderr
     assert_same_weights(before, weights(tmp_path / "run", 0))
+
+
+def test_library_code_never_imports_the_top_level_scripts():
+    """utils/, datasets/ and models/ are the library; train.py, eval.py, predict.py and sweep.py use it, not the
+    other way round (the grid runner calls training and evaluation as functions)."""
+    import ast
+    scripts = {path.stem for path in REPO.glob("*.py")}
+    for package in ("utils", "datasets", "models"):
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                assert not {name.split(".")[0] for name in names} & scripts, (path, names)

@@ -1,4 +1,4 @@
-"""predict.py scores new files exactly as eval.py scores the test set; utils.readme_figures draws from a real run."""
+"""predict.py scores new files exactly as eval.py scores the test set; scripts/readme_figures.py draws from a real run."""
 import csv
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +14,9 @@ import eval as evaluate
 import predict
 import train
 from datasets.prepare import dicom_to_array
-from tests.conftest import run_cli, write_config
-from utils import readme_figures
+from tests.conftest import load_script, run_cli, write_config
+
+readme_figures = load_script("readme_figures")
 
 # Bundled with pydicom; its get_testdata_file helpers may download, so the path is spelled out.
 CT_SMALL = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"

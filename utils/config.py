@@ -144,24 +144,36 @@ def from_dict(raw: dict) -> Config:
     return _check(Config(**sections))
 
 
-def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
-    """Apply `Section.key=value` strings to a nested dict; values are parsed as YAML scalars."""
+def apply_overrides(raw: dict, overrides: typing.Sequence) -> dict:
+    """Apply overrides to a nested dict, in order: `Section.key=value` strings (values parsed as YAML scalars) or
+    (`Section.key`, value) pairs (values as they are, e.g. from a grid file)."""
     for item in overrides:
-        name, sep, text = item.partition("=")
-        section, dot, key = name.partition(".")
-        if not sep or not dot or not key:
-            raise UserError(f"override '{item}' must look like Section.key=value, e.g. Solver.num_epoch=30")
-        if not text.strip():
-            raise UserError(f"override '{item}' has no value")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
+        if isinstance(item, tuple):
+            name, value = item
+            section, dot, key = str(name).partition(".")
+            if not dot or not key:
+                raise UserError(f"setting '{name}' must look like Section.key, e.g. Solver.num_epoch")
+        else:
+            section, key, value = _parse_override(item)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise UserError(f"config section {section} must be a mapping")
         raw[section][key] = value
     return raw
+
+
+def _parse_override(item: str):
+    name, sep, text = item.partition("=")
+    section, dot, key = name.partition(".")
+    if not sep or not dot or not key:
+        raise UserError(f"override '{item}' must look like Section.key=value, e.g. Solver.num_epoch=30")
+    if not text.strip():
+        raise UserError(f"override '{item}' has no value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    return section, key, value
 
 
 def load(path, overrides=()) -> Config:
@@ -178,6 +190,18 @@ def load(path, overrides=()) -> Config:
     if not isinstance(raw, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (Exp, Model, Data, Solver)")
     return from_dict(apply_overrides(raw, overrides))
+
+
+def hyperparameters(cfg: Config) -> dict:
+    """Every Model, Data and Solver setting under its bare name (no name appears in two sections)."""
+    raw = cfg.to_dict()
+    return {key: value for section in ("Model", "Data", "Solver") for key, value in raw[section].items()}
+
+
+def run_settings(cfg: Config) -> dict:
+    """What results.json records of a run: every setting but where the data sit, so that summaries tell apart runs
+    that differ in any of them (a grid's variants) and pool the seeds of one config."""
+    return {key: value for key, value in hyperparameters(cfg).items() if key != "root"}
 
 
 def save(cfg: Config, path) -> None:

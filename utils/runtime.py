@@ -52,8 +52,9 @@ def make_run_dir(path) -> Path:
 class RunLog:
     """Lines to stdout and <run>/log.txt, records to <run>/metrics.jsonl, scalars to TensorBoard (<run>/tb)."""
 
-    def __init__(self, run_dir, name="train"):
+    def __init__(self, run_dir, name="train", echo=True):
         self.run_dir = Path(run_dir)
+        self.echo = echo  # False: the run folder only (a grid's workers would interleave their lines)
         self.text = open(self.run_dir / f"{name}.log", "a")
         self.records = open(self.run_dir / "metrics.jsonl", "a")
         self._writer = None
@@ -67,7 +68,8 @@ class RunLog:
 
     def info(self, message: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {message}"
-        print(line, flush=True)
+        if self.echo:
+            print(line, flush=True)
         self.text.write(line + "\n")
         self.text.flush()
 

@@ -4,7 +4,9 @@ Usage: python -m utils.summary ROOT    (prints the Markdown table; writes ROOT/s
 """
 import argparse
 import csv
+import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,23 +85,71 @@ def summarize(results) -> list:
     return rows
 
 
-def write_summary(root):
-    """Write root/summary.md and root/summary.csv; returns (md_path, csv_path)."""
+def write_summary(root, results=None, wide=False):
+    """Write root/summary.md and root/summary.csv from the results.json files under root (or from `results`);
+    returns (md_path, csv_path). Long: one row per config and score. Wide, the paper's shape: one row per config,
+    the scores side by side."""
     root = Path(root)
-    rows = summarize(collect(root))
+    rows = summarize(collect(root) if results is None else results)
     if not rows:
         raise UserError(f"no readable results.json under {root}; evaluate a run first (it writes results.json)")
+    if wide:
+        rows = widen(rows)
     md_path, csv_path = root / "summary.md", root / "summary.csv"
-    md_path.write_text(markdown_table(rows))
-    columns = ["dataset", "network", "config", "score", "n_seeds", "seeds"]
-    columns += [column for metric in METRICS for column in (f"{metric}_mean", f"{metric}_std")
-                if any(column in row for row in rows)]
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "seeds": " ".join(str(seed) for seed in row["seeds"])})
+    _write_atomically(md_path, markdown_wide(rows) if wide else markdown_table(rows))
+    keys = ["dataset", "network", "config", *([] if wide else ["score"]), "n_seeds", "seeds"]
+    columns = keys + [column for column in _metric_columns(wide) if any(column in row for row in rows)]
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "seeds": " ".join(str(seed) for seed in row["seeds"])})
+    _write_atomically(csv_path, text.getvalue())
     return md_path, csv_path
+
+
+def widen(rows) -> list:
+    """Long rows (one per config and score) -> one row per config with `<score>_<metric>_mean|std` columns."""
+    wide = {}
+    for row in rows:
+        key = (row["dataset"], row["network"], row["config"])
+        target = wide.setdefault(key, {name: row[name] for name in ("dataset", "network", "config", "n_seeds",
+                                                                     "seeds")})
+        target["n_seeds"] = max(target["n_seeds"], row["n_seeds"])
+        for column, value in row.items():
+            if column.endswith(("_mean", "_std")):
+                target[f"{row['score']}_{column}"] = value
+    return list(wide.values())
+
+
+def _metric_columns(wide):
+    columns = [f"{metric}_{stat}" for metric in METRICS for stat in ("mean", "std")]
+    return [f"{score}_{column}" for score in SCORE_ORDER for column in columns] if wide else columns
+
+
+def markdown_wide(rows) -> str:
+    """Wide rows as the paper's table: image AUC and AP of rec, unc and dsu as `mean ± std`."""
+    show_config = any(row["config"] for row in rows)
+    header = ["dataset", "network", *(["config"] if show_config else []), "seeds",
+              *(f"{score} {HEADERS[metric]}" for score in SCORE_ORDER for metric in REQUIRED_METRICS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["dataset"]), str(row["network"]), *([row["config"]] if show_config else []),
+                 f"{row['n_seeds']} ({', '.join(str(seed) for seed in row['seeds'])})"]
+        for score in SCORE_ORDER:
+            for metric in REQUIRED_METRICS:
+                mean = row.get(f"{score}_{metric}_mean")
+                cells.append("-" if mean is None else f"{mean:.3f} ± {row[f'{score}_{metric}_std']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomically(path, text):
+    """Several launchers of one grid may write its summary at once: each writes its own file, then renames."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def markdown_table(rows) -> str:

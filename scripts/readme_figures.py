@@ -1,12 +1,13 @@
 """The README's figures, drawn from a trained run by the project's own code:
 
-    python -m utils.readme_figures --run runs/demo_AE --out images      (or ./scripts/figures.sh [RUN_DIR])
+    python scripts/readme_figures.py --run runs/demo_AE --out images      (or ./scripts/figures.sh [RUN_DIR])
 
 overview.png   the method: RAR training of the K learners, then rec / unc / dsu scoring
 rar_tsne.png   t-SNE of every learner's tapped features on the run's test images, and their pairwise linear CKA
 maps.png       anomaly maps of the most and least anomalous test images (utils.figures.anomaly_grid)
 """
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -19,12 +20,12 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input  # noqa: E402
-from eval import score_dataset  # noqa: E402
 from models import TAPS  # noqa: E402
-from predict import load_run  # noqa: E402
-from train import features_of  # noqa: E402
 from utils.cka import linear_cka  # noqa: E402
+from utils.ensemble import features_of, load_run, score_dataset  # noqa: E402
 from utils.errors import cli  # noqa: E402
 from utils.figures import anomaly_grid  # noqa: E402
 from utils.runtime import pick_device  # noqa: E402

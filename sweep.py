@@ -1,0 +1,194 @@
+"""Run an experiment grid (cfgs/grids/*.yaml): every cell trained and evaluated, then one table for the whole grid.
+
+    python sweep.py --grid cfgs/grids/paper.yaml Data.root=/data/Med-AD          every cell in turn, one device
+    torchrun --nproc_per_node=4 sweep.py --grid cfgs/grids/paper.yaml ...          4 workers share the cells
+    python sweep.py --grid cfgs/grids/paper.yaml --list                            the cells and their state
+    python sweep.py --grid cfgs/grids/paper.yaml --cell 7                          cell 7 alone (a Slurm array task)
+
+Workers take the next unstarted cell from a counter in a torch.distributed TCPStore, so none idles while a cell is
+left. Worker i trains on GPU (local rank i) % (GPUs on its node), or on the CPU; several workers may share a GPU,
+which is how small runs fill it. A cell is locked while it runs, skipped when it is done or locked by another
+launcher, resumed from its checkpoints when it was interrupted, and recorded with its one-line error when it fails
+(the others go on). Rerunning the same command finishes the grid. When every cell is done the grid folder gets
+summary.md and summary.csv: mean ± std over seeds, one row per data set, backbone and variant.
+"""
+import argparse
+import os
+import sys
+import time
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+import eval as evaluate
+import train
+from utils import grid as grids
+from utils.errors import UserError, cli
+from utils.runtime import pick_device, set_tf32
+from utils.summary import markdown_wide, summarize, widen, write_summary
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", required=True, help="grid file, e.g. cfgs/grids/demo.yaml")
+    parser.add_argument("--list", action="store_true", help="print the cells and their state, run nothing")
+    parser.add_argument("--cell", type=int, help="run this cell alone (e.g. --cell $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--out", help="put the grid folder under this folder instead of the file's out_dir")
+    parser.add_argument("overrides", nargs="*", help="Section.key=value for every cell, e.g. Data.root=/data/Med-AD")
+    return parser.parse_args(argv)
+
+
+class Coordinator:
+    """The cell counter and the progress counts, shared by every worker of a launch.
+
+    Alone: an in-process store. Under torchrun: a TCPStore opened by rank 0, whose address goes to the other
+    workers over a gloo group used for nothing else. Rank 0 hosts the store, so it stays until every worker is done.
+    """
+
+    def __init__(self):
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        if self.world_size == 1:
+            self.store = dist.HashStore()
+            return
+        dist.init_process_group("gloo", timeout=timedelta(minutes=30))
+        address = [None, None]
+        if self.rank == 0:
+            self.store = dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), 0, is_master=True,
+                                       wait_for_workers=False)
+            address = [os.environ.get("MASTER_ADDR", "127.0.0.1"), self.store.port]
+        dist.broadcast_object_list(address, src=0)
+        if self.rank != 0:
+            self.store = dist.TCPStore(address[0], address[1], is_master=False)
+        dist.destroy_process_group()
+
+    def next_cell(self) -> int:
+        return self.store.add("next", 1) - 1
+
+    def count(self, what: str, by: int = 1) -> int:
+        return self.store.add(what, by)
+
+    def finish(self) -> None:
+        """Say this worker is done; rank 0 waits for the others (they use its store until then)."""
+        self.count("finished")
+        while self.rank == 0 and self.count("finished", 0) < self.world_size:
+            time.sleep(1)
+
+
+def worker_device(cfg) -> torch.device:
+    """Exp.device auto: this worker's GPU, local rank modulo the GPUs of the node (several workers may share one)."""
+    if cfg.Exp.device == "auto" and torch.cuda.is_available():
+        return pick_device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}")
+    return pick_device(cfg.Exp.device)
+
+
+def run_cell(cell):
+    """Train and evaluate one cell unless it is done or locked: (status, seconds, dsu AUC or the error line)."""
+    if grids.is_done(cell):
+        return "already done", 0.0, None
+    lock = grids.CellLock(cell.run_dir)
+    if not lock.acquire():
+        return "running elsewhere", 0.0, None
+    began = time.monotonic()
+    try:
+        if grids.is_done(cell):  # finished by another launcher between the check and the lock
+            return "already done", 0.0, None
+        grids.clear_error(cell)
+        device = worker_device(cell.cfg)
+        set_tf32(cell.cfg.Exp.tf32)
+        train.train(cell.cfg, device, echo=False)
+        results = evaluate.evaluate(cell.cfg, device, echo=False)
+        return "done", time.monotonic() - began, results["dsu"]["auc"]
+    except UserError as err:
+        line, details = str(err), ""
+    except torch.cuda.OutOfMemoryError:
+        line, details = "out of GPU memory; lower Solver.bs or start fewer workers per GPU", traceback.format_exc()
+    except Exception as err:  # noqa: BLE001  a bug in one cell must not stop the grid; the traceback is kept
+        line, details = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}", \
+            traceback.format_exc()
+    finally:
+        lock.release()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    grids.record_error(cell, line, details)
+    return "failed", time.monotonic() - began, line
+
+
+def progress(cell, total, status, seconds, info, counts=None) -> str:
+    """One line per cell a worker took: what happened, then (with counts) where the whole launch stands."""
+    if status == "done":
+        status = f"done in {seconds:.1f} s, dsu AUC {info:.4f}"
+    elif status == "failed":
+        status = f"FAILED after {seconds:.1f} s: {info}"
+    line = f"cell {cell.index} of {total} {cell.name}: {status}"
+    if counts is None:
+        return line
+    done, failed, elsewhere = counts
+    return (f"{line}   [{done} done, {failed} failed, {elsewhere} running elsewhere, "
+            f"{total - done - failed - elsewhere} left]")
+
+
+def list_cells(grid) -> None:
+    rows = [(str(cell.index), cell.config_path, str(cell.seed), cell.describe_variant(), str(cell.run_dir),
+             grids.state(cell)) for cell in grid.cells]
+    header = ("cell", "config", "seed", "variant", "run folder", "state")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
+    print(f"{len(rows)} cells; as a Slurm job array: sbatch --array=0-{len(rows) - 1} scripts/slurm_grid.sbatch ...")
+
+
+def report(grid) -> int:
+    """The grid's state after a launch: the summary when every cell is done, the failed cells; the exit code."""
+    states = [grids.state(cell) for cell in grid.cells]
+    done = [cell for cell, state in zip(grid.cells, states) if state == "done"]
+    failed = [cell for cell, state in zip(grid.cells, states) if state == "failed"]
+    if len(done) == len(grid.cells):
+        results = [grids.read_results(cell) for cell in done]
+        md_path, csv_path = write_summary(grid.folder, results=results, wide=True)
+        print(markdown_wide(widen(summarize(results))), end="")
+        print(f"all {len(done)} cells done; wrote {md_path} and {csv_path}; "
+              f"tensorboard --logdir {grid.folder}")
+    else:
+        others = len(grid.cells) - len(done) - len(failed)
+        print(f"{len(done)} of {len(grid.cells)} cells done, {len(failed)} failed, {others} running elsewhere or "
+              "left; the summary is written when every cell is done (rerun the same command to finish)")
+    for cell in failed:
+        print(f"failed: cell {cell.index} {cell.name}: {grids.error_of(cell)} (details: {cell.run_dir / grids.ERROR})")
+    return 1 if failed else 0
+
+
+@cli
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    grid = grids.load(args.grid, args.overrides, out_dir=args.out)
+    if args.list:
+        list_cells(grid)
+        return 0
+    if args.cell is not None:
+        if not 0 <= args.cell < len(grid.cells):
+            raise UserError(f"--cell {args.cell}: the grid has cells 0 to {len(grid.cells) - 1}")
+        cell = grid.cells[args.cell]
+        status, seconds, info = run_cell(cell)
+        print(progress(cell, len(grid.cells), status, seconds, info))
+        return report(grid) if status != "running elsewhere" else 0
+
+    coordinator = Coordinator()
+    if coordinator.rank == 0:
+        print(f"grid {grid.name}: {len(grid.cells)} cells in {grid.folder}, {coordinator.world_size} worker(s)",
+              flush=True)
+    while (index := coordinator.next_cell()) < len(grid.cells):
+        cell = grid.cells[index]
+        status, seconds, info = run_cell(cell)
+        kind = {"done": "done", "already done": "done", "failed": "failed"}.get(status, "elsewhere")
+        coordinator.count(kind)
+        counts = tuple(coordinator.count(name, 0) for name in ("done", "failed", "elsewhere"))
+        print(progress(cell, len(grid.cells), status, seconds, info, counts), flush=True)
+    coordinator.finish()
+    return report(grid) if coordinator.rank == 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

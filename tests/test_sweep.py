@@ -1,0 +1,189 @@
+"""The grid runner: grid files, torchrun workers, Slurm-style single cells, failures, locks, kill and rerun."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import sweep
+from tests.conftest import REPO, write_config
+from utils import grid as grids
+from utils.errors import UserError
+
+
+def write_grid(path, configs, seeds=(1, 2), out_dir=None, **extra):
+    raw = {"name": "g", "out_dir": str(out_dir or path.parent / "runs"), "configs": [str(c) for c in configs],
+           "seeds": list(seeds), **extra}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))  # vary's order is the variants' order
+    return path
+
+
+@pytest.fixture
+def two_configs(tiny_root, tmp_path):
+    """An AE and an AE-U config on the tiny data set, one epoch per learner."""
+    return [write_config(tmp_path / f"{network}.yaml", tiny_root, tmp_path / "unused", network=network,
+                         Solver={"num_epoch": 1}) for network in ("AE", "AE-U")]
+
+
+def scores(run_dir):
+    return (run_dir / "scores.csv").read_text()
+
+
+def torchrun(*args, workers=2, **popen):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
+               "sweep.py", *map(str, args)]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+def test_torchrun_workers_run_every_cell_once_and_equal_single_cells(two_configs, tmp_path):
+    grid_file = write_grid(tmp_path / "grid.yaml", two_configs)
+    process = torchrun("--grid", grid_file)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    grid = grids.load(grid_file)
+    assert [cell.name for cell in grid.cells] == ["tiny_AE_s1", "tiny_AE_s2", "tiny_AE-U_s1", "tiny_AE-U_s2"]
+    for cell in grid.cells:
+        assert grids.state(cell) == "done"
+        log = (cell.run_dir / "train.log").read_text()
+        assert log.count("run folder") == 1 and "finished earlier" not in log, log  # trained once, by one worker
+        assert output.count(f" {cell.name}: done in ") == 1, output
+    summary = (tmp_path / "runs" / "g" / "summary.md").read_text()
+    assert "| tiny | AE |" in summary and "| tiny | AE-U |" in summary and "dsu AUC" in summary
+    with open(tmp_path / "runs" / "g" / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all(row["n_seeds"] == "2" for row in rows) and "dsu_auc_mean" in rows[0]
+
+    # Each cell alone (as a Slurm array task runs it), into another folder: the same scores, bit for bit.
+    for cell in grid.cells:
+        assert sweep.main(["--grid", str(grid_file), "--cell", str(cell.index), "--out", str(tmp_path / "alone")]) == 0
+        assert scores(tmp_path / "alone" / "g" / cell.name) == scores(cell.run_dir)
+    assert (tmp_path / "alone" / "g" / "summary.md").is_file()  # the last cell to finish writes it
+
+
+def test_a_failing_cell_is_recorded_and_the_others_finish(two_configs, tiny_root, tmp_path, capsys):
+    broken = write_config(tmp_path / "broken.yaml", tiny_root, tmp_path / "unused", Data={"dataset": "absent"},
+                          Solver={"num_epoch": 1})
+    grid_file = write_grid(tmp_path / "grid.yaml", [two_configs[0], broken], seeds=[1])
+    assert sweep.main(["--grid", str(grid_file)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("failed: cell 1 absent_AE_s1: data set folder") and "absent" in lines[-1]
+    grid = grids.load(grid_file)
+    assert [grids.state(cell) for cell in grid.cells] == ["done", "failed"]
+    assert not (tmp_path / "runs" / "g" / "summary.md").exists()  # not every cell is done
+
+    sweep.main(["--grid", str(grid_file), "--list"])
+    listing = capsys.readouterr().out
+    assert "tiny_AE_s1" in listing and " done" in listing and " failed" in listing
+
+
+def test_a_cell_locked_by_another_launcher_is_skipped(two_configs, tmp_path, capsys):
+    grid_file = write_grid(tmp_path / "grid.yaml", two_configs[:1])
+    cells = grids.load(grid_file).cells
+    lock = grids.CellLock(cells[0].run_dir)
+    assert lock.acquire()
+    try:
+        assert grids.state(cells[0]) == "running"
+        assert sweep.main(["--grid", str(grid_file)]) == 0
+        out = capsys.readouterr().out
+        assert f"{cells[0].name}: running elsewhere" in out and "1 of 2 cells done" in out
+        assert not (cells[0].run_dir / "train.log").exists()  # never touched
+        assert grids.state(cells[1]) == "done"
+    finally:
+        lock.release()
+    assert grids.state(cells[0]) == "not started"
+
+
+def test_killed_grid_resumes_without_redoing_finished_cells(tiny_root, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "unused", Solver={"num_epoch": 12})
+    grid_file = write_grid(tmp_path / "grid.yaml", [cfg], seeds=[1, 2, 3, 4])
+    cells = grids.load(grid_file).cells
+    process = torchrun("--grid", grid_file, start_new_session=True)  # its own process group, killed as a job is
+    deadline = time.monotonic() + 300
+    while not any(grids.is_done(cell) for cell in cells) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = [cell for cell in cells if grids.is_done(cell)]
+    assert finished and len(finished) < len(cells), "kill the grid while cells are left"
+    stamps = {path: path.stat().st_mtime_ns for cell in finished for path in cell.run_dir.glob("learner_*.pt")}
+
+    rerun = torchrun("--grid", grid_file)
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output
+    assert all(grids.is_done(cell) for cell in cells)
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # finished cells untouched
+    assert output.count("already done") >= len(finished)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"confgs": []}, "unknown key 'confgs'; did you mean 'configs'?"),
+    ({"configs": ["cfgs/Nowhere.yaml"]}, "config file cfgs/Nowhere.yaml not found"),
+    ({"seeds": []}, "seeds must be a non-empty list"),
+    ({"seeds": [1, "two"]}, "each of seeds must be int, got str 'two'"),
+    ({"overrides": {"Solver.lrr": 0.1}}, "unknown config key 'Solver.lrr'; did you mean 'Solver.lr'?"),
+    ({"overrides": {"Solver.bs": "big"}}, "config Solver.bs must be int, got str 'big'"),
+    ({"vary": {"Solver.Lambda": []}}, "vary.Solver.Lambda must be a non-empty list"),
+    ({"vary": {"Solver.seed": [1, 2]}}, "Solver.seed is set per cell by the grid"),
+    ({"name": "a b"}, "name 'a b' may hold only"),
+])
+def test_grid_file_errors_are_one_clear_line(tmp_path, change, message):
+    raw = {"configs": ["cfgs/Demo_AE.yaml"], "seeds": [1], **change}
+    if "confgs" in change:
+        del raw["configs"]
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as err:
+        grids.load(path)
+    assert message in str(err.value)
+
+
+def test_grid_errors_on_the_command_line_exit_2_without_traceback(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"configs": ["cfgs/Demo_AE.yaml", "cfgs/Demo_AE.yaml"], "seeds": [1]}))
+    result = subprocess.run([sys.executable, "sweep.py", "--grid", str(path)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error:") and "would share the run folder" in result.stderr
+
+
+def test_variants_get_their_own_folders_and_settings(tmp_path):
+    path = write_grid(tmp_path / "grid.yaml", [REPO / "cfgs" / "Demo_AE.yaml"], seeds=[7],
+                      overrides={"Solver.num_epoch": 2}, vary={"Solver.Lambda": [0.0, 0.5], "Model.num_learners": [2, 3]})
+    grid = grids.load(path, ["Data.root=/somewhere"])
+    names = [cell.name for cell in grid.cells]
+    assert names == ["demo_AE_Lambda0_num_learners2_s7", "demo_AE_Lambda0_num_learners3_s7",
+                     "demo_AE_Lambda0.5_num_learners2_s7", "demo_AE_Lambda0.5_num_learners3_s7"]
+    for cell in grid.cells:
+        assert cell.cfg.Solver.num_epoch == 2 and cell.cfg.Solver.seed == 7 and cell.cfg.Data.root == "/somewhere"
+        assert (cell.cfg.Solver.Lambda, cell.cfg.Model.num_learners) == \
+            (cell.variant["Solver.Lambda"], cell.variant["Model.num_learners"])
+        assert cell.run_dir == tmp_path / "runs" / "g" / cell.name
+    with pytest.raises(UserError, match="set per cell by the grid"):
+        grids.load(path, ["Solver.Lambda=1"])
+
+
+def test_shipped_grids_load():
+    sizes = {"paper.yaml": 60, "ablation.yaml": 36, "demo.yaml": 3}
+    for name, size in sizes.items():
+        grid = grids.load(REPO / "cfgs" / "grids" / name)
+        assert len(grid.cells) == size and grid.folder == Path("runs") / name.removesuffix(".yaml")
+    paper = grids.load(REPO / "cfgs" / "grids" / "paper.yaml")
+    assert {cell.config_path for cell in paper.cells} == {f"cfgs/{p.name}" for p in (REPO / "cfgs").glob("*.yaml")
+                                                          if p.name != "Demo_AE.yaml"}
+
+
+def test_slurm_script_runs_its_array_task(two_configs, tmp_path):
+    grid_file = write_grid(tmp_path / "grid.yaml", two_configs[:1], seeds=[1])
+    env = {**os.environ, "PYTHON": sys.executable, "SLURM_ARRAY_TASK_ID": "0", "SLURM_SUBMIT_DIR": str(REPO)}
+    result = subprocess.run(["bash", REPO / "scripts" / "slurm_grid.sbatch", str(grid_file)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert grids.is_done(grids.load(grid_file).cells[0])
+    assert json.loads((tmp_path / "runs" / "g" / "tiny_AE_s1" / "results.json").read_text())["run"]["seed"] == 1

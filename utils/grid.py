@@ -1,0 +1,268 @@
+"""Experiment grids: a YAML file naming configs, seeds, shared overrides and `vary:` lists, expanded into cells.
+
+    name: paper                        # optional; default: the file's name
+    out_dir: ./runs                    # optional; the grid folder is <out_dir>/<name>
+    configs: [cfgs/RSNA_AE.yaml, cfgs/RSNA_AEU.yaml]
+    seeds: [1, 2, 3, 4, 5]
+    overrides: {Solver.num_epoch: 250}                        # applied to every cell
+    vary: {Solver.Lambda: [0, 1], Model.num_learners: [3, 5]}  # their product makes the variants
+
+Cells are ordered config, then variant, then seed, so an index names the same cell as long as the file is unchanged.
+Each cell has its own run folder, <grid folder>/<dataset>_<network>[_<variant>]_s<seed>, and its state is read
+from that folder alone: what results.json, the checkpoints, error.txt and the lock file say. So any number of
+launchers (torchrun workers, a Slurm array, a second shell) can share one grid folder.
+"""
+import difflib
+import fcntl
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from utils import checkpoint, config
+from utils.errors import UserError
+
+KEYS = ("name", "out_dir", "configs", "seeds", "overrides", "vary")
+SET_BY_GRID = ("Solver.seed", "Exp.out_dir")  # each cell's own
+LOCK, ERROR, RESULTS = ".lock", "error.txt", "results.json"
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    config_path: str
+    seed: int
+    variant: dict = field(default_factory=dict)  # {"Section.key": value} of the vary lists
+    cfg: config.Config = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    def describe_variant(self) -> str:
+        return " ".join(f"{key}={value}" for key, value in self.variant.items()) or "-"
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    folder: Path
+    cells: list
+
+
+def load(path, cli_overrides=(), out_dir=None) -> Grid:
+    """Read and validate a grid file and expand it into cells; every problem is one UserError naming it.
+
+    cli_overrides (`Section.key=value` strings, e.g. Data.root=...) apply to every cell after the grid's own
+    settings; out_dir replaces the file's out_dir.
+    """
+    path = Path(path)
+    raw = _read(path)
+    where = f"grid {path}"
+    unknown = [key for key in raw if key not in KEYS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), KEYS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(KEYS)}"
+        raise UserError(f"{where}: unknown key '{unknown[0]}'{hint}")
+    name = _typed(raw.get("name", path.stem), str, f"{where}: name")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise UserError(f"{where}: name '{name}' may hold only letters, digits, '.', '_' and '-'")
+    folder = Path(out_dir or _typed(raw.get("out_dir", "./runs"), str, f"{where}: out_dir")) / name
+    configs = _nonempty_list(raw, "configs", str, where)
+    seeds = _nonempty_list(raw, "seeds", int, where)
+    if len(set(seeds)) < len(seeds):
+        raise UserError(f"{where}: seeds lists a seed twice ({seeds})")
+    overrides = _settings(raw.get("overrides") or {}, f"{where}: overrides")
+    vary = _settings(raw.get("vary") or {}, f"{where}: vary")
+    for key, values in vary.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{where}: vary.{key} must be a non-empty list of values, got {values!r}")
+    for item in cli_overrides:
+        if item.partition("=")[0] in (*SET_BY_GRID, *vary):
+            raise UserError(f"override '{item}': {item.partition('=')[0]} is set per cell by the grid; "
+                            "change it in the grid file")
+    for key in (*overrides, *vary):
+        if key in SET_BY_GRID:
+            raise UserError(f"{where}: {key} is set per cell by the grid (seeds, out_dir); remove it")
+
+    cells = []
+    for config_path in configs:
+        if not _find_config(config_path).is_file():
+            raise UserError(f"{where}: config file {config_path} not found")
+        for variant in _product(vary):
+            for seed in seeds:
+                settings = [*overrides.items(), *variant.items()]
+                try:
+                    cfg = config.load(_find_config(config_path), [*settings, *cli_overrides, ("Solver.seed", seed)])
+                except UserError as err:
+                    raise UserError(f"{where}, {config_path}: {err}") from None
+                run_dir = folder / f"{cfg.Data.dataset}_{cfg.Model.network}{_variant_name(variant)}_s{seed}"
+                cfg = config.load(_find_config(config_path), [*settings, *cli_overrides, ("Solver.seed", seed),
+                                                ("Exp.out_dir", str(run_dir).replace("{", "{{").replace("}", "}}"))])
+                cells.append(Cell(len(cells), config_path, seed, variant, cfg))
+    seen = {}
+    for cell in cells:
+        other = seen.setdefault(cell.run_dir, cell)
+        if other is not cell:
+            raise UserError(f"{where}: cells {other.index} ({other.config_path}) and {cell.index} ({cell.config_path}) "
+                            f"would share the run folder {cell.run_dir}; give the configs different data sets or "
+                            "backbones, or split the grid")
+    return Grid(name, folder, cells)
+
+
+def _find_config(name) -> Path:
+    """A config path as given (relative to the current folder), else relative to the repository: cfgs/... work
+    from anywhere."""
+    path = Path(name)
+    return path if path.is_file() or path.is_absolute() else REPOSITORY / path
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"grid file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise UserError(f"grid file {path} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"grid file {path} must be a mapping with keys {', '.join(KEYS)}")
+    return raw
+
+
+def _typed(value, kind, where):
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise UserError(f"{where} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _nonempty_list(raw, key, kind, where):
+    if key not in raw:
+        raise UserError(f"{where}: '{key}' is missing")
+    values = raw[key]
+    if not isinstance(values, list) or not values:
+        raise UserError(f"{where}: {key} must be a non-empty list, got {values!r}")
+    return [_typed(value, kind, f"{where}: each of {key}") for value in values]
+
+
+def _settings(values, where) -> dict:
+    if not isinstance(values, dict):
+        raise UserError(f"{where} must be a mapping of Section.key to values, got {type(values).__name__}")
+    for key in values:
+        if not isinstance(key, str) or key.count(".") != 1:
+            raise UserError(f"{where}: '{key}' must look like Section.key, e.g. Solver.num_epoch")
+    return dict(values)
+
+
+def _product(vary: dict) -> list:
+    """Every combination of the vary lists, the first key varying slowest; [{}] without vary."""
+    combinations = [{}]
+    for key, values in vary.items():
+        combinations = [{**combination, key: value} for combination in combinations for value in values]
+    return combinations
+
+
+def _variant_name(variant: dict) -> str:
+    """_Lambda0_num_learners5: each varied setting's bare name and value, safe for a folder name."""
+    parts = []
+    for key, value in variant.items():
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # Lambda 0, not Lambda0.0
+        text = value if isinstance(value, str) else json.dumps(value)
+        parts.append(key.partition(".")[2] + re.sub(r"[^A-Za-z0-9.+-]", "-", text))
+    return "".join(f"_{part}" for part in parts)
+
+
+# ---------------------------------------------------------------- the state of a cell, read from its run folder
+
+def read_results(cell: Cell):
+    """The cell's results.json, or None when it is missing or unreadable."""
+    try:
+        results = json.loads((cell.run_dir / RESULTS).read_text())
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) and isinstance(results.get("run"), dict) else None
+
+
+def is_done(cell: Cell) -> bool:
+    """results.json is there and was written for this cell's settings (K and epochs included)."""
+    results = read_results(cell)
+    return results is not None and all(results["run"].get(key) == value
+                                       for key, value in config.run_settings(cell.cfg).items())
+
+
+def state(cell: Cell) -> str:
+    """done | running (locked by a launcher) | failed | partial | not started."""
+    if is_done(cell):
+        return "done"
+    if is_locked(cell.run_dir):
+        return "running"
+    if (cell.run_dir / ERROR).is_file():
+        return "failed"
+    if (cell.run_dir / "config.yaml").is_file() or checkpoint.learner_path(cell.run_dir, 0).is_file():
+        return "partial"
+    return "not started"
+
+
+def error_of(cell: Cell) -> str:
+    try:
+        return (cell.run_dir / ERROR).read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def record_error(cell: Cell, line: str, details: str = "") -> None:
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    (cell.run_dir / ERROR).write_text(line + "\n" + details)
+
+
+def clear_error(cell: Cell) -> None:
+    (cell.run_dir / ERROR).unlink(missing_ok=True)
+
+
+class CellLock:
+    """An exclusive lock on a run folder while a launcher works in it: flock on <run>/.lock, never waiting.
+
+    The kernel drops it when the process ends, however it ends, so a killed grid leaves no stale lock. flock
+    also works across the nodes of an NFS share on Linux (it is emulated with NFS byte-range locks).
+    """
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / LOCK
+        self.handle = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self.handle = handle
+        return True
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the file releases the lock
+            self.handle = None
+
+
+def is_locked(run_dir) -> bool:
+    path = Path(run_dir) / LOCK
+    if not path.is_file():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
