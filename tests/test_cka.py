@@ -1,9 +1,12 @@
-"""Linear CKA against a direct NumPy transcription of the definition, and its invariances."""
+"""Linear CKA against a direct NumPy transcription of the definition, and its invariances; then the other repulsion
+options of issue #11 (each against a NumPy transcription, with its invariances and its counter-checks) and the
+feature-spectrum diagnostics."""
 import numpy as np
 import pytest
 import torch
 
-from utils.cka import linear_cka, repulsion
+from utils.cka import (CCA_RIDGE, SIMILARITIES, cca, debiased_cca, debiased_cka, linear_cka, pairwise_similarity,
+                       participation_ratio, rbf_cka, repulsion, spectrum)
 
 
 def cka_numpy(x, y):
@@ -78,8 +81,6 @@ def test_repulsion_is_mean_over_seniors_and_differentiable():
 
 
 # ---- The repulsion options of issue #11 -----------------------------------------------------------------------------
-from utils.cka import (CCA_RIDGE, SIMILARITIES, cca, debiased_cca, debiased_cka, linear_cka as _linear,  # noqa: E402
-                       pairwise_similarity, participation_ratio, rbf_cka, spectrum)
 
 KINDS = list(SIMILARITIES)
 CKA_FAMILY = ["linear_cka", "debiased_cka", "rbf_cka"]  # invariant to orthogonal maps and isotropic scaling
