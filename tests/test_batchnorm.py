@@ -77,6 +77,8 @@ def test_running_stats_are_the_average_over_the_pass(network):
         var = torch.stack([batch.var(dim=dims, unbiased=True) for batch in batches]).mean(dim=0)
         assert torch.allclose(bn.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
         assert torch.allclose(bn.running_var.double(), var, rtol=1e-5, atol=1e-6)
+        biased = torch.stack([batch.var(dim=dims, unbiased=False) for batch in batches]).mean(dim=0)
+        assert not torch.allclose(bn.running_var.double(), biased, rtol=1e-5, atol=1e-6)  # the test can tell them apart
         assert bn.num_batches_tracked.item() == 6 and bn.momentum == 0.1  # momentum restored
 
 
