@@ -98,3 +98,58 @@ def test_readme_documents_every_key():
     for section, schema in config.SECTIONS.items():
         for field in config.fields(schema):
             assert f"`{section}.{field.name}`" in readme, f"{section}.{field.name} missing from README"
+
+
+def test_repulsion_names_match_the_registry():
+    from utils.cka import SIMILARITIES
+    assert config.REPULSIONS == tuple(SIMILARITIES)
+
+
+def test_repulsion_and_precise_bn_defaults_are_the_published_behaviour():
+    cfg = config.load(CFGS / "RSNA_AE.yaml")
+    assert cfg.Model.repulsion == "linear_cka" and cfg.Solver.precise_bn is False
+
+
+@pytest.mark.parametrize("overrides", [["Model.repulsion=cca"], ["Model.repulsion=debiased_cca", "Solver.bs=18"],
+                                       ["Model.repulsion=rbf_cka", "Model.layer=0"],
+                                       ["Model.repulsion=debiased_cka", "Solver.bs=4"], ["Solver.precise_bn=true"]])
+def test_new_options_load(overrides):
+    cfg = config.load(CFGS / "RSNA_AE.yaml", overrides)
+    assert cfg.Model.repulsion == (overrides[0].split("=")[1] if "repulsion" in overrides[0] else "linear_cka")
+    assert cfg.Solver.precise_bn is ("Solver.precise_bn=true" in overrides)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["Model.repulsion=debiasedcka"], "unknown config Model.repulsion 'debiasedcka'; did you mean 'debiased_cka'?"),
+    (["Model.repulsion=linear-cka"], "did you mean 'linear_cka'?"),
+    (["Model.repulsion=kernel"], "unknown config Model.repulsion 'kernel'; valid: linear_cka, cca"),
+    (["Model.repulsion=cca", "Model.layer=5"], "Model.repulsion=cca whitens the features"),
+    (["Model.repulsion=debiased_cca", "Solver.bs=17"], "fewer dimensions than Solver.bs - 1 (16)"),
+    (["Model.repulsion=debiased_cka", "Solver.bs=3"], "needs Solver.bs of at least 4"),
+    (["Solver.precise_bn=1"], "config Solver.precise_bn must be bool, got int 1"),
+])
+def test_bad_repulsion_settings_name_the_key(overrides, message):
+    with pytest.raises(UserError) as err:
+        config.load(CFGS / "RSNA_AE.yaml", overrides)
+    assert message in str(err.value)
+
+
+def test_new_keys_are_part_of_the_run_identity():
+    from utils import checkpoint
+    base = config.load(CFGS / "RSNA_AE.yaml").to_dict()
+    for override in ("Model.repulsion=cca", "Solver.precise_bn=true"):
+        other = config.load(CFGS / "RSNA_AE.yaml", [override]).to_dict()
+        with pytest.raises(UserError, match=override.split("=")[0]):
+            checkpoint.check_same_experiment(base, other, "run folder x")
+
+
+def test_checkpoints_from_before_the_new_keys_still_match():
+    """A config stored before Model.repulsion and Solver.precise_bn existed means their defaults (the published
+    behaviour), so such runs resume and evaluate; with another value they are refused."""
+    from utils import checkpoint
+    stored = config.load(CFGS / "RSNA_AE.yaml").to_dict()
+    del stored["Model"]["repulsion"], stored["Solver"]["precise_bn"]
+    checkpoint.check_same_experiment(stored, config.load(CFGS / "RSNA_AE.yaml").to_dict(), "checkpoint x")
+    with pytest.raises(UserError, match="made with Model.repulsion='linear_cka' but this config has 'cca'"):
+        checkpoint.check_same_experiment(stored, config.load(CFGS / "RSNA_AE.yaml", ["Model.repulsion=cca"]).to_dict(),
+                                         "checkpoint x")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from utils import config
 from utils.errors import UserError
 
 FORMAT = "d2ue-learner-1"
@@ -63,8 +64,10 @@ def identity(config: dict) -> dict:
 
 
 def check_same_experiment(stored: dict, current: dict, where) -> None:
-    """Refuse to mix learners of two different configs in one run folder."""
-    old, new = identity(stored), identity(current)
+    """Refuse to mix learners of two different configs in one run folder. A setting that a stored config lacks was
+    added after it was written and counts as its default, which is the behaviour that run had."""
+    defaults = identity(config.Config().to_dict())
+    old, new = {**defaults, **identity(stored)}, {**defaults, **identity(current)}
     for key in sorted(old.keys() | new.keys()):
         if old.get(key) != new.get(key):
             raise UserError(f"{where} was made with {key}={old.get(key)!r} but this config has {new.get(key)!r}; "

@@ -14,6 +14,10 @@ import yaml
 from utils.errors import UserError
 
 NETWORKS = ("AE", "AE-U", "MemAE")
+# The similarities RAR can repel with: the keys of utils.cka.SIMILARITIES (kept here so that loading a config
+# does not import torch; a test checks that the two agree).
+REPULSIONS = ("linear_cka", "cca", "debiased_cka", "rbf_cka", "debiased_cca")
+WHITENED = ("cca", "debiased_cca")  # need fewer feature dimensions than a batch has samples, minus one
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Model:
     mem_dim: int = 25  # MemAE: memory slots
     shrink_thres: float = 0.0025  # MemAE: hard-shrinkage threshold (the value every published run used)
     entropy_loss_weight: float = 0.0002  # MemAE: weight of the attention entropy loss
+    repulsion: str = "linear_cka"  # RAR similarity (REPULSIONS, utils/cka.py); linear_cka is the published one
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Solver:
     num_epoch: int = 250  # per learner
     seed: int = 8
     Lambda: float = 1.0  # weight of the RAR repulsion term
+    precise_bn: bool = False  # after each learner, recompute BatchNorm statistics over the training set (exact average)
 
 
 @dataclass
@@ -111,6 +117,15 @@ def _check(cfg: Config) -> Config:
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"config {name} must be positive, got {value}")
+    if cfg.Model.repulsion not in REPULSIONS:
+        raise _unknown("Model.repulsion", cfg.Model.repulsion, REPULSIONS)
+    if cfg.Model.repulsion in WHITENED and (cfg.Model.layer != 4 or cfg.Model.ls >= cfg.Solver.bs - 1):
+        raise UserError(f"config Model.repulsion={cfg.Model.repulsion} whitens the features, which needs fewer "
+                        f"dimensions than Solver.bs - 1 ({cfg.Solver.bs - 1}); only the latent z is that narrow: "
+                        "use Model.layer=4 with Model.ls below it, or a CKA repulsion")
+    if cfg.Model.repulsion.startswith("debiased") and cfg.Solver.bs < 4:
+        raise UserError(f"config Model.repulsion={cfg.Model.repulsion} needs Solver.bs of at least 4, "
+                        f"got {cfg.Solver.bs}")
     device = cfg.Exp.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UserError(f"config Exp.device must be auto, cpu, cuda or cuda:N, got '{device}'")
