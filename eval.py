@@ -16,12 +16,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
 from utils import config
+from utils import ensemble
+from utils.cka import pairwise_similarity, spectrum
 from utils.ensemble import load_learners, score_dataset
 from utils.errors import UserError, cli
-from utils.figures import anomaly_grid, chi_square_distance, roc_pr_curves, score_histograms
+from utils.figures import anomaly_grid, chi_square_distance, roc_pr_curves, score_histograms, similarity_heatmap
 from utils.metrics import image_metrics, pixel_metrics_of_maps
 from utils.runtime import RunLog, setup
 from utils.scores import SCORES
@@ -113,6 +116,36 @@ def log_images(writer, images_u8, maps, labels, masks, step):
                           (values - values.min()) / (values.max() - values.min()).clamp_min(1e-12), step)
 
 
+def learner_diagnostics(learners, images_u8, cfg, device) -> dict:
+    """How the learners relate on the test images: their pairwise linear CKA (and the similarity RAR repelled
+    with, when another), each one's effective rank and top-direction share, and what training reported of each."""
+    features = ensemble.features_of_images(learners, images_u8, device)
+    diagnostics = {"linear_cka": pairwise_similarity(features).tolist()}
+    if cfg.Model.repulsion != "linear_cka":
+        diagnostics[cfg.Model.repulsion] = pairwise_similarity(features, cfg.Model.repulsion).tolist()
+    shapes = [spectrum(values) for values in features]
+    diagnostics["effective_rank"] = [rank.item() for rank, _ in shapes]
+    diagnostics["top_share"] = [share.item() for _, share in shapes]
+    reports = ensemble.learner_reports(cfg.run_dir, len(learners))
+    diagnostics["learners"] = reports
+    diagnostics["warnings"] = [report["warning"] for report in reports if report and report.get("warning")]
+    return diagnostics
+
+
+def log_diagnostics(log, diagnostics, run_dir, step):
+    """The CKA matrix as learner_cka.png and in TensorBoard, the warnings as log lines."""
+    path = run_dir / "learner_cka.png"
+    similarity_heatmap(np.asarray(diagnostics["linear_cka"]), path, title="linear CKA between learners (test set)")
+    with Image.open(path) as image:
+        log.tensorboard.add_image("diagnostics/learner_cka", np.asarray(image.convert("RGB")), step,
+                                  dataformats="HWC")
+    for index, (rank, share) in enumerate(zip(diagnostics["effective_rank"], diagnostics["top_share"])):
+        log.tensorboard.add_scalar(f"diagnostics/effective_rank_learner{index}", rank, step)
+        log.tensorboard.add_scalar(f"diagnostics/top_share_learner{index}", share, step)
+    for warning in diagnostics["warnings"]:
+        log.info(f"warning: {warning}")
+
+
 def evaluate(cfg, device, echo=True) -> dict:
     """Score the test set with the trained run `cfg` describes; writes results.json, scores.csv, the figures and
     TensorBoard records into its run folder and returns the results. echo=False: log to the run folder only."""
@@ -132,6 +165,7 @@ def evaluate(cfg, device, echo=True) -> dict:
             masks = load_masks(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
         results = metrics_table(labels, scores, maps, masks)
         results["run"] = {**config.run_settings(cfg), "out_dir": str(run_dir)}
+        results["diagnostics"] = learner_diagnostics(learners, images, cfg, device)
         write_json(results, run_dir / "results.json")
         write_scores_csv(run_dir / "scores.csv", split.test, labels, scores)
         log.info(f"{len(labels)} test images ({int(labels.sum())} abnormal); wrote {run_dir / 'results.json'}")
@@ -140,6 +174,7 @@ def evaluate(cfg, device, echo=True) -> dict:
         write_figures(run_dir, images, maps, scores, labels, masks)
         log_metrics(log, cfg, results, step=cfg.Solver.num_epoch)
         log_images(log.tensorboard, images, maps, labels, masks, step=cfg.Solver.num_epoch)
+        log_diagnostics(log, results["diagnostics"], run_dir, step=cfg.Solver.num_epoch)
         log.info(f"figures hist.png, roc_pr.png, grid.png in {run_dir}; tensorboard --logdir {run_dir / 'tb'}")
     finally:
         log.close()

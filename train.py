@@ -15,11 +15,14 @@ from tqdm import tqdm
 import models
 from datasets.medad import dataset_dir, load_images, read_split, to_model_input
 from utils import checkpoint, config
-from utils.cka import repulsion
+from utils.batchnorm import eval_and_train_errors, eval_mode_warning, recompute_bn_stats
+from utils.cka import repulsion, spectrum
 from utils.ensemble import features_of
 from utils.errors import UserError, cli
 from utils.fast import adam, load_optimizer_state, make_step
 from utils.runtime import RunLog, make_run_dir, setup
+
+PROBE_SIZE = 256  # training images on which each learner's feature shape and BatchNorm health are watched
 
 
 def parse_args(argv=None):
@@ -39,15 +42,53 @@ def prepare_run(cfg):
     return run_dir
 
 
-def training_loss(learner, x, senior_features, Lambda):
-    """The backbone's own loss plus, for a junior, Lambda x the mean linear CKA against its seniors."""
+def training_loss(learner, x, senior_features, Lambda, kind="linear_cka"):
+    """The backbone's own loss plus, for a junior, Lambda x its mean similarity (Model.repulsion; linear CKA as
+    published) to its seniors."""
     out = learner(x)
     loss, terms = learner.loss(out, x)
     if senior_features:
-        mean_cka, per_senior = repulsion(out["features"], senior_features)
-        loss = loss + Lambda * mean_cka
-        terms = {**terms, "repulsion": mean_cka, **{f"cka_senior{j}": c for j, c in enumerate(per_senior)}}
+        mean_similarity, per_senior = repulsion(out["features"], senior_features, kind)
+        loss = loss + Lambda * mean_similarity
+        terms = {**terms, "repulsion": mean_similarity, **{f"cka_senior{j}": c for j, c in enumerate(per_senior)}}
     return loss, {"loss": loss, **terms}
+
+
+def probe_of(images, seed, size=PROBE_SIZE):
+    """A fixed slice of the training images on which a learner's features and its eval- against train-mode
+    reconstruction are watched (D2UE trains on every normal image, so there is no held-out one to use)."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:size]
+    return images[order.sort().values.to(images.device)]
+
+
+@torch.no_grad()
+def feature_shape(learner, probe) -> dict:
+    """Effective rank and top-direction share of the learner's tapped features on the probe, in eval mode (the
+    mode the scores use): a junior that piles its variance into one direction shows here."""
+    was_training = learner.training
+    learner.eval()
+    rank, share = spectrum(learner(probe)["features"])
+    learner.train(was_training)
+    return {"effective_rank": rank.item(), "top_share": share.item()}
+
+
+def finish_learner(index, learner, images, probe, cfg, log) -> dict:
+    """After the last epoch: precise BatchNorm statistics if asked, then eval- against train-mode reconstruction
+    error on the probe, with a warning line when eval mode is much worse. Returns the report (kept in the
+    checkpoint; eval.py copies it into results.json)."""
+    report = {}
+    if cfg.Solver.precise_bn:
+        report["eval_mse_before_precise_bn"] = eval_and_train_errors(learner, probe, cfg.Solver.bs)[0]
+        recompute_bn_stats(learner, images, cfg.Solver.bs, seed=cfg.Solver.seed + index)
+    report["eval_mse"], report["train_mse"] = eval_and_train_errors(learner, probe, cfg.Solver.bs)
+    report["warning"] = eval_mode_warning(f"learner {index}", report["eval_mse"], report["train_mse"])
+    log.info(f"learner {index}: reconstruction MSE on {len(probe)} training images {report['eval_mse']:.5f} in eval "
+             f"mode, {report['train_mse']:.5f} in train mode"
+             + (f" (eval mode {report['eval_mse_before_precise_bn']:.5f} before precise BatchNorm statistics)"
+                if cfg.Solver.precise_bn else ""))
+    if report["warning"]:
+        log.info(f"warning: {report['warning']}")
+    return report
 
 
 def epoch_order(n, seed, index, epoch):
@@ -91,14 +132,15 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
                 senior_features = [senior(x)["features"] for senior in seniors]
         else:
             senior_features = [cache[batch] for cache in senior_cache]
-        return training_loss(learner, x, senior_features, solver.Lambda)
+        return training_loss(learner, x, senior_features, solver.Lambda, cfg.Model.repulsion)
 
-    def save(epoch):
+    def save(epoch, report=None):
         checkpoint.save({"learner": index, "epoch": epoch, "backbone": args, "config": cfg.to_dict(),
                          "model": learner.state_dict(), "optimizer": optimizer.state_dict(),
-                         "rng": torch.get_rng_state()}, path)
+                         "rng": torch.get_rng_state(), "report": report}, path)
 
     learner.train()
+    probe = probe_of(images, solver.seed)
     steps = len(images) // solver.bs
     if steps == 0:
         raise UserError(f"only {len(images)} training images, fewer than one batch (Solver.bs={solver.bs})")
@@ -118,10 +160,13 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
         if not all(math.isfinite(v) for v in values.values()):
             raise UserError(f"learner {index}, epoch {epoch + 1}: loss is not finite ({values['loss']}); "
                             f"the last good checkpoint is kept at {path}; try a lower Solver.lr")
-        values.update(lr=optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - began)
+        values.update(lr=optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - began,
+                      **feature_shape(learner, probe))
         log.scalars(f"learner{index}", values, epoch + 1)
         bar.set_postfix(loss=f"{values['loss']:.4f}")
-        if epoch + 1 == solver.num_epoch or time.monotonic() - last_save >= cfg.Exp.checkpoint_every_s:
+        if epoch + 1 == solver.num_epoch:  # before the final checkpoint: a learner found finished is complete
+            save(epoch + 1, finish_learner(index, learner, images, probe, cfg, log))
+        elif time.monotonic() - last_save >= cfg.Exp.checkpoint_every_s:
             save(epoch + 1)
             last_save = time.monotonic()
     log.info(f"learner {index}: trained {solver.num_epoch} epochs, final loss {values['loss']:.5f}")

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Run the test suite (CPU). Arguments go to pytest, e.g. ./scripts/test.sh -k cka
+# Tests run in parallel, one worker per core, when pytest-xdist is installed (it is in .venv).
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 setup_python requirements-test.txt
-"$PY" -m pytest -q "$@" tests
+parallel=()
+if "$PY" -c "import xdist" 2>/dev/null; then
+    parallel=(-n "${TEST_WORKERS:-auto}")
+fi
+"$PY" -m pytest -q "${parallel[@]}" "$@" tests

@@ -28,6 +28,12 @@ def load_learners(run_dir, cfg, device):
     return learners
 
 
+def learner_reports(run_dir, count) -> list:
+    """What training recorded about each learner at its end (eval- against train-mode reconstruction, precise
+    BatchNorm statistics): the checkpoints' "report", None for checkpoints written before reports existed."""
+    return [checkpoint.load(checkpoint.learner_path(run_dir, index)).get("report") for index in range(count)]
+
+
 def load_run(run_dir, device):
     """The resolved config stored in a run folder and its K learners, frozen and in eval mode."""
     run_dir = Path(run_dir)
@@ -45,6 +51,17 @@ def load_run(run_dir, device):
 def features_of(learner, images, batch_size=256):
     """A frozen learner's tapped features for a whole image tensor (exact: eval mode, no augmentation)."""
     return torch.cat([learner(images[i:i + batch_size])["features"] for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def features_of_images(learners, images_u8, device, batch_size=256) -> list:
+    """Every learner's tapped features of uint8 images, decoded to model input one batch at a time."""
+    features = [[] for _ in learners]
+    for start in range(0, len(images_u8), batch_size):
+        x = to_model_input(images_u8[start:start + batch_size].to(device))
+        for parts, learner in zip(features, learners):
+            parts.append(learner(x)["features"])
+    return [torch.cat(parts) for parts in features]
 
 
 def score_dataset(learners, images_u8, batch_size, device):

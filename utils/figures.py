@@ -182,6 +182,24 @@ def _stack(array, name):
     return array
 
 
+def similarity_heatmap(matrix, path, title="similarity between learners"):
+    """A K x K similarity matrix (values in [0, 1]) as a heat map with each value written in its cell."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    size = len(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * size, 0.9 + 0.9 * size), layout="constrained")
+    try:
+        shown = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+        ticks = range(size)
+        ax.set(xticks=ticks, yticks=ticks, xlabel="learner", ylabel="learner")
+        ax.set_title(title, fontsize="small")
+        fig.colorbar(shown, ax=ax, shrink=0.8)
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def _finite_1d(values, name):
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:

@@ -17,6 +17,7 @@ from utils.errors import UserError, cli
 SCORE_ORDER = ["rec", "unc", "dsu"]
 METRICS = ["auc", "ap", "pixel_auroc", "pixel_ap", "pixel_best_dice"]
 REQUIRED_METRICS = ["auc", "ap"]
+NOT_SCORES = ("run", "source", "diagnostics")  # the other top-level entries of a results.json are scores
 NOT_IDENTITY = {"seed", "out_dir"}  # runs that differ only in these are repeats of one config
 HEADERS = {"auc": "AUC", "ap": "AP", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP",
            "pixel_best_dice": "pixel best Dice"}
@@ -55,7 +56,7 @@ def summarize(results) -> list:
     for result in results:
         identity = _identity(result["run"])
         for score, metrics in result.items():
-            if score not in ("run", "source"):
+            if score not in NOT_SCORES:
                 groups.setdefault((identity, score), []).append((result["run"].get("seed"), metrics))
 
     varying = _varying_keys([dict(identity) for identity, _ in groups])
@@ -174,7 +175,7 @@ def markdown_table(rows) -> str:
 def _validate(result):
     if not isinstance(result, dict) or not isinstance(result.get("run"), dict):
         raise ValueError('no "run" section')
-    scores = [key for key in result if key != "run"]
+    scores = [key for key in result if key not in NOT_SCORES]
     if not scores:
         raise ValueError("no scores")
     for score in scores:

@@ -1,0 +1,139 @@
+"""RAR in a real run: the repulsion option reaches the loss, the feature and BatchNorm diagnostics land in the logs
+and results.json, and precise BatchNorm statistics keep resume and the fast path exact."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import eval as evaluate
+import train
+from datasets.medad import load_images, read_split, to_model_input
+from tests.conftest import write_config
+from utils import checkpoint, config, ensemble
+from utils.batchnorm import eval_and_train_errors, recompute_bn_stats
+from utils.cka import SIMILARITIES, pairwise_similarity, spectrum
+from utils.summary import summarize
+
+
+def records(run_dir, tag):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["tag"] == tag]
+
+
+def state_of(run_dir, index):
+    return checkpoint.load(checkpoint.learner_path(run_dir, index))
+
+
+def test_diagnostics_in_the_logs_the_checkpoints_and_results(tiny_root, tmp_path):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Model={"num_learners": 3},
+                            Solver={"num_epoch": 2})
+    train.main(["--config", str(cfg_path)])
+    evaluate.main(["--config", str(cfg_path)])
+    run = tmp_path / "run"
+    cfg = config.load(cfg_path)
+    learners = ensemble.load_learners(run, cfg, torch.device("cpu"))
+    split = read_split(tiny_root / "tiny")
+    train_images = to_model_input(load_images(split.directory, split.train, 32))
+    probe = train.probe_of(train_images, cfg.Solver.seed)
+
+    for index, learner in enumerate(learners):
+        logged = records(run, f"learner{index}")
+        assert len(logged) == 2  # one per epoch
+        rank, share = spectrum(learner(probe)["features"])  # the last epoch's, on the probe in eval mode
+        assert logged[-1]["effective_rank"] == pytest.approx(rank.item(), rel=1e-4)
+        assert logged[-1]["top_share"] == pytest.approx(share.item(), rel=1e-4)
+        assert 1 <= logged[-1]["effective_rank"] <= cfg.Model.ls and 0 < logged[-1]["top_share"] <= 1
+        report = state_of(run, index)["report"]
+        assert (report["eval_mse"], report["train_mse"]) == pytest.approx(
+            eval_and_train_errors(learner, probe, cfg.Solver.bs), rel=1e-5)
+
+    results = json.loads((run / "results.json").read_text())
+    diagnostics = results["diagnostics"]
+    test_features = ensemble.features_of_images(learners, load_images(split.directory, split.test, 32),
+                                                torch.device("cpu"))
+    expected = pairwise_similarity(test_features).numpy()
+    assert np.allclose(diagnostics["linear_cka"], expected, atol=1e-5)
+    assert np.allclose(np.diag(expected), 1, atol=1e-5) and expected.shape == (3, 3)
+    assert diagnostics["effective_rank"] == pytest.approx([spectrum(f)[0].item() for f in test_features], rel=1e-4)
+    assert [report["eval_mse"] for report in diagnostics["learners"]] == \
+        [state_of(run, index)["report"]["eval_mse"] for index in range(3)]
+    assert (run / "learner_cka.png").is_file()
+    assert {row["score"] for row in summarize([results])} == {"rec", "unc", "dsu"}  # diagnostics is no score
+
+
+def test_a_learner_whose_eval_mode_is_much_worse_is_named(tiny_root, tmp_path, monkeypatch, capsys):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
+    monkeypatch.setattr(train, "eval_and_train_errors",
+                        lambda learner, images, batch_size: (0.071, 0.040))  # the broken learner of issue #11
+    train.main(["--config", str(cfg_path)])
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning:" in line]
+    assert len(warnings) == 2 and "learner 0:" in warnings[0] and "learner 1:" in warnings[1]
+    assert "1.77x" in warnings[0] and "Solver.precise_bn=true" in warnings[0]
+    evaluate.main(["--config", str(cfg_path)])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["diagnostics"]["warnings"] == [warning.split("warning: ", 1)[1] for warning in warnings]
+
+
+@pytest.mark.parametrize("kind", sorted(SIMILARITIES))
+def test_the_configured_repulsion_is_the_one_trained_with(tiny_root, tmp_path, kind):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Model={"repulsion": kind},
+                            Solver={"num_epoch": 1, "Lambda": 0.5, "bs": 32})  # the whitened ones need bs > ls + 1
+    train.main(["--config", str(cfg_path)])
+    records_of_junior = records(tmp_path / "run", "learner1")
+    senior, junior = ensemble.load_learners(tmp_path / "run", config.load(cfg_path), torch.device("cpu"))
+    split = read_split(tiny_root / "tiny")
+    x = to_model_input(load_images(split.directory, split.train[:32], 32))
+    junior.train()
+    _, terms = train.training_loss(junior, x, [senior(x)["features"]], 0.5, kind)
+    expected = SIMILARITIES[kind](junior(x)["features"], senior(x)["features"])
+    assert terms["repulsion"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx((junior.loss(junior(x), x)[0] + 0.5 * expected).item(), rel=1e-5)
+    assert 0 <= records_of_junior[0]["repulsion"] <= 1.01
+
+
+def test_precise_bn_statistics_are_in_the_checkpoint_and_resume_exactly(tiny_root, tmp_path, monkeypatch):
+    settings = {"Solver": {"num_epoch": 3, "precise_bn": True}}
+    straight = write_config(tmp_path / "a.yaml", tiny_root, tmp_path / "straight", **settings)
+    train.main(["--config", str(straight)])
+    # The final checkpoint's statistics are the exact average over the training set, not the last batches'.
+    cfg = config.load(straight)
+    split = read_split(tiny_root / "tiny")
+    images = to_model_input(load_images(split.directory, split.train, 32))
+    learner = ensemble.load_learners(tmp_path / "straight", cfg, torch.device("cpu"))[1]
+    before = {name: value.clone() for name, value in learner.named_buffers()}
+    recompute_bn_stats(learner, images, cfg.Solver.bs, seed=cfg.Solver.seed + 1)
+    for name, value in learner.named_buffers():
+        assert torch.allclose(value.float(), before[name].float(), rtol=1e-5, atol=1e-6), name
+    report = state_of(tmp_path / "straight", 1)["report"]
+    assert "eval_mse_before_precise_bn" in report
+
+    # Killed after learner 1's last epoch, before its statistics were recomputed and saved: the rerun resumes
+    # and ends exactly as the straight run did.
+    killed = write_config(tmp_path / "b.yaml", tiny_root, tmp_path / "killed", **settings)
+    finish = train.finish_learner
+
+    def killed_at_learner_1(index, *args):
+        if index == 1:
+            raise KeyboardInterrupt
+        return finish(index, *args)
+
+    monkeypatch.setattr(train, "finish_learner", killed_at_learner_1)
+    with pytest.raises(SystemExit):
+        train.main(["--config", str(killed)])
+    assert state_of(tmp_path / "killed", 1)["epoch"] == 2
+    monkeypatch.setattr(train, "finish_learner", finish)
+    train.main(["--config", str(killed)])
+    for key, value in state_of(tmp_path / "straight", 1)["model"].items():
+        assert torch.equal(state_of(tmp_path / "killed", 1)["model"][key], value), key
+
+
+def test_precise_bn_fast_and_eager_paths_agree(tiny_root, tmp_path):
+    runs = {}
+    for fast in (True, False):
+        cfg = write_config(tmp_path / f"{fast}.yaml", tiny_root, tmp_path / f"run{fast}", Exp={"fast": fast},
+                           Solver={"precise_bn": True})
+        train.main(["--config", str(cfg)])
+        runs[fast] = state_of(tmp_path / f"run{fast}", 1)["model"]
+    for key, value in runs[True].items():
+        assert torch.allclose(runs[False][key].float(), value.float(), rtol=1e-4, atol=1e-6), key
