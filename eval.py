@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import models
+from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
 from utils import checkpoint
 from utils.errors import UserError, cli
@@ -182,7 +183,7 @@ def main(argv=None):
     results["run"] = {"dataset": cfg.Data.dataset, "network": cfg.Model.network, "seed": cfg.Solver.seed,
                       "num_learners": cfg.Model.num_learners, "img_size": cfg.Data.img_size,
                       "num_epoch": cfg.Solver.num_epoch, "lr": cfg.Solver.lr, "Lambda": cfg.Solver.Lambda,
-                      "layer": cfg.Model.layer, "out_dir": str(run_dir)}
+                      "layer": cfg.Model.layer, "split": describe(split.lists).label, "out_dir": str(run_dir)}
     write_json(results, run_dir / "results.json")
     write_scores_csv(run_dir / "scores.csv", split.test, labels, scores)
     log.info(f"{len(labels)} test images ({int(labels.sum())} abnormal); wrote {run_dir / 'results.json'}")

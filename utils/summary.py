@@ -1,6 +1,9 @@
 """Gather every run's results.json under a folder into one table: mean and std over seeds per config and score.
 
 Usage: python -m utils.summary ROOT    (prints the Markdown table; writes ROOT/summary.md and ROOT/summary.csv)
+
+Runs on another split are another config: the Markdown table marks rows that are not on a Med-AD benchmark split
+("custom split"), or whose results.json predates the "split" record ("split not recorded").
 """
 import argparse
 import csv
@@ -16,6 +19,7 @@ SCORE_ORDER = ["rec", "unc", "dsu"]
 METRICS = ["auc", "ap", "pixel_auroc", "pixel_ap", "pixel_best_dice"]
 REQUIRED_METRICS = ["auc", "ap"]
 NOT_IDENTITY = {"seed", "out_dir"}  # runs that differ only in these are repeats of one config
+SHOWN_ELSEWHERE = {"dataset", "network", "split"}  # identity keys with a place of their own in the table
 HEADERS = {"auc": "AUC", "ap": "AP", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP",
            "pixel_best_dice": "pixel best Dice"}
 
@@ -63,6 +67,7 @@ def summarize(results) -> list:
         row = {
             "dataset": config.get("dataset", ""),
             "network": config.get("network", ""),
+            "split": config.get("split"),  # "benchmark RSNA", "custom", or None when not recorded
             "config": ", ".join(f"{key}={config.get(key)}" for key in varying),
             "score": score,
             "n_seeds": len(runs),
@@ -79,7 +84,8 @@ def summarize(results) -> list:
                 row[f"{metric}_mean"] = float(values.mean())
                 row[f"{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
         rows.append(row)
-    rows.sort(key=lambda row: (str(row["dataset"]), str(row["network"]), row["config"], _score_rank(row["score"])))
+    rows.sort(key=lambda row: (str(row["dataset"]), str(row["network"]), str(row["split"]), row["config"],
+                               _score_rank(row["score"])))
     return rows
 
 
@@ -91,14 +97,15 @@ def write_summary(root):
         raise UserError(f"no readable results.json under {root}; evaluate a run first (it writes results.json)")
     md_path, csv_path = root / "summary.md", root / "summary.csv"
     md_path.write_text(markdown_table(rows))
-    columns = ["dataset", "network", "config", "score", "n_seeds", "seeds"]
+    columns = ["dataset", "network", "split", "config", "score", "n_seeds", "seeds"]
     columns += [column for metric in METRICS for column in (f"{metric}_mean", f"{metric}_std")
                 if any(column in row for row in rows)]
     with open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "seeds": " ".join(str(seed) for seed in row["seeds"])})
+            writer.writerow({**row, "split": row["split"] or "",
+                             "seeds": " ".join(str(seed) for seed in row["seeds"])})
     return md_path, csv_path
 
 
@@ -110,7 +117,8 @@ def markdown_table(rows) -> str:
               *(HEADERS[metric] for metric in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [str(row["dataset"]), str(row["network"]), *([row["config"]] if show_config else []), row["score"],
+        cells = [str(row["dataset"]) + _split_mark(row["split"]), str(row["network"]),
+                 *([row["config"]] if show_config else []), row["score"],
                  f"{row['n_seeds']} ({', '.join(str(seed) for seed in row['seeds'])})"]
         for metric in metrics:
             if f"{metric}_mean" in row:
@@ -146,8 +154,14 @@ def _identity(run):
                         if key not in NOT_IDENTITY))
 
 
+def _split_mark(split):
+    if isinstance(split, str) and split.startswith("benchmark "):
+        return ""
+    return " (split not recorded)" if split is None else " (custom split)"
+
+
 def _varying_keys(configs):
-    keys = sorted({key for config in configs for key in config} - {"dataset", "network"})
+    keys = sorted({key for config in configs for key in config} - SHOWN_ELSEWHERE)
     return [key for key in keys if len({json.dumps(config.get(key), sort_keys=True) for config in configs}) > 1]
 
 
