@@ -19,9 +19,10 @@ Split. By default the benchmark's own split, shipped in datasets/splits/ (see da
 listed files are converted, and data.json holds its train "0", test "0" and test "1" lists in the shipped order
 (`train.unlabeled` is not used by D2UE, so those images are neither converted nor listed). `--split FILE` takes
 another file shaped like data.json the same way. Names are matched by stem, so `x.dcm`, `x.dicom`, `x.jpg` and
-`x.png` all mean raw image `x`. When listed files are not in the raw folder, the others are converted, the missing
-ones are named, and no data.json is written, unless --allow-missing is given: then data.json lists only the files
-found (and datasets.check says how it differs from the benchmark).
+`x.png` all mean raw image `x`, and data.json names the output (a DICOM `x.png`, a JPEG its own name). When listed
+files are not in the raw folder, the others are converted, the missing ones are named, and no data.json is written,
+unless --allow-missing is given: then data.json lists only the files found (and datasets.check says how it differs
+from the benchmark).
 
 `--split seeded` draws a split instead, which is not the benchmark (the output says so): the labelled images are
 sorted by output name, each class is shuffled with numpy.random.default_rng(seed) (normals first, then abnormals,
@@ -432,8 +433,8 @@ def prepare(dataset, src, out, split=None, workers=None, seed=0, allow_missing=F
         not_found = (f"{len(missing)} of the {len(missing) + len(entries)} files of {source} are not under {src} "
                      f"({searched(spec)}): {some(missing)}")
         if not allow_missing:
-            raise UserError(f"{not_found}; converted the other {len(entries)}; add the missing files and rerun, "
-                            "or pass --allow-missing to write a data.json without them; data.json not written")
+            raise UserError(f"{not_found}; the other {len(entries)} are in {image_folder}; add the missing files and "
+                            "rerun, or pass --allow-missing to write a data.json without them; data.json not written")
         warn(f"{not_found}; --allow-missing: data.json lists only the {len(entries)} files found")
 
     data = {"train": {"0": [name for name, _ in chosen["train", "0"]]},
