@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
 from utils import config
 from utils import ensemble
@@ -164,7 +165,7 @@ def evaluate(cfg, device, echo=True) -> dict:
         if split.has_masks:  # a data set without a masks/ folder simply gets no pixel metrics
             masks = load_masks(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
         results = metrics_table(labels, scores, maps, masks)
-        results["run"] = {**config.run_settings(cfg), "out_dir": str(run_dir)}
+        results["run"] = {**config.run_settings(cfg), "split": describe(split.lists).label, "out_dir": str(run_dir)}
         results["diagnostics"] = learner_diagnostics(learners, images, cfg, device)
         write_json(results, run_dir / "results.json")
         write_scores_csv(run_dir / "scores.csv", split.test, labels, scores)

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 import models
+from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, read_split, to_model_input
 from utils import checkpoint, config
 from utils.batchnorm import eval_and_train_errors, eval_mode_warning, recompute_bn_stats
@@ -184,6 +185,7 @@ def train(cfg, device, echo=True):
     try:
         log.info(f"run folder {run_dir}; device {device}; {cfg.Model.num_learners} x {cfg.Model.network} on "
                  f"{cfg.Data.dataset} ({len(split.train)} normal training images)")
+        log.info(f"split: {describe(split.lists)}")
         images = to_model_input(load_images(split.directory, split.train, cfg.Data.img_size,
                                             cfg.Exp.workers or None).to(device))
         seniors = []

@@ -2,7 +2,8 @@
 
     python -m datasets.check ROOT/DATASET
 
-Prints the split counts and image size statistics, then every problem as one line: schema errors in data.json,
+Prints the split counts, whether the split is one of the Med-AD benchmark's (datasets/splits/) or how it differs
+from the closest one, and image size statistics, then every problem as one line: schema errors in data.json,
 missing or unreadable images (every image is decoded), file names listed twice, identical file contents, and files
 listed in both train and test. Exit code 0 when clean, 1 when problems were found, 2 when the folder or its
 data.json cannot be read at all.
@@ -20,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from datasets.benchmark import describe
 from datasets.medad import LISTS, missing_files, overlaps, parse_lists, read_data_json
 from utils.errors import cli
 
@@ -63,6 +65,7 @@ def check(directory) -> list[str]:
         print(f"{section}.\"{key}\" ({what}): {len(files)}")
         twice = sorted(name for name, count in Counter(files).items() if count > 1)
         _report(problems, f"listed twice in {section}.\"{key}\"", twice)
+    print(f"split: {describe(lists)}")
     problems += overlaps(lists)
 
     split_of = defaultdict(set)  # file -> sections that list it

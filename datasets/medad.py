@@ -62,6 +62,13 @@ class Split:
     test_labels: list[int]  # 0 = normal, 1 = abnormal, aligned with test
     has_masks: bool         # <directory>/masks exists
 
+    @property
+    def lists(self) -> dict:
+        """The three lists of data.json again, {(section, key): [files]}, e.g. for datasets.benchmark.describe."""
+        return {("train", "0"): self.train,
+                **{("test", str(label)): [name for name, own in zip(self.test, self.test_labels) if own == label]
+                   for label in (0, 1)}}
+
 
 def read_data_json(directory) -> dict:
     """The parsed data.json of a data set folder; a missing folder or file, or bad JSON, is a UserError."""

@@ -1,39 +1,54 @@
-"""Turn the raw downloads into the Med-AD layout: <out>/<FOLDER>/images/*.png and <out>/<FOLDER>/data.json.
+"""Turn the raw downloads into the Med-AD layout: <out>/<FOLDER>/images/ and <out>/<FOLDER>/data.json.
 
-    python -m datasets.prepare {rsna,vin,brain,lag} --src RAW --out ROOT [--split SPLIT_JSON] [--workers N] [--seed S]
+    python -m datasets.prepare {rsna,vin,brain,lag} --src RAW --out ROOT [--split FILE|seeded] [--allow-missing]
+                                                                       [--workers N] [--seed S]
 
 FOLDER is RSNA, VinCXR, BrainTumor or LAG. data.json is
     {"train": {"0": [normal training files]}, "test": {"0": [normal test files], "1": [abnormal test files]}}
 
 Raw layouts expected under --src (images are searched for recursively, so extra nesting is fine):
-  rsna   RSNA Pneumonia Detection Challenge: DICOMs `<patientId>.dcm` (e.g. stage_2_train_images/); labels from
-         `stage_2_detailed_class_info.csv` (class "Normal" = normal, "Lung Opacity" = abnormal, "No Lung Opacity /
-         Not Normal" is left out, as in the benchmark); if only `stage_2_train_labels.csv` is there, its Target column
-         is used (0 = normal, 1 = abnormal), with a warning, because Target 0 also holds the "not normal" images.
-  vin    VinBigData Chest X-ray: DICOMs `<image_id>.dicom` (e.g. train/); labels from `train.csv`: an image is normal
-         when every row for its image_id has class_name "No finding", abnormal otherwise.
+  rsna   RSNA Pneumonia Detection Challenge: DICOMs `<patientId>.dcm` (e.g. stage_2_train_images/).
+  vin    VinBigData Chest X-ray: DICOMs `<image_id>.dicom` (e.g. train/).
   brain  Brain Tumor MRI: JPEGs in class folders `notumor` (normal) and `glioma`, `meningioma`, `pituitary`
          (abnormal); Training/ and Testing/ parents are allowed (both are pooled); the older names `no_tumor`,
          `*_tumor` are accepted too.
   lag    LAG fundus: JPEGs in class folders `non_glaucoma` (normal) and `suspicious_glaucoma` (abnormal), usually
          `<class>/image/*.jpg`; anything under an `attention_map` folder is skipped.
 
-Split. With --split (the benchmark's published split file, shaped like data.json) exactly the listed files are
-converted; names are matched by stem, so `x.dcm`, `x.dicom`, `x.jpg` and `x.png` all mean raw image `x`, and the
-output is `x.png`. `train.unlabeled` is not used by D2UE and is ignored. Without --split the split is drawn: the
-labelled images are sorted by output name, each class is shuffled with numpy.random.default_rng(seed) (normals
-first, then abnormals, from the same generator), and the first (train normal, test normal, test abnormal) images
-are taken, at the benchmark's sizes: rsna 3851/1000/1000, vin 4000/1000/1000, brain 1000/600/600, lag 1500/811/811.
-When there are too few images, all three sizes are scaled by the same factor (rounded down), which keeps the
-table's proportions and a balanced test set, and a warning says so.
+Split. By default the benchmark's own split, shipped in datasets/splits/ (see datasets/benchmark.py): exactly the
+listed files are converted, and data.json holds its train "0", test "0" and test "1" lists in the shipped order
+(`train.unlabeled` is not used by D2UE, so those images are neither converted nor listed). `--split FILE` takes
+another file shaped like data.json the same way. Names are matched by stem, so `x.dcm`, `x.dicom`, `x.jpg` and
+`x.png` all mean raw image `x`, and data.json names the output (a DICOM `x.png`, a JPEG its own name). When listed
+files are not in the raw folder, the others are converted, the missing ones are named, and no data.json is written,
+unless --allow-missing is given: then data.json lists only the files found (and datasets.check says how it differs
+from the benchmark).
 
-Conversion. DICOM (rsna, vin), the benchmark's rule: pixel array; invert if MONOCHROME1; min-max scale to uint8
-(rounded to nearest) when not already uint8; bilinear resize to 512x512 (PIL). JPEG folders (brain, lag): 8-bit
-grayscale, size kept (the loader resizes). Output names are `<stem>.png`; when stems collide, the class folder name
-(DICOM: the parent folder name) is prefixed. Files are converted in a process pool; outputs that already exist are
-skipped, each PNG is written under a temporary name and renamed, and data.json is written last, so a killed run is
-resumed by running the same command again. Unreadable files are listed one per line at the end, and then the run
-fails without writing data.json.
+`--split seeded` draws a split instead, which is not the benchmark (the output says so): the labelled images are
+sorted by output name, each class is shuffled with numpy.random.default_rng(seed) (normals first, then abnormals,
+from the same generator), and the first (train normal, test normal, test abnormal) images are taken, at the
+benchmark's sizes: rsna 3851/1000/1000, vin 4000/1000/1000, brain 1000/600/600, lag 1500/811/811. When there are too
+few images, all three sizes are scaled by the same factor (rounded down), which keeps the table's proportions and a
+balanced test set, and a warning says so. The DICOM sets then need their label files: rsna
+`stage_2_detailed_class_info.csv` (class "Normal" = normal, "Lung Opacity" = abnormal, "No Lung Opacity / Not
+Normal" left out, as in the benchmark; with only `stage_2_train_labels.csv`, its Target column is used, with a
+warning, because Target 0 also holds the "not normal" images); vin `train.csv` (normal when every row for the
+image_id has class_name "No finding").
+
+Conversion, the benchmark's own rule (its data/preprocess_cxr.py and data/README.md), so that the prepared images are
+those every paper on the benchmark used. DICOM (rsna, vin) -> `<stem>.png`: pydicom's pixel array; MONOCHROME1
+inverted as max(img) - img, for every pixel type; an array that is not uint8 min-max scaled as
+((img - min) / (max - min) * 255).astype(uint8), which truncates; Image.fromarray(img).convert("L"), bilinear resize
+to 512x512. Integer pixels are computed in int64, which gives the benchmark's values without its wrap-around on
+signed data wider than half the type's range; a constant image becomes black (the benchmark divides by zero). Beyond
+the benchmark's rule, for files it never met: a multi-frame file gives its first frame and PALETTE COLOR goes through
+its colour table first. JPEG folders (brain, lag), benchmark split or seeded: the original files are copied byte for
+byte under their own names (after checking that they decode), as the benchmark did; the loader makes them 8-bit
+grayscale. When two raw files would get the same output name, the class folder name (DICOM: the parent folder name)
+is prefixed. Files are converted in a process pool; outputs that already exist are skipped, each file is written
+under a temporary name and renamed, and data.json is written last, so a killed run is resumed by running the same
+command again. Unreadable files are listed one per line at the end, and then the run fails without writing
+data.json.
 """
 import argparse
 import contextlib
@@ -41,26 +56,29 @@ import csv
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pydicom
 from PIL import Image
 from tqdm import tqdm
 
+from datasets import benchmark
+from datasets.benchmark import KEYS, name_stem
 from utils.errors import UserError, cli
 
 DICOM_SIZE = 512
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-# The three lists of data.json, in the order of the size table.
-SPLIT_KEYS = (("train", "0"), ("test", "0"), ("test", "1"))
+SEEDED = "seeded"  # --split value that draws a split instead of reading one
+SHOWN = 5          # file names an error message lists
 
 
 @dataclass(frozen=True)
@@ -85,7 +103,7 @@ DATASETS = {
 @dataclass(frozen=True)
 class RawImage:
     path: Path
-    group: str             # folder name used to tell colliding stems apart
+    group: str             # folder name used to tell colliding names apart
     label: int | None      # None until the labels are known (DICOM datasets)
 
 
@@ -93,12 +111,8 @@ def warn(message):
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
-def name_stem(name):
-    """`x.png`, `x.dcm`, `images/x.jpg` -> `x`; unknown suffixes are kept (ids may contain dots)."""
-    path = PurePosixPath(str(name).replace("\\", "/"))
-    if path.suffix.lower() in DICOM_SUFFIXES | PICTURE_SUFFIXES:
-        return path.stem
-    return path.name
+def some(names):
+    return ", ".join(names[:SHOWN]) + (" ..." if len(names) > SHOWN else "")
 
 
 # ---------------------------------------------------------------- conversion (runs in the worker processes)
@@ -113,54 +127,53 @@ def dicom_to_array(path):
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
         pixels = apply_color_lut(pixels, dataset)
-    if pixels.ndim == 3:
-        # Colour (pydicom >= 3 hands YBR over as RGB): ITU-R 601 luma, as PIL's convert("L").
-        luma = pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        pixels = np.rint(luma).astype(np.uint8) if pixels.dtype == np.uint8 else luma
-    if pixels.dtype != np.uint8:
-        pixels = pixels.astype(np.float64)  # no overflow when inverting or scaling wide integer types
+    if pixels.dtype.kind in "iu" and pixels.dtype != np.uint8:
+        pixels = pixels.astype(np.int64)  # the benchmark's integer arithmetic, without its wrap-around
     if photometric == "MONOCHROME1":
-        pixels = 255 - pixels if pixels.dtype == np.uint8 else pixels.max() - pixels
+        pixels = pixels.max() - pixels
     if pixels.dtype != np.uint8:
         pixels = min_max_uint8(pixels)
-    return np.asarray(Image.fromarray(pixels).resize((DICOM_SIZE, DICOM_SIZE), Image.BILINEAR))
+    image = Image.fromarray(pixels).convert("L")  # colour (pydicom >= 3 hands YBR over as RGB): PIL's luma
+    return np.asarray(image.resize((DICOM_SIZE, DICOM_SIZE), Image.BILINEAR))
 
 
 def min_max_uint8(pixels):
+    """The benchmark's scaling to 8 bit: ((img - min) / (max - min) * 255).astype(uint8), truncating."""
     low, high = pixels.min(), pixels.max()
     if high > low:
-        return np.rint((pixels - low) / (high - low) * 255).astype(np.uint8)
+        return ((pixels - low) / (high - low) * 255).astype(np.uint8)
     return np.zeros(pixels.shape, np.uint8)  # a constant image has no contrast to stretch
 
 
-def picture_to_array(path):
-    """A JPEG (or other picture) as an 8-bit grayscale array of the same size."""
-    with Image.open(path) as image:
-        if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-            # 16-bit PNG / float TIFF: min-max, as the loader does; convert("L") would clip to white.
-            return min_max_uint8(np.asarray(image, dtype=np.float64))
-        return np.asarray(image.convert("L"))
-
-
-def save_png_atomic(pixels, destination):
-    # Write beside the target, then rename: a killed run never leaves a truncated PNG under the real name.
+def write_atomic(destination, write):
+    # Write beside the target, then rename: a killed run never leaves a truncated file under the real name.
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
     try:
-        Image.fromarray(pixels).save(temporary, format="PNG")  # 2-D uint8 -> mode "L"
+        write(temporary)
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def copy_picture(source, destination):
+    """Copy a picture byte for byte, once it is known to decode (a corrupt file is reported, not copied)."""
+    with Image.open(source) as image:
+        image.load()
+    write_atomic(destination, lambda temporary: shutil.copyfile(source, temporary))
 
 
 def convert_one(job):
     """(kind, source, destination) -> None on success, or a one-line reason on failure."""
     kind, source, destination = job
     try:
+        if kind == "picture":
+            copy_picture(source, destination)
+            return None
         # pydicom warns about every small irregularity; thousands of those would bury the progress bar.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pixels = dicom_to_array(source) if kind == "dicom" else picture_to_array(source)
-        save_png_atomic(pixels, destination)
+            pixels = dicom_to_array(source)
+        write_atomic(destination, lambda temporary: Image.fromarray(pixels).save(temporary, format="PNG"))
         return None
     except Exception as err:  # any unreadable file is reported at the end, not fatal here
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -194,6 +207,13 @@ def raw_files(src, suffixes):
             and not any(part.startswith((".", "__MACOSX")) for part in path.relative_to(src).parts)]
 
 
+def searched(spec):
+    """Where find_raw_images looks, for messages."""
+    if spec.kind == "dicom":
+        return "looked for *.dcm and *.dicom files in all its subfolders"
+    return f"looked for pictures in its class folders {', '.join(sorted(spec.class_folders))}"
+
+
 def find_raw_images(spec, src):
     if spec.kind == "dicom":
         images = [RawImage(path, path.parent.name, None) for path in raw_files(src, DICOM_SUFFIXES)]
@@ -214,21 +234,25 @@ def find_raw_images(spec, src):
     return images
 
 
-def output_names(images, src):
-    """Raw path -> output stem: its own stem, prefixed by its group folder (then its folder path) on collision."""
-    names = {}
-    by_stem = defaultdict(list)
+def output_names(images, src, kind):
+    """Raw path -> output file name: DICOM `<stem>.png`, a picture its own name; on a collision prefixed by the
+    group folder (then by the whole folder path)."""
+    def own(path):
+        return f"{name_stem(path.name)}.png" if kind == "dicom" else path.name
+
+    by_name = defaultdict(list)
     for image in images:
-        by_stem[name_stem(image.path.name)].append(image)
-    for stem, group in by_stem.items():
+        by_name[own(image.path)].append(image)
+    names = {}
+    for name, group in by_name.items():
         for image in group:
-            names[image.path] = stem if len(group) == 1 else f"{image.group}_{stem}"
+            names[image.path] = name if len(group) == 1 else f"{image.group}_{name}"
     counts = defaultdict(int)
     for name in names.values():
         counts[name] += 1
     for path, name in names.items():
         if counts[name] > 1:
-            names[path] = "_".join(path.relative_to(src).parts[:-1] + (name_stem(path.name),))
+            names[path] = "_".join(path.relative_to(src).parts[:-1] + (own(path),))
     return names
 
 
@@ -253,8 +277,8 @@ def rsna_labels(src):
         return {row["patientId"]: classes[row["class"]] for row in rows if row["class"] in classes}
     rows = read_csv_rows(src, "stage_2_train_labels.csv", ["patientId", "Target"])
     if rows is None:
-        raise UserError(f"no stage_2_detailed_class_info.csv or stage_2_train_labels.csv under {src}; "
-                        "add the label file or pass --split")
+        raise UserError(f"no stage_2_detailed_class_info.csv or stage_2_train_labels.csv under {src}; the seeded "
+                        "split needs one (without --split the benchmark split needs no labels)")
     warn("using stage_2_train_labels.csv Target; its 0 also holds 'No Lung Opacity / Not Normal' images "
          "(add stage_2_detailed_class_info.csv to keep only 'Normal' as normal)")
     labels = defaultdict(int)
@@ -266,7 +290,8 @@ def rsna_labels(src):
 def vin_labels(src):
     rows = read_csv_rows(src, "train.csv", ["image_id", "class_name"])
     if rows is None:
-        raise UserError(f"no train.csv under {src}; add the label file or pass --split")
+        raise UserError(f"no train.csv under {src}; the seeded split needs it "
+                        "(without --split the benchmark split needs no labels)")
     labels = defaultdict(int)
     for row in rows:  # one row per radiologist finding: normal only when every row says "No finding"
         labels[row["image_id"]] = max(labels[row["image_id"]], int(row["class_name"] != "No finding"))
@@ -278,53 +303,32 @@ LABEL_READERS = {"rsna": rsna_labels, "vin": vin_labels}
 
 # ---------------------------------------------------------------- the split
 
-def read_split_file(split_path):
-    """The three lists of file names of a published split file (`train.unlabeled` is not used by D2UE)."""
-    try:
-        published = json.loads(Path(split_path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"split file {split_path} does not exist") from None
-    except (OSError, ValueError) as err:
-        raise UserError(f"split file {split_path} is not readable JSON ({err})") from None
-    if not isinstance(published, dict):
-        raise UserError(f"split file {split_path} must be a JSON object shaped like data.json")
-    listed = {}
-    for section, label in SPLIT_KEYS:
-        names = published.get(section, {}).get(label) if isinstance(published.get(section), dict) else None
-        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-            raise UserError(f"split file {split_path} has no list of file names at [{section!r}][{label!r}]")
-        listed[section, label] = names
-    return listed
-
-
-def match_split(listed, split_path, images, names):
-    """Lists of (output name, RawImage) for the names of a split file, matched to raw images by stem."""
+def match_split(listed, source, images, names):
+    """Lists of (output name, RawImage) for the names of a split, matched to raw images by output name or stem,
+    in the split's order; and the listed names that match no raw image."""
     by_name = {names[image.path]: image for image in images}
     by_stem = defaultdict(list)
     for image in images:
         by_stem[name_stem(image.path.name)].append(image)
 
     split, seen, missing, ambiguous = {}, set(), [], []
-    for key in SPLIT_KEYS:
+    for key in KEYS:
         entries = []
         for listed_name in listed[key]:
             stem = name_stem(listed_name)
             if stem in seen:
-                raise UserError(f"split file {split_path} lists {listed_name!r} more than once")
+                raise UserError(f"{source} lists {listed_name!r} more than once")
             seen.add(stem)
-            image = by_name.get(stem) or (by_stem[stem][0] if len(by_stem.get(stem, [])) == 1 else None)
+            image = by_name.get(listed_name) or (by_stem[stem][0] if len(by_stem.get(stem, [])) == 1 else None)
             if image is None:
                 (ambiguous if by_stem.get(stem) else missing).append(listed_name)
             else:
-                entries.append((stem, image))
+                entries.append((names[image.path], image))
         split[key] = entries
-    if missing:
-        raise UserError(f"{len(missing)} file(s) listed in {split_path} are not under the raw folder: "
-                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     if ambiguous:
-        raise UserError(f"{len(ambiguous)} file(s) listed in {split_path} match several raw files: "
-                        f"{', '.join(ambiguous[:5])}; keep one copy of each")
-    return split
+        raise UserError(f"{len(ambiguous)} file(s) listed in {source} match several raw files: "
+                        f"{some(ambiguous)}; keep one copy of each")
+    return split, missing
 
 
 def scaled_sizes(sizes, normal_count, abnormal_count):
@@ -344,16 +348,18 @@ def scaled_sizes(sizes, normal_count, abnormal_count):
 
 
 def seeded_split(images, names, sizes, seed):
-    """Lists of (output name, RawImage): each class sorted by name, shuffled, and cut to the table's sizes."""
+    """Lists of (output name, RawImage), each sorted by name: each class sorted by name, shuffled, and cut to the
+    table's sizes."""
     normal = sorted(((names[image.path], image) for image in images if image.label == 0), key=lambda e: e[0])
     abnormal = sorted(((names[image.path], image) for image in images if image.label == 1), key=lambda e: e[0])
     train, test_normal, test_abnormal = scaled_sizes(sizes, len(normal), len(abnormal))
     generator = np.random.default_rng(seed)
     normal = [normal[index] for index in generator.permutation(len(normal))]
     abnormal = [abnormal[index] for index in generator.permutation(len(abnormal))]
-    return {("train", "0"): normal[:train],
-            ("test", "0"): normal[train:train + test_normal],
-            ("test", "1"): abnormal[:test_abnormal]}
+    chosen = {("train", "0"): normal[:train],
+              ("test", "0"): normal[train:train + test_normal],
+              ("test", "1"): abnormal[:test_abnormal]}
+    return {key: sorted(entries, key=lambda e: e[0]) for key, entries in chosen.items()}
 
 
 def label_dicoms(dataset, src, images):
@@ -370,13 +376,14 @@ def label_dicoms(dataset, src, images):
 # ---------------------------------------------------------------- the command
 
 def write_json_atomic(data, destination):
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(temporary, destination)
+    write_atomic(destination, lambda temporary: temporary.write_text(json.dumps(data, indent=1) + "\n"))
 
 
-def prepare(dataset, src, out, split=None, workers=None, seed=0):
-    """Convert one raw data set into <out>/<FOLDER>; returns the path of the data.json written."""
+def prepare(dataset, src, out, split=None, workers=None, seed=0, allow_missing=False):
+    """Convert one raw data set into <out>/<FOLDER>; returns the path of the data.json written.
+
+    split: None for the shipped benchmark split, a split file's path, or "seeded" to draw one.
+    """
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
@@ -387,12 +394,23 @@ def prepare(dataset, src, out, split=None, workers=None, seed=0):
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
 
-    listed = read_split_file(split) if split is not None else None
+    if split is None:
+        listed, source = benchmark.load(spec.folder), f"the {spec.folder} benchmark split"
+    elif str(split) == SEEDED:
+        listed, source = None, None
+    else:
+        listed, source = benchmark.read_lists(split), f"split file {split}"
+    if listed is not None and not any(listed.values()):
+        raise UserError(f"{source} lists no files")
 
     images = find_raw_images(spec, src)
-    names = output_names(images, src)
+    names = output_names(images, src, spec.kind)
+    missing = []
     if listed is not None:
-        chosen = match_split(listed, split, images, names)
+        chosen, missing = match_split(listed, source, images, names)
+        if not any(chosen.values()):
+            raise UserError(f"none of the {len(missing)} files of {source} is under {src} ({searched(spec)}); "
+                            f"point --src at the {dataset} raw download")
     else:
         if spec.kind == "dicom":
             images = label_dicoms(dataset, src, images)
@@ -402,23 +420,35 @@ def prepare(dataset, src, out, split=None, workers=None, seed=0):
     image_folder.mkdir(parents=True, exist_ok=True)
     for stale in image_folder.glob(".*.tmp"):
         stale.unlink(missing_ok=True)  # left behind by a killed run
-    entries = [entry for key in SPLIT_KEYS for entry in chosen[key]]
-    jobs = [(spec.kind, str(image.path), image_folder / f"{name}.png")
-            for name, image in entries if not (image_folder / f"{name}.png").exists()]
+    entries = [entry for key in KEYS for entry in chosen[key]]
+    jobs = [(spec.kind, str(image.path), image_folder / name)
+            for name, image in entries if not (image_folder / name).exists()]
     failures = convert_all(jobs, workers, spec.folder)
     if failures:
         for failure in failures:
             print(f"unreadable: {failure}", file=sys.stderr)
         raise UserError(f"{len(failures)} of {len(jobs)} file(s) could not be converted (listed above); "
                         "fix or remove them and rerun; data.json not written")
+    if missing:
+        not_found = (f"{len(missing)} of the {len(missing) + len(entries)} files of {source} are not under {src} "
+                     f"({searched(spec)}): {some(missing)}")
+        if not allow_missing:
+            raise UserError(f"{not_found}; the other {len(entries)} are in {image_folder}; add the missing files and "
+                            "rerun, or pass --allow-missing to write a data.json without them; data.json not written")
+        warn(f"{not_found}; --allow-missing: data.json lists only the {len(entries)} files found")
 
-    data = {"train": {"0": sorted(f"{name}.png" for name, _ in chosen["train", "0"])},
-            "test": {label: sorted(f"{name}.png" for name, _ in chosen["test", label]) for label in ("0", "1")}}
+    data = {"train": {"0": [name for name, _ in chosen["train", "0"]]},
+            "test": {label: [name for name, _ in chosen["test", label]] for label in ("0", "1")}}
     data_json = out / spec.folder / "data.json"
     write_json_atomic(data, data_json)
     print(f"{spec.folder}: converted {len(jobs)}, kept {len(entries) - len(jobs)} existing; wrote {data_json} "
           f"(train {len(data['train']['0'])} normal; test {len(data['test']['0'])} normal / "
           f"{len(data['test']['1'])} abnormal)")
+    if listed is None:
+        print(f"split: drawn with seed {seed}, NOT the Med-AD benchmark split; results on it cannot be compared "
+              "with published ones (leave out --split to use the benchmark split)")
+    else:
+        print(f"split: {benchmark.describe({key: data[key[0]][key[1]] for key in KEYS})}")
     return data_json
 
 
@@ -435,16 +465,20 @@ def parse_args(argv=None):
     parser.add_argument("dataset", choices=list(DATASETS), help="which data set the raw folder holds")
     parser.add_argument("--src", required=True, help="the raw download folder")
     parser.add_argument("--out", required=True, help="Med-AD root; the data set goes into <out>/<FOLDER>")
-    parser.add_argument("--split", help="published split JSON (data.json shape); default: a seeded split")
+    parser.add_argument("--split", help="a split file shaped like data.json, or 'seeded' to draw a split (not the "
+                                        "benchmark); default: the benchmark's own split, shipped in datasets/splits")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="write data.json even when listed files are missing from --src (without them)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="conversion processes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split drawn without --split")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --split seeded")
     return parser.parse_args(argv)
 
 
 @cli
 def main(argv=None):
     args = parse_args(argv)
-    prepare(args.dataset, args.src, args.out, split=args.split, workers=args.workers, seed=args.seed)
+    prepare(args.dataset, args.src, args.out, split=args.split, workers=args.workers, seed=args.seed,
+            allow_missing=args.allow_missing)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from datasets import check
 from datasets.demo import make_demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +34,7 @@ def test_clean_demo_passes(demo):
     assert 'train."0" (normal training files): 12' in result.stdout
     assert 'test."1" (abnormal test files): 6' in result.stdout
     assert "width 32/32/32" in result.stdout and "no problems found" in result.stdout
+    assert "split: custom split: no file in common with the Med-AD benchmark splits" in result.stdout
 
 
 def test_injected_problems_are_each_reported(demo, tmp_path):
@@ -79,3 +83,41 @@ def test_unreadable_folder_is_a_user_error(tmp_path):
     (tmp_path / "bad" / "data.json").write_text("{")
     result = run_check(tmp_path / "bad")
     assert result.returncode == 2 and "not valid JSON" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def brain_benchmark(tmp_path_factory):
+    """A folder named anything, holding the shipped BrainTumor split with small fake images, all different."""
+    folder = tmp_path_factory.mktemp("check") / "my_copy"
+    (folder / "images").mkdir(parents=True)
+    data = json.loads((REPO / "datasets" / "splits" / "BrainTumor.json").read_text())
+    lists = [data["train"]["0"], data["test"]["0"], data["test"]["1"]]
+    for index, name in enumerate(name for names in lists for name in names):
+        pixels = np.frombuffer(index.to_bytes(4, "little") * 4, np.uint8).reshape(4, 4)
+        Image.fromarray(pixels).save(folder / "images" / name, format="PNG")  # PNG bytes under a .jpg name
+    (folder / "data.json").write_text(json.dumps(data))  # as shipped, train.unlabeled included but not on disk
+    return folder
+
+
+def check_in_process(folder, capsys):
+    """datasets.check's main in this process (the subprocess runs above cover the command line): (code, stdout)."""
+    code = check.main([str(folder)])
+    return code, capsys.readouterr().out
+
+
+def test_benchmark_split_is_recognised(brain_benchmark, capsys):
+    code, out = check_in_process(brain_benchmark, capsys)
+    assert code == 0, out
+    assert "split: BrainTumor: the Med-AD benchmark split" in out.splitlines()
+
+
+def test_two_files_moved_from_train_to_test_are_named(brain_benchmark, tmp_path, capsys):
+    folder = shutil.copytree(brain_benchmark, tmp_path / "moved")
+    data = json.loads((folder / "data.json").read_text())
+    moved = [data["train"]["0"].pop(0), data["train"]["0"].pop(0)]
+    data["test"]["0"] += moved
+    (folder / "data.json").write_text(json.dumps(data))
+    code, out = check_in_process(folder, capsys)
+    assert code == 0, out  # another split is not a problem
+    assert ("split: custom split, closest to the Med-AD BrainTumor split: 2 moved from train normal to test normal "
+            f"({', '.join(sorted(moved))})") in out.splitlines()

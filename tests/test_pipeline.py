@@ -57,6 +57,8 @@ def test_train_then_eval(tiny_root, tmp_path, network, capsys):
     for score in ("rec", "unc", "dsu"):
         assert 0 <= results[score]["auc"] <= 1 and 0 < results[score]["ap"] <= 1
     assert results["run"]["network"] == network
+    assert results["run"]["split"] == "custom"  # the synthetic set is not a Med-AD benchmark split
+    assert "split: custom split: no file in common" in (tmp_path / "run" / "train.log").read_text()
     lines = (tmp_path / "run" / "scores.csv").read_text().splitlines()
     assert lines[0] == "file,label,rec,unc,dsu" and len(lines) == 17
     printed = capsys.readouterr().out

@@ -101,3 +101,33 @@ def test_empty_tree_is_a_user_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         summary.main([str(tmp_path / "missing")])
     assert exit_info.value.code == 2
+
+
+def test_split_is_part_of_the_config_and_marked(tmp_path):
+    """Runs on another split are never pooled with benchmark runs; rows off the benchmark are marked; an old
+    results.json without "split" is an unknown split, not an error."""
+    def run(name, seed, split, auc):
+        result = {"run": {"dataset": "rsna", "network": "AE", "seed": seed, "out_dir": name},
+                  "rec": {"auc": auc, "ap": 0.5}}
+        if split is not None:
+            result["run"]["split"] = split
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(result))
+
+    run("bench_s1", 1, "benchmark RSNA", 0.70)
+    run("bench_s2", 2, "benchmark RSNA", 0.80)
+    run("custom_s1", 1, "custom", 0.90)
+    run("old_s1", 1, None, 0.60)
+    rows = summary.summarize(summary.collect(tmp_path))
+    by_split = {row["split"]: row for row in rows}
+    assert len(rows) == 3 and set(by_split) == {"benchmark RSNA", "custom", None}
+    assert by_split["benchmark RSNA"]["n_seeds"] == 2
+    assert by_split["benchmark RSNA"]["auc_mean"] == pytest.approx(0.75)
+    assert by_split["custom"]["auc_mean"] == pytest.approx(0.90)
+    assert all(row["config"] == "" for row in rows)  # the split has its own mark, not a config column
+
+    md_path, csv_path = summary.write_summary(tmp_path)
+    cells = {line.split(" | ")[0].lstrip("| ") for line in md_path.read_text().splitlines()[2:]}
+    assert cells == {"rsna", "rsna (custom split)", "rsna (split not recorded)"}
+    with open(csv_path, newline="") as handle:
+        assert sorted(row["split"] for row in csv.DictReader(handle)) == ["", "benchmark RSNA", "custom"]

@@ -55,7 +55,8 @@ def test_torchrun_workers_run_every_cell_once_and_equal_single_cells(two_configs
         assert log.count("run folder") == 1 and "finished earlier" not in log, log  # trained once, by one worker
         assert output.count(f" {cell.name}: done in ") == 1, output
     summary = (tmp_path / "runs" / "g" / "summary.md").read_text()
-    assert "| tiny | AE |" in summary and "| tiny | AE-U |" in summary and "dsu AUC" in summary
+    assert "| tiny (custom split) | AE |" in summary and "| tiny (custom split) | AE-U |" in summary
+    assert "dsu AUC" in summary
     with open(tmp_path / "runs" / "g" / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 and all(row["n_seeds"] == "2" for row in rows) and "dsu_auc_mean" in rows[0]

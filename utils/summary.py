@@ -1,6 +1,9 @@
 """Gather every run's results.json under a folder into one table: mean and std over seeds per config and score.
 
 Usage: python -m utils.summary ROOT    (prints the Markdown table; writes ROOT/summary.md and ROOT/summary.csv)
+
+Runs on another split are another config: the Markdown table marks rows that are not on a Med-AD benchmark split
+("custom split"), or whose results.json predates the "split" record ("split not recorded").
 """
 import argparse
 import csv
@@ -19,6 +22,7 @@ METRICS = ["auc", "ap", "pixel_auroc", "pixel_ap", "pixel_best_dice"]
 REQUIRED_METRICS = ["auc", "ap"]
 NOT_SCORES = ("run", "source", "diagnostics")  # the other top-level entries of a results.json are scores
 NOT_IDENTITY = {"seed", "out_dir"}  # runs that differ only in these are repeats of one config
+SHOWN_ELSEWHERE = {"dataset", "network", "split"}  # identity keys with a place of their own in the table
 HEADERS = {"auc": "AUC", "ap": "AP", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP",
            "pixel_best_dice": "pixel best Dice"}
 
@@ -66,6 +70,7 @@ def summarize(results) -> list:
         row = {
             "dataset": config.get("dataset", ""),
             "network": config.get("network", ""),
+            "split": config.get("split"),  # "benchmark RSNA", "custom", or None when not recorded
             "config": ", ".join(f"{key}={config.get(key)}" for key in varying),
             "score": score,
             "n_seeds": len(runs),
@@ -82,7 +87,8 @@ def summarize(results) -> list:
                 row[f"{metric}_mean"] = float(values.mean())
                 row[f"{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
         rows.append(row)
-    rows.sort(key=lambda row: (str(row["dataset"]), str(row["network"]), row["config"], _score_rank(row["score"])))
+    rows.sort(key=lambda row: (str(row["dataset"]), str(row["network"]), str(row["split"]), row["config"],
+                               _score_rank(row["score"])))
     return rows
 
 
@@ -98,13 +104,13 @@ def write_summary(root, results=None, wide=False):
         rows = widen(rows)
     md_path, csv_path = root / "summary.md", root / "summary.csv"
     _write_atomically(md_path, markdown_wide(rows) if wide else markdown_table(rows))
-    keys = ["dataset", "network", "config", *([] if wide else ["score"]), "n_seeds", "seeds"]
+    keys = ["dataset", "network", "split", "config", *([] if wide else ["score"]), "n_seeds", "seeds"]
     columns = keys + [column for column in _metric_columns(wide) if any(column in row for row in rows)]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "seeds": " ".join(str(seed) for seed in row["seeds"])})
+        writer.writerow({**row, "split": row["split"] or "", "seeds": " ".join(str(seed) for seed in row["seeds"])})
     _write_atomically(csv_path, text.getvalue())
     return md_path, csv_path
 
@@ -113,9 +119,9 @@ def widen(rows) -> list:
     """Long rows (one per config and score) -> one row per config with `<score>_<metric>_mean|std` columns."""
     wide = {}
     for row in rows:
-        key = (row["dataset"], row["network"], row["config"])
-        target = wide.setdefault(key, {name: row[name] for name in ("dataset", "network", "config", "n_seeds",
-                                                                     "seeds")})
+        key = (row["dataset"], row["network"], row["split"], row["config"])
+        target = wide.setdefault(key, {name: row[name] for name in ("dataset", "network", "split", "config",
+                                                                     "n_seeds", "seeds")})
         target["n_seeds"] = max(target["n_seeds"], row["n_seeds"])
         for column, value in row.items():
             if column.endswith(("_mean", "_std")):
@@ -135,7 +141,8 @@ def markdown_wide(rows) -> str:
               *(f"{score} {HEADERS[metric]}" for score in SCORE_ORDER for metric in REQUIRED_METRICS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [str(row["dataset"]), str(row["network"]), *([row["config"]] if show_config else []),
+        cells = [str(row["dataset"]) + _split_mark(row["split"]), str(row["network"]),
+                 *([row["config"]] if show_config else []),
                  f"{row['n_seeds']} ({', '.join(str(seed) for seed in row['seeds'])})"]
         for score in SCORE_ORDER:
             for metric in REQUIRED_METRICS:
@@ -161,7 +168,8 @@ def markdown_table(rows) -> str:
               *(HEADERS[metric] for metric in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [str(row["dataset"]), str(row["network"]), *([row["config"]] if show_config else []), row["score"],
+        cells = [str(row["dataset"]) + _split_mark(row["split"]), str(row["network"]),
+                 *([row["config"]] if show_config else []), row["score"],
                  f"{row['n_seeds']} ({', '.join(str(seed) for seed in row['seeds'])})"]
         for metric in metrics:
             if f"{metric}_mean" in row:
@@ -197,8 +205,14 @@ def _identity(run):
                         if key not in NOT_IDENTITY))
 
 
+def _split_mark(split):
+    if isinstance(split, str) and split.startswith("benchmark "):
+        return ""
+    return " (split not recorded)" if split is None else " (custom split)"
+
+
 def _varying_keys(configs):
-    keys = sorted({key for config in configs for key in config} - {"dataset", "network"})
+    keys = sorted({key for config in configs for key in config} - SHOWN_ELSEWHERE)
     return [key for key in keys if len({json.dumps(config.get(key), sort_keys=True) for config in configs}) > 1]
 
 
