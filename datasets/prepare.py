@@ -2,6 +2,8 @@
 
     python -m datasets.prepare {rsna,vin,brain,lag} --src RAW --out ROOT [--split FILE|seeded] [--allow-missing]
                                                                        [--workers N] [--seed S]
+    python -m datasets.prepare fmnist --class C --out ROOT [--seed S]    (a one-class Fashion-MNIST dev set,
+                                                                          datasets/fashion_mnist.py)
 
 FOLDER is RSNA, VinCXR, BrainTumor or LAG. data.json is
     {"train": {"0": [normal training files]}, "test": {"0": [normal test files], "1": [abnormal test files]}}
@@ -462,7 +464,8 @@ class OneLineParser(argparse.ArgumentParser):
 def parse_args(argv=None):
     parser = OneLineParser(prog="python -m datasets.prepare",
                            description="Convert a raw download into the Med-AD layout (see the module docstring).")
-    parser.add_argument("dataset", choices=list(DATASETS), help="which data set the raw folder holds")
+    parser.add_argument("dataset", choices=list(DATASETS), help="which data set the raw folder holds (or fmnist: "
+                                                                "python -m datasets.prepare fmnist --help)")
     parser.add_argument("--src", required=True, help="the raw download folder")
     parser.add_argument("--out", required=True, help="Med-AD root; the data set goes into <out>/<FOLDER>")
     parser.add_argument("--split", help="a split file shaped like data.json, or 'seeded' to draw a split (not the "
@@ -476,6 +479,10 @@ def parse_args(argv=None):
 
 @cli
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["fmnist"]:  # not a Med-AD download: a dev set with options of its own
+        from datasets import fashion_mnist
+        return fashion_mnist.main(argv[1:])
     args = parse_args(argv)
     prepare(args.dataset, args.src, args.out, split=args.split, workers=args.workers, seed=args.seed,
             allow_missing=args.allow_missing)

@@ -154,3 +154,13 @@ def test_real_counts():
     chosen = select(labels["train"], labels["test"], 4, seed=0)
     assert [len(chosen[key]) for key in (("train", "0"), ("test", "0"), ("test", "1"))] == [6000, 1000, 1000]
     assert read_idx(Path(fashion_mnist.SOURCE) / FILES["test"][0]).shape == (10000, 28, 28)
+
+
+def test_prepare_has_the_fmnist_target(fake_source, tmp_path):
+    """python -m datasets.prepare fmnist ... is the same as python -m datasets.fashion_mnist ..."""
+    from datasets import prepare
+    source, _ = fake_source
+    prepare.main(["fmnist", "--class", "6", "--out", str(tmp_path / "a"), "--src", str(source), "--seed", "3"])
+    make_one_class(tmp_path / "b", 6, seed=3, source=source)
+    assert (tmp_path / "a" / "FMNIST_c6" / "data.json").read_text() == \
+        (tmp_path / "b" / "FMNIST_c6" / "data.json").read_text()
