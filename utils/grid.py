@@ -170,13 +170,16 @@ def _product(vary: dict) -> list:
 
 
 def _variant_name(variant: dict) -> str:
-    """_Lambda0_num_learners5: each varied setting's bare name and value, safe for a folder name."""
+    """_Lambda0_num_learners5: each varied setting's bare name and value, safe for a folder name (the data set and
+    the backbone are in the folder name already)."""
     parts = []
     for key, value in variant.items():
+        if key in ("Data.dataset", "Model.network"):
+            continue
         if isinstance(value, float) and value.is_integer():
             value = int(value)  # Lambda 0, not Lambda0.0
         text = value if isinstance(value, str) else json.dumps(value)
-        parts.append(key.partition(".")[2] + re.sub(r"[^A-Za-z0-9.+-]", "-", text))
+        parts.append(key.partition(".")[2] + re.sub(r"[^A-Za-z0-9._+-]", "-", text))
     return "".join(f"_{part}" for part in parts)
 
 
