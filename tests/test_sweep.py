@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -188,3 +189,42 @@ def test_slurm_script_runs_its_array_task(two_configs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert grids.is_done(grids.load(grid_file).cells[0])
     assert json.loads((tmp_path / "runs" / "g" / "tiny_AE_s1" / "results.json").read_text())["run"]["seed"] == 1
+
+
+def test_rar_study_table_pools_runs_per_setting(tmp_path):
+    """scripts/rar_study.py: one row per (repulsion, precise BN), means and stds over runs as NumPy gives them,
+    the juniors' CKA from the seniors' columns of each CKA matrix, Lambda 0 as no repulsion whatever its kind."""
+    from tests.conftest import load_script
+    study = load_script("rar_study")
+    rng = np.random.default_rng(0)
+    written = []
+    for index, (kind, precise_bn, Lambda, dataset) in enumerate([
+            ("linear_cka", False, 1.0, "A"), ("linear_cka", False, 1.0, "B"), ("cca", True, 1.0, "A"),
+            ("cca", False, 0.0, "A"), ("linear_cka", False, 0.0, "B")]):
+        cka = rng.random((3, 3))
+        result = {"run": {"dataset": dataset, "network": "AE", "seed": index, "repulsion": kind,
+                          "precise_bn": precise_bn, "Lambda": Lambda},
+                  "diagnostics": {"linear_cka": cka.tolist(), "effective_rank": rng.random(3).tolist()},
+                  **{score: {"auc": rng.random(), "ap": rng.random()} for score in ("rec", "unc", "dsu")}}
+        folder = tmp_path / f"run{index}"
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(result))
+        (folder / "metrics.jsonl").write_text("".join(
+            json.dumps({"tag": f"learner{k}", "step": e, "effective_rank": 1.0 + k + e}) + "\n"
+            for k in range(3) for e in (1, 2)))
+        written.append(result)
+    assert study.main(["--runs", str(tmp_path), "--figure", str(tmp_path / "rank.png")]) is None
+    rows = {(row["repulsion"], row["precise_bn"]): row
+            for row in study.study_rows(study.collect(tmp_path))}
+    assert set(rows) == {("linear_cka", False), ("cca", True), ("none (Lambda 0)", False)}
+    pooled, none = rows["linear_cka", False], rows["none (Lambda 0)", False]
+    assert pooled["runs"] == none["runs"] == 2 and pooled["datasets"] == ["A", "B"]
+    aucs = np.array([written[0]["dsu"]["auc"], written[1]["dsu"]["auc"]])
+    assert pooled["dsu_auc"] == pytest.approx((aucs.mean(), aucs.std(ddof=1)))
+    pairs = [np.asarray(written[i]["diagnostics"]["linear_cka"])[[1, 2, 2], [0, 0, 1]].mean() for i in (0, 1)]
+    assert pooled["junior_cka"] == pytest.approx(np.mean(pairs))
+    assert pooled["junior_rank"] == pytest.approx(np.mean([written[i]["diagnostics"]["effective_rank"][1:]
+                                                           for i in (0, 1)]))
+    assert pooled["A_dsu"] == pytest.approx(written[0]["dsu"]["auc"])
+    assert "| none (Lambda 0) | no | 2 (A/B; seeds 3, 4) |" in (tmp_path / "study.md").read_text()
+    assert (tmp_path / "rank.png").is_file()
