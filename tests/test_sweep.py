@@ -134,6 +134,9 @@ def test_killed_grid_resumes_without_redoing_finished_cells(tiny_root, tmp_path)
     ({"vary": {"Solver.Lambda": []}}, "vary.Solver.Lambda must be a non-empty list"),
     ({"vary": {"Solver.seed": [1, 2]}}, "Solver.seed is set per cell by the grid"),
     ({"name": "a b"}, "name 'a b' may hold only"),
+    ({"vary": []}, "vary must be a mapping of Section.key to lists, or a non-empty list"),
+    ({"vary": [{"Solver.Lambda": [0.0]}, {"Solver.bs": 3}]}, "vary[1].Solver.bs must be a non-empty list"),
+    ({"vary": [{"Solver.Lambda": [0.0]}, {"Solver.Lambda": [0.0]}]}, "the vary lists give one variant twice"),
 ])
 def test_grid_file_errors_are_one_clear_line(tmp_path, change, message):
     raw = {"configs": ["cfgs/Demo_AE.yaml"], "seeds": [1], **change}
@@ -171,11 +174,27 @@ def test_variants_get_their_own_folders_and_settings(tmp_path):
         grids.load(path, ["Solver.Lambda=1"])
 
 
+def test_a_list_of_vary_mappings_gives_each_product_in_turn(tmp_path):
+    path = write_grid(tmp_path / "grid.yaml", [REPO / "cfgs" / "Demo_AE.yaml"], seeds=[1, 2],
+                      vary=[{"Solver.Lambda": [0.0]}, {"Model.repulsion": ["cca", "rbf_cka"], "Solver.precise_bn": [True]}])
+    grid = grids.load(path)
+    assert [cell.name for cell in grid.cells] == [
+        "demo_AE_Lambda0_s1", "demo_AE_Lambda0_s2", "demo_AE_repulsioncca_precise_bntrue_s1",
+        "demo_AE_repulsioncca_precise_bntrue_s2", "demo_AE_repulsionrbf_cka_precise_bntrue_s1",
+        "demo_AE_repulsionrbf_cka_precise_bntrue_s2"]
+    baseline, option = grid.cells[0].cfg, grid.cells[4].cfg
+    assert (baseline.Solver.Lambda, baseline.Model.repulsion, baseline.Solver.precise_bn) == (0.0, "linear_cka", False)
+    assert (option.Solver.Lambda, option.Model.repulsion, option.Solver.precise_bn) == (1.0, "rbf_cka", True)
+    with pytest.raises(UserError, match="set per cell by the grid"):  # a key of any mapping
+        grids.load(path, ["Solver.precise_bn=false"])
+
+
 def test_shipped_grids_load():
-    sizes = {"paper.yaml": 60, "ablation.yaml": 36, "demo.yaml": 3}
+    sizes = {"paper.yaml": 60, "ablation.yaml": 36, "demo.yaml": 3, "rar_screen.yaml": 24, "rar_study.yaml": 12}
     for name, size in sizes.items():
         grid = grids.load(REPO / "cfgs" / "grids" / name)
-        assert len(grid.cells) == size and grid.folder == Path("runs") / name.removesuffix(".yaml")
+        assert len(grid.cells) == size
+        assert grid.folder == Path("runs") / ("rar_study" if name.startswith("rar") else name.removesuffix(".yaml"))
     paper = grids.load(REPO / "cfgs" / "grids" / "paper.yaml")
     assert {cell.config_path for cell in paper.cells} == {f"cfgs/{p.name}" for p in (REPO / "cfgs").glob("*.yaml")
                                                           if p.name != "Demo_AE.yaml"}

@@ -7,6 +7,9 @@
     overrides: {Solver.num_epoch: 250}                        # applied to every cell
     vary: {Solver.Lambda: [0, 1], Model.num_learners: [3, 5]}  # their product makes the variants
 
+vary may also be a list of such mappings: the variants are then each mapping's product in turn, for a study that is
+not one full product (e.g. every option with one setting, the baseline with another).
+
 Cells are ordered config, then variant, then seed, so an index names the same cell as long as the file is unchanged.
 Each cell has its own run folder, <grid folder>/<dataset>_<network>[_<variant>]_s<seed>, and its state is read
 from that folder alone: what results.json, the checkpoints, error.txt and the lock file say. So any number of
@@ -80,15 +83,12 @@ def load(path, cli_overrides=(), out_dir=None) -> Grid:
     if len(set(seeds)) < len(seeds):
         raise UserError(f"{where}: seeds lists a seed twice ({seeds})")
     overrides = _settings(raw.get("overrides") or {}, f"{where}: overrides")
-    vary = _settings(raw.get("vary") or {}, f"{where}: vary")
-    for key, values in vary.items():
-        if not isinstance(values, list) or not values:
-            raise UserError(f"{where}: vary.{key} must be a non-empty list of values, got {values!r}")
+    variants, varied = _variants(raw.get("vary"), where)
     for item in cli_overrides:
-        if item.partition("=")[0] in (*SET_BY_GRID, *vary):
+        if item.partition("=")[0] in (*SET_BY_GRID, *varied):
             raise UserError(f"override '{item}': {item.partition('=')[0]} is set per cell by the grid; "
                             "change it in the grid file")
-    for key in (*overrides, *vary):
+    for key in (*overrides, *varied):
         if key in SET_BY_GRID:
             raise UserError(f"{where}: {key} is set per cell by the grid (seeds, out_dir); remove it")
 
@@ -96,7 +96,7 @@ def load(path, cli_overrides=(), out_dir=None) -> Grid:
     for config_path in configs:
         if not _find_config(config_path).is_file():
             raise UserError(f"{where}: config file {config_path} not found")
-        for variant in _product(vary):
+        for variant in variants:
             for seed in seeds:
                 settings = [*overrides.items(), *variant.items()]
                 try:
@@ -111,9 +111,10 @@ def load(path, cli_overrides=(), out_dir=None) -> Grid:
     for cell in cells:
         other = seen.setdefault(cell.run_dir, cell)
         if other is not cell:
+            fix = ("the vary lists give one variant twice" if other.config_path == cell.config_path else
+                   "give the configs different data sets or backbones, or split the grid")
             raise UserError(f"{where}: cells {other.index} ({other.config_path}) and {cell.index} ({cell.config_path}) "
-                            f"would share the run folder {cell.run_dir}; give the configs different data sets or "
-                            "backbones, or split the grid")
+                            f"would share the run folder {cell.run_dir}; {fix}")
     return Grid(name, folder, cells)
 
 
@@ -159,6 +160,23 @@ def _settings(values, where) -> dict:
         if not isinstance(key, str) or key.count(".") != 1:
             raise UserError(f"{where}: '{key}' must look like Section.key, e.g. Solver.num_epoch")
     return dict(values)
+
+
+def _variants(vary, where):
+    """The variants of `vary` (a mapping of lists, or a list of such mappings) and every key any of them sets."""
+    blocks = vary if isinstance(vary, list) else [vary or {}]
+    if not blocks:
+        raise UserError(f"{where}: vary must be a mapping of Section.key to lists, or a non-empty list of them")
+    variants, varied = [], {}
+    for number, block in enumerate(blocks):
+        label = f"{where}: vary" + (f"[{number}]" if isinstance(vary, list) else "")
+        block = _settings(block, label)
+        for key, values in block.items():
+            if not isinstance(values, list) or not values:
+                raise UserError(f"{label}.{key} must be a non-empty list of values, got {values!r}")
+            varied[key] = True
+        variants += _product(block)
+    return variants, list(varied)
 
 
 def _product(vary: dict) -> list:
