@@ -8,11 +8,12 @@ Abnormal test images carry one lesion each (6-20 % of a lung), cycling through t
   texture  a patch of fine reticular texture
 Masks (255 = lesion) are written for the abnormal test images only.
 
-    python -m datasets.demo OUT_DIR
+    python -m datasets.demo OUT_DIR [--n-train 3851 --n-test 2000 --size 512 --workers 16]   (RSNA-sized)
 """
 import argparse
 import json
 import os
+from concurrent.futures import ProcessPoolExecutor
 import shutil
 import tempfile
 from pathlib import Path
@@ -107,32 +108,44 @@ def make_image(rng, size=128, lesion=None):
     return pixels, mask
 
 
-def _write(directory, seed, n_train, n_test_normal, n_test_abnormal, size):
+def _make_and_save(directory, seed, split_id, split, index, size):
+    rng = np.random.default_rng([seed, split_id, index])  # one stream per image, whichever process draws it
+    lesion = LESIONS[index % len(LESIONS)] if split == "test_abnormal" else None
+    pixels, mask = make_image(rng, size, lesion)
+    name = f"{split}_{index:04d}.png" if lesion is None else f"{split}_{index:04d}_{lesion}.png"
+    Image.fromarray(pixels).save(directory / "images" / name, compress_level=1)
+    if mask is not None:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(directory / "masks" / name, compress_level=1)
+    return name
+
+
+def _write(directory, seed, n_train, n_test_normal, n_test_abnormal, size, workers=1):
     (directory / "images").mkdir()
     (directory / "masks").mkdir()
     splits = {"train": [], "test_normal": [], "test_abnormal": []}
-    for split_id, (split, count) in enumerate(zip(splits, (n_train, n_test_normal, n_test_abnormal))):
-        for index in range(count):
-            rng = np.random.default_rng([seed, split_id, index])  # one stream per image
-            lesion = LESIONS[index % len(LESIONS)] if split == "test_abnormal" else None
-            pixels, mask = make_image(rng, size, lesion)
-            name = f"{split}_{index:04d}.png" if lesion is None else f"{split}_{index:04d}_{lesion}.png"
-            Image.fromarray(pixels).save(directory / "images" / name, compress_level=1)
-            if mask is not None:
-                Image.fromarray(mask.astype(np.uint8) * 255).save(directory / "masks" / name, compress_level=1)
-            splits[split].append(name)
+    jobs = [(split_id, split, index) for split_id, (split, count) in
+            enumerate(zip(splits, (n_train, n_test_normal, n_test_abnormal))) for index in range(count)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            names = list(pool.map(_make_and_save, *zip(*[(directory, seed, *job, size) for job in jobs]),
+                                  chunksize=64))
+    else:
+        names = [_make_and_save(directory, seed, *job, size) for job in jobs]
+    for (_, split, _), name in zip(jobs, names):
+        splits[split].append(name)
     data = {"train": {"0": splits["train"]}, "test": {"0": splits["test_normal"], "1": splits["test_abnormal"]}}
     (directory / "data.json").write_text(json.dumps(data, indent=1) + "\n")
 
 
-def make_demo(directory, seed=0, n_train=400, n_test_normal=100, n_test_abnormal=100, size=128) -> Path:
-    """Write the demo data set to directory (which must not exist or be empty); returns the directory."""
+def make_demo(directory, seed=0, n_train=400, n_test_normal=100, n_test_abnormal=100, size=128, workers=1) -> Path:
+    """Write the demo data set to directory (which must not exist or be empty); returns the directory. The images
+    do not depend on `workers` (processes drawing them)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     # Built in a hidden sibling and renamed at the end, so an interrupted run never leaves half a data set.
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-partial-", dir=directory.parent))
     try:
-        _write(staging, seed, n_train, n_test_normal, n_test_abnormal, size)
+        _write(staging, seed, n_train, n_test_normal, n_test_abnormal, size, workers)
         staging.chmod(0o755)
         try:
             os.replace(staging, directory)
@@ -150,9 +163,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", help="folder to create, e.g. Med-AD/demo")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    parser.add_argument("--n-train", type=int, default=400, help="normal training images (default 400)")
+    parser.add_argument("--n-test", type=int, default=200, help="test images, half of them abnormal (default 200)")
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing the images (default 1)")
     args = parser.parse_args()
-    print(make_demo(args.out_dir, seed=args.seed, size=args.size))
+    for name in ("size", "n_train", "n_test", "workers"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    print(make_demo(args.out_dir, seed=args.seed, n_train=args.n_train, n_test_normal=args.n_test - args.n_test // 2,
+                    n_test_abnormal=args.n_test // 2, size=args.size, workers=args.workers))
 
 
 if __name__ == "__main__":

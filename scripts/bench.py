@@ -1,6 +1,7 @@
 """Benchmark the fast path against the naive loop of the published code, on synthetic RSNA-sized data.
 
     scripts/bench.sh [--device cpu|cuda] [--n-train 3851] [--n-test 2000] [--img-size 64] [--epochs E]
+                     [--profile FILE [--profile-epochs 10]]
 
 Fast path = what users run: train.train_learner (training set on the device, cached senior features, a captured
 CUDA-graph step on CUDA) and eval.score_dataset (one forward and one backward per learner per batch).
@@ -12,6 +13,10 @@ same shuffles, so their losses and scores are compared as well as timed.
 Per-epoch times are medians over epochs; full_run_estimate_s adds 250 epochs per learner at that rate, the
 one-time setup per learner (senior features, capture, checkpoint) and scoring the test set. The naive path runs
 fewer epochs and scores a subset (naive_epochs, naive_score_images). The last line printed is one JSON object.
+
+--profile FILE: after the timings, one more junior (all learners as its seniors) trains for --profile-epochs epochs
+under torch.profiler, and FILE gets the operators and kernels that took the most time (self time on the GPU, or on
+the CPU without one): where a training epoch's time goes. Its seconds per epoch are in the JSON (profile_s_per_epoch).
 """
 import argparse
 import json
@@ -61,6 +66,8 @@ def parse_args(argv=None):
     parser.add_argument("--bs", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--profile", metavar="FILE", help="write the top operators and kernels of a profiled junior")
+    parser.add_argument("--profile-epochs", type=int, default=10, help="epochs of the profiled junior (default 10)")
     parser.add_argument("--bf16", action="store_true",
                         help="also time batched scoring under bfloat16 autocast vs float32; report the AUC change")
     return parser.parse_args(argv)
@@ -215,6 +222,39 @@ def autocast_scores(learners, test_images, device, dtype, repeats, batch_size=25
     return {name: torch.cat(value).numpy() for name, value in parts.items()}, statistics.median(seconds[1:])
 
 
+def profile_junior(learners, train_images, cfg, device, path, epochs, rows=30) -> float:
+    """Train one more junior (the learners as its seniors) for `epochs` epochs under torch.profiler and write the
+    `rows` operators and kernels with the most self time (GPU time on CUDA) to `path`; returns its seconds per
+    epoch (median, as the run logged them)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    images = to_model_input(torch.from_numpy(train_images).unsqueeze(1).to(device))
+    index = len(learners)
+    with tempfile.TemporaryDirectory(prefix="d2ue-profile-") as run_dir:
+        settings = cfg.to_dict()
+        settings["Exp"]["out_dir"] = run_dir
+        settings["Solver"]["num_epoch"] = epochs
+        settings["Model"]["num_learners"] = index + 1
+        log = RunLog(run_dir, "train")
+        synchronize(device)
+        began = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as profiler:
+            train.train_learner(index, learners, images, config.from_dict(settings), device, run_dir, log)
+            synchronize(device)
+        seconds = time.perf_counter() - began
+        log.close()
+        epoch_s = statistics.median(epoch_records(run_dir, index + 1)[index][0])
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=70)
+    where = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(
+        f"learner {index} ({index} seniors), {epochs} epochs of {len(images) // cfg.Solver.bs} steps on {where}, "
+        f"{seconds:.2f} s under the profiler (setup, capture and checks included); {epoch_s:.4f} s per epoch "
+        f"(median); sorted by {sort_by}\n\n{table}")
+    return epoch_s
+
+
 def warm_up(cfg, train_images, device):
     """Pay one-time costs (library start-up, kernel selection) before anything is timed."""
     learner = models.build(models.backbone_args(cfg.Model, cfg.Data.img_size)).to(device).train()
@@ -334,6 +374,10 @@ def main(argv=None):
         result["bf16_vs_fp32_score_speedup"] = timed[torch.float32][1] / timed[torch.bfloat16][1]
         result["bf16_auc_change"] = {name: image_metrics(labels, timed[torch.bfloat16][0][name])["auc"]
                                      - image_metrics(labels, timed[torch.float32][0][name])["auc"] for name in SCORES}
+    if args.profile:
+        result["profile_s_per_epoch"] = profile_junior(learners, train_images, cfg, device, args.profile,
+                                                       args.profile_epochs)
+        result["profile"] = args.profile
     print(json.dumps(rounded(result)), flush=True)
 
 

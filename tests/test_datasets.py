@@ -1,5 +1,7 @@
 """Med-AD reading and the demo data set: exact preprocessing, every user error, deterministic synthetic data."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import torch
 from PIL import Image
 
 from datasets.demo import LESIONS, make_demo, make_image
+from tests.conftest import REPO
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
 from utils.errors import UserError
 
@@ -188,6 +191,26 @@ def test_demo_is_deterministic(demo, tmp_path):
     other = make_demo(tmp_path / "other", seed=1, **SMALL)
     assert (other / "images" / names[0]).read_bytes() != (demo / "images" / names[0]).read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_demo_drawn_by_several_processes_is_the_same(demo, tmp_path):
+    pooled = make_demo(tmp_path / "pooled", workers=2, **SMALL)
+    assert (pooled / "data.json").read_bytes() == (demo / "data.json").read_bytes()
+    for folder in ("images", "masks"):
+        for path in sorted((demo / folder).iterdir()):
+            assert (pooled / folder / path.name).read_bytes() == path.read_bytes()
+
+
+def test_demo_command_line_sizes(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "datasets.demo", str(tmp_path / "d"), "--n-train", "5",
+                             "--n-test", "3", "--size", "32"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    split = read_split(tmp_path / "d")
+    assert (len(split.train), split.test_labels.count(0), split.test_labels.count(1)) == (5, 2, 1)
+    assert Image.open(tmp_path / "d" / "images" / split.train[0]).size == (32, 32)
+    bad = subprocess.run([sys.executable, "-m", "datasets.demo", str(tmp_path / "e"), "--n-train", "0"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --n-train must be at least 1, got 0"
 
 
 def test_demo_layout(demo):

@@ -295,9 +295,10 @@ def test_bench_naive_scores_equal_batched_scores(network):
         assert naive[name] == pytest.approx(stored[name].double().numpy(), rel=1e-4), name
 
 
-def test_bench_runs_end_to_end():
+def test_bench_runs_end_to_end(tmp_path):
+    profile = tmp_path / "profile.txt"
     result = run_cli("scripts/bench.py", "--device", "cpu", "--n-train", "64", "--n-test", "16", "--img-size", "32",
-                     "--epochs", "1")
+                     "--epochs", "1", "--profile", profile, "--profile-epochs", "2")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     required = ("device", "train_s_per_epoch", "score_images_per_s", "peak_mem_mb", "naive_train_s_per_epoch",
@@ -312,6 +313,11 @@ def test_bench_runs_end_to_end():
     assert report["loss_max_rel_diff"] < 1e-3
     assert report["score_max_rel_diff"]["rec"] < 1e-3 and report["score_max_rel_diff"]["unc"] < 1e-3
     assert all(np.isfinite(report[key]) for key in ("train_speedup", "score_speedup"))
+    # The profiled junior: 3 seniors, 2 epochs of 64 // 64 steps, and its table of operators by self time.
+    text = profile.read_text()
+    assert report["profile"] == str(profile) and report["profile_s_per_epoch"] > 0
+    assert text.startswith("learner 3 (3 seniors), 2 epochs of 1 steps on cpu")
+    assert "Self CPU" in text and "aten::convolution" in text
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,0 +1,47 @@
+"""scripts/gpu_check.sh, the GPU session's one script: its stages run end to end on the CPU at small sizes, so that
+on a lent GPU only the device differs."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import REPO
+
+SMALL = {"DEVICE": "cpu", "N_TRAIN": "64", "N_TEST": "8", "SIZE": "64", "EPOCHS": "1", "GRID_CELLS": "2",
+         "GRID_EPOCHS": "1", "GRID_WORKERS": "2"}
+
+
+def gpu_check(tmp_path, *stages):
+    env = {**os.environ, **SMALL, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
+    return subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), *stages], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_e2e_and_grid_stages_time_real_runs(tmp_path):
+    result = gpu_check(tmp_path, "e2e", "grid")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "no CUDA device" in report and re.search(r"data: 64 train, 8 test, 64x64 PNGs written in [\d.]+ s", report)
+    work = tmp_path / "work"
+    for fast in ("true", "false"):
+        results = json.loads((work / f"e2e_fast_{fast}" / "results.json").read_text())
+        settings = yaml.safe_load((work / f"e2e_fast_{fast}" / "config.yaml").read_text())
+        assert settings["Exp"]["fast"] is (fast == "true") and results["run"]["num_epoch"] == 1
+        line = re.search(rf"e2e Exp.fast={fast}: .* in ([\d.]+) s, .*; rec AUC ([\d.]+), unc AUC ([\d.]+), "
+                         r"dsu AUC ([\d.]+)", report)
+        assert line and float(line[1]) > 0
+        assert [float(value) for value in line.groups()[1:]] == \
+            [round(results[score]["auc"], 4) for score in ("rec", "unc", "dsu")]
+    grid = re.search(r"grid: 2 RSNA_AE cells x 1 epochs, 2 worker\(s\): ([\d.]+) s, ([\d.]+) cells per minute", report)
+    assert grid and abs(float(grid[2]) - 2 * 60 / float(grid[1])) < 0.01
+    for seed in (1, 2):
+        assert json.loads((work / "grid_w2" / f"rsna_synthetic_AE_s{seed}" / "results.json").read_text())["run"]["seed"] == seed
+
+
+def test_unknown_stage_is_one_line(tmp_path):
+    result = gpu_check(tmp_path, "e2e", "benchmark")
+    assert result.returncode == 2 and result.stderr == "error: unknown stage 'benchmark'; stages: tests bench e2e grid\n"
+    assert not (tmp_path / "out").exists()  # checked before anything runs
