@@ -13,9 +13,9 @@ Masks (255 = lesion) are written for the abnormal test images only.
 import argparse
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np

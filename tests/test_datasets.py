@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from datasets.demo import LESIONS, make_demo, make_image
-from tests.conftest import REPO
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
+from tests.conftest import REPO
 from utils.errors import UserError
 
 rng = np.random.default_rng(0)
