@@ -7,7 +7,8 @@ runs it pools (data sets x seeds), image AUC and AP of rec, unc and dsu as mean 
 juniors' effective rank of their tapped features on the test set, and the juniors' linear CKA with their seniors
 on the test set (both from results.json's diagnostics). Then dsu and unc AUC per data set, so that class
 difficulty does not hide in the pooled std. Writes <runs>/study.md and prints it; the figure shows each
-setting's juniors' effective rank over the epochs (metrics.jsonl, on the probe of training images, mean over runs).
+setting's juniors' effective rank over the epochs (metrics.jsonl, on the probe of training images, mean over runs
+and juniors).
 """
 import argparse
 import json
@@ -89,28 +90,42 @@ def markdown(rows) -> str:
     return "\n".join(lines + per_set) + "\n"
 
 
-def rank_figure(results, path) -> None:
-    """Juniors' effective rank over the epochs, one line per repulsion setting (without precise BN; it acts only
-    after the last epoch), mean over runs and juniors."""
+def label(key) -> str:
+    return key[0] + (" + precise BN" if key[1] else "")
+
+
+def rank_curves(results) -> dict:
+    """Per setting (its label): the juniors' effective rank per epoch, one list per junior and run, from each run's
+    metrics.jsonl (on the probe of training images). Precise BN acts only after each learner's last epoch, so its
+    curves differ from those of the same option without it only through the seniors the juniors repel from."""
     curves = defaultdict(list)
     for result in results:
-        key = setting(result["run"])
-        if key[1]:
-            continue
         records = [json.loads(line) for line in (Path(result["source"]).parent / "metrics.jsonl").open()]
-        for tag in {record["tag"] for record in records if record["tag"].startswith("learner")} - {"learner0"}:
+        for tag in sorted({record["tag"] for record in records if record["tag"].startswith("learner")} - {"learner0"}):
             by_epoch = {record["step"]: record["effective_rank"] for record in records
                         if record["tag"] == tag and "effective_rank" in record}
-            curves[key[0]].append([by_epoch[epoch] for epoch in sorted(by_epoch)])
+            if by_epoch:
+                curves[label(setting(result["run"]))].append([by_epoch[epoch] for epoch in sorted(by_epoch)])
+    return dict(curves)
+
+
+def rank_figure(results, path) -> None:
+    """Juniors' effective rank over the epochs, one line per setting, mean over runs and juniors; colour = the
+    repulsion, dashed = with precise BN."""
+    curves = rank_curves(results)
     if not curves:
         raise UserError("no per-epoch effective rank in the runs' metrics.jsonl; were they trained by this version?")
+    names = sorted({setting(result["run"])[0] for result in results},
+                   key=lambda name: (name != "none (Lambda 0)", name != "linear_cka", name))
+    colours = {name: f"C{index}" for index, name in enumerate(names)}
     fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
     try:
-        for name in sorted(curves, key=lambda name: (name != "none (Lambda 0)", name != "linear_cka", name)):
+        for name in sorted(curves, key=lambda name: (names.index(name.removesuffix(" + precise BN")), name)):
             length = min(len(curve) for curve in curves[name])
             mean = np.mean([curve[:length] for curve in curves[name]], axis=0)
             ax.plot(np.arange(1, length + 1), mean, label=f"{name} ({len(curves[name])} juniors)",
-                    linestyle="--" if name.startswith("none") else "-")
+                    color=colours[name.removesuffix(" + precise BN")],
+                    linestyle="--" if name.endswith("precise BN") else "-")
         ax.set(xlabel="epoch", ylabel="effective rank of the latent z",
                title="juniors' effective rank on training images (eval mode)")
         ax.legend(fontsize="small")

@@ -248,3 +248,6 @@ def test_rar_study_table_pools_runs_per_setting(tmp_path):
     assert pooled["A_dsu"] == pytest.approx(written[0]["dsu"]["auc"])
     assert "| none (Lambda 0) | no | 2 (A/B; seeds 3, 4) |" in (tmp_path / "study.md").read_text()
     assert (tmp_path / "rank.png").is_file()
+    curves = study.rank_curves(study.collect(tmp_path))  # juniors 1 and 2 of each run, epochs 1 and 2: 1 + k + e
+    assert curves == {"linear_cka": [[3.0, 4.0], [4.0, 5.0]] * 2, "cca + precise BN": [[3.0, 4.0], [4.0, 5.0]],
+                      "none (Lambda 0)": [[3.0, 4.0], [4.0, 5.0]] * 2}
