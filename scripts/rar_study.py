@@ -77,8 +77,10 @@ def markdown(rows) -> str:
     for row in rows:
         cells = [row["repulsion"], "yes" if row["precise_bn"] else "no",
                  f"{row['runs']} ({'/'.join(row['datasets'])}; seeds {', '.join(map(str, row['seeds']))})"]
-        cells += [f"{row[f'{score}_{metric}'][0]:.3f} ± {row[f'{score}_{metric}'][1]:.3f}"
-                  for score in SCORE_ORDER for metric in METRICS]
+        for score in SCORE_ORDER:
+            for metric in METRICS:
+                mean, std = row[f"{score}_{metric}"]
+                cells.append(f"{mean:.3f} ± {std:.3f}" if row["runs"] > 1 else f"{mean:.3f}")  # no std of one run
         cells += [f"{row['junior_rank']:.2f}", f"{row['junior_cka']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     per_set = ["", "Image AUC per data set (mean over seeds):", "",

@@ -15,7 +15,8 @@ SMALL = {"DEVICE": "cpu", "N_TRAIN": "64", "N_TEST": "8", "SIZE": "64", "EPOCHS"
 
 
 def gpu_check(tmp_path, *stages):
-    env = {**os.environ, **SMALL, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
+    env = {**os.environ, **SMALL, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
+           "WORK": str(tmp_path / "work")}
     return subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), *stages], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -38,10 +39,12 @@ def test_e2e_and_grid_stages_time_real_runs(tmp_path):
     grid = re.search(r"grid: 2 RSNA_AE cells x 1 epochs, 2 worker\(s\): ([\d.]+) s, ([\d.]+) cells per minute", report)
     assert grid and abs(float(grid[2]) - 2 * 60 / float(grid[1])) < 0.01
     for seed in (1, 2):
-        assert json.loads((work / "grid_w2" / f"rsna_synthetic_AE_s{seed}" / "results.json").read_text())["run"]["seed"] == seed
+        results = json.loads((work / "grid_w2" / f"rsna_synthetic_AE_s{seed}" / "results.json").read_text())
+        assert results["run"]["seed"] == seed
 
 
 def test_unknown_stage_is_one_line(tmp_path):
     result = gpu_check(tmp_path, "e2e", "benchmark")
-    assert result.returncode == 2 and result.stderr == "error: unknown stage 'benchmark'; stages: tests bench e2e grid\n"
+    assert result.returncode == 2
+    assert result.stderr == "error: unknown stage 'benchmark'; stages: tests bench e2e grid\n"
     assert not (tmp_path / "out").exists()  # checked before anything runs

@@ -176,7 +176,8 @@ def test_variants_get_their_own_folders_and_settings(tmp_path):
 
 def test_a_list_of_vary_mappings_gives_each_product_in_turn(tmp_path):
     path = write_grid(tmp_path / "grid.yaml", [REPO / "cfgs" / "Demo_AE.yaml"], seeds=[1, 2],
-                      vary=[{"Solver.Lambda": [0.0]}, {"Model.repulsion": ["cca", "rbf_cka"], "Solver.precise_bn": [True]}])
+                      vary=[{"Solver.Lambda": [0.0]},
+                            {"Model.repulsion": ["cca", "rbf_cka"], "Solver.precise_bn": [True]}])
     grid = grids.load(path)
     assert [cell.name for cell in grid.cells] == [
         "demo_AE_Lambda0_s1", "demo_AE_Lambda0_s2", "demo_AE_repulsioncca_precise_bntrue_s1",
