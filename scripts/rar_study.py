@@ -36,6 +36,11 @@ def setting(run) -> tuple:
     return repulsion, bool(run.get("precise_bn", False))
 
 
+def display_order(repulsion: str) -> tuple:
+    """No repulsion first, then the published linear CKA, then the other options by name."""
+    return {"none (Lambda 0)": 0, "linear_cka": 1}.get(repulsion, 2), repulsion
+
+
 def juniors(diagnostics) -> tuple:
     """Mean effective rank of learners 1.., and mean linear CKA of each junior with each of its seniors."""
     cka = np.asarray(diagnostics["linear_cka"])
@@ -64,8 +69,7 @@ def study_rows(results) -> list:
                 row[f"{dataset}_{score}"] = np.mean([run[score]["auc"] for run in runs
                                                      if run["run"]["dataset"] == dataset])
         rows.append(row)
-    order = {"none (Lambda 0)": 0, "linear_cka": 1}
-    return sorted(rows, key=lambda row: (order.get(row["repulsion"], 2), row["repulsion"], row["precise_bn"]))
+    return sorted(rows, key=lambda row: (display_order(row["repulsion"]), row["precise_bn"]))
 
 
 def markdown(rows) -> str:
@@ -117,8 +121,7 @@ def rank_figure(results, path) -> None:
     curves = rank_curves(results)
     if not curves:
         raise UserError("no per-epoch effective rank in the runs' metrics.jsonl; were they trained by this version?")
-    names = sorted({setting(result["run"])[0] for result in results},
-                   key=lambda name: (name != "none (Lambda 0)", name != "linear_cka", name))
+    names = sorted({setting(result["run"])[0] for result in results}, key=display_order)
     colours = {name: f"C{index}" for index, name in enumerate(names)}
     fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
     try:
