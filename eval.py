@@ -6,23 +6,23 @@ metrics.
 
 The K learners are rebuilt from their checkpoints alone. Writes <run>/results.json and <run>/scores.csv, prints a
 table, then draws hist.png, roc_pr.png and grid.png and logs metrics, hyper-parameters and a fixed set of test
-images to TensorBoard (<run>/tb).
+images to TensorBoard (<run>/tb). A run folder another command works in is refused; SIGTERM or SIGUSR1 stops
+evaluation at once (rerunning starts it over).
 """
 import argparse
 import csv
 import json
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
-from utils import config
+from utils import config, runlock, stop
 from utils import ensemble
-from utils.cka import pairwise_similarity, spectrum
+from utils.atomic import atomic_write
+from utils.cka import SIMILARITIES, pairwise_similarity, spectrum
 from utils.ensemble import load_learners, score_dataset
 from utils.errors import UserError, cli
 from utils.figures import anomaly_grid, chi_square_distance, roc_pr_curves, score_histograms, similarity_heatmap
@@ -62,9 +62,8 @@ def metrics_table(labels, scores, maps, masks) -> dict:
 
 
 def write_json(obj, path):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    with atomic_write(path) as handle:
+        handle.write(json.dumps(obj, indent=2))
 
 
 def write_scores_csv(path, files, labels, scores):
@@ -122,7 +121,7 @@ def learner_diagnostics(learners, images_u8, cfg, device) -> dict:
     with, when another), each one's effective rank and top-direction share, and what training reported of each."""
     features = ensemble.features_of_images(learners, images_u8, device)
     diagnostics = {"linear_cka": pairwise_similarity(features).tolist()}
-    if cfg.Model.repulsion != "linear_cka":
+    if cfg.Model.repulsion in SIMILARITIES and cfg.Model.repulsion != "linear_cka":  # a similarity of features
         diagnostics[cfg.Model.repulsion] = pairwise_similarity(features, cfg.Model.repulsion).tolist()
     shapes = [spectrum(values) for values in features]
     diagnostics["effective_rank"] = [rank.item() for rank, _ in shapes]
@@ -153,6 +152,12 @@ def evaluate(cfg, device, echo=True) -> dict:
     run_dir = cfg.run_dir
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} not found; train it first (python train.py with the same config)")
+    with runlock.hold(run_dir), stop.immediate(f"evaluation of {run_dir} left unfinished"):
+        return _evaluate(cfg, run_dir, device, echo)
+
+
+def _evaluate(cfg, run_dir, device, echo):
+    """evaluate()'s work, inside the run folder's lock."""
     learners = load_learners(run_dir, cfg, device)
     split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
     log = RunLog(run_dir, "eval", echo=echo)

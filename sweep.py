@@ -9,8 +9,10 @@ Workers take the next unstarted cell from a counter in a torch.distributed TCPSt
 left. Worker i trains on GPU (local rank i) % (GPUs on its node), or on the CPU; several workers may share a GPU,
 which is how small runs fill it. A cell is locked while it runs, skipped when it is done or locked by another
 launcher, resumed from its checkpoints when it was interrupted, and recorded with its one-line error when it fails
-(the others go on). Rerunning the same command finishes the grid. When every cell is done the grid folder gets
-summary.md and summary.csv: mean ± std over seeds, one row per data set, backbone and variant.
+(the others go on). SIGTERM or SIGUSR1 (pre-emption) stops a worker's cell at the end of an epoch with a
+checkpoint; the worker takes no further cell and exits with 128 + the signal's number. Rerunning the same command
+finishes the grid. When every cell is done the grid folder gets summary.md and summary.csv: mean ± std over seeds,
+one row per data set, backbone and variant.
 """
 import argparse
 import os
@@ -25,7 +27,8 @@ import torch.distributed as dist
 import eval as evaluate
 import train
 from utils import grid as grids
-from utils.errors import UserError, cli
+from utils import runlock, stop
+from utils.errors import Interrupted, UserError, cli
 from utils.runtime import pick_device, set_tf32
 from utils.summary import markdown_wide, summarize, widen, write_summary
 
@@ -85,10 +88,11 @@ def worker_device(cfg) -> torch.device:
 
 
 def run_cell(cell):
-    """Train and evaluate one cell unless it is done or locked: (status, seconds, dsu AUC or the error line)."""
+    """Train and evaluate one cell unless it is done or locked: (status, seconds, dsu AUC or the error line or the
+    stop signal's line)."""
     if grids.is_done(cell):
         return "already done", 0.0, None
-    lock = grids.CellLock(cell.run_dir)
+    lock = runlock.RunLock(cell.run_dir)
     if not lock.acquire():
         return "running elsewhere", 0.0, None
     began = time.monotonic()
@@ -101,6 +105,8 @@ def run_cell(cell):
         train.train(cell.cfg, device, echo=False)
         results = evaluate.evaluate(cell.cfg, device, echo=False)
         return "done", time.monotonic() - began, results["dsu"]["auc"]
+    except Interrupted as err:  # not a failure: the next launch resumes the cell
+        return "interrupted", time.monotonic() - began, str(err)
     except UserError as err:
         line, details = str(err), ""
     except torch.cuda.OutOfMemoryError:
@@ -122,6 +128,8 @@ def progress(cell, total, status, seconds, info, counts=None) -> str:
         status = f"done in {seconds:.1f} s, dsu AUC {info:.4f}"
     elif status == "failed":
         status = f"FAILED after {seconds:.1f} s: {info}"
+    elif status == "interrupted":
+        status = f"interrupted after {seconds:.1f} s: {info}"
     line = f"cell {cell.index} of {total} {cell.name}: {status}"
     if counts is None:
         return line
@@ -160,6 +168,34 @@ def report(grid) -> int:
     return 1 if failed else 0
 
 
+def run_alone(grid, index) -> int:
+    """One cell, as a Slurm array task runs it, then the grid's report unless another launcher has the cell."""
+    if not 0 <= index < len(grid.cells):
+        raise UserError(f"--cell {index}: the grid has cells 0 to {len(grid.cells) - 1}")
+    cell = grid.cells[index]
+    status, seconds, info = run_cell(cell)
+    print(progress(cell, len(grid.cells), status, seconds, info))
+    return report(grid) if status != "running elsewhere" else 0
+
+
+def run_shared(grid) -> int:
+    """Take cells from the launch's counter until none is left or a stop signal came; rank 0 reports."""
+    coordinator = Coordinator()
+    if coordinator.rank == 0:
+        print(f"grid {grid.name}: {len(grid.cells)} cells in {grid.folder}, {coordinator.world_size} worker(s)",
+              flush=True)
+    kind = {"done": "done", "already done": "done", "failed": "failed", "running elsewhere": "elsewhere"}
+    while not stop.requested() and (index := coordinator.next_cell()) < len(grid.cells):
+        cell = grid.cells[index]
+        status, seconds, info = run_cell(cell)
+        if status in kind:  # an interrupted cell counts as left
+            coordinator.count(kind[status])
+        counts = tuple(coordinator.count(name, 0) for name in ("done", "failed", "elsewhere"))
+        print(progress(cell, len(grid.cells), status, seconds, info, counts), flush=True)
+    coordinator.finish()
+    return report(grid) if coordinator.rank == 0 else 0
+
+
 @cli
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -167,27 +203,10 @@ def main(argv=None) -> int:
     if args.list:
         list_cells(grid)
         return 0
-    if args.cell is not None:
-        if not 0 <= args.cell < len(grid.cells):
-            raise UserError(f"--cell {args.cell}: the grid has cells 0 to {len(grid.cells) - 1}")
-        cell = grid.cells[args.cell]
-        status, seconds, info = run_cell(cell)
-        print(progress(cell, len(grid.cells), status, seconds, info))
-        return report(grid) if status != "running elsewhere" else 0
-
-    coordinator = Coordinator()
-    if coordinator.rank == 0:
-        print(f"grid {grid.name}: {len(grid.cells)} cells in {grid.folder}, {coordinator.world_size} worker(s)",
-              flush=True)
-    while (index := coordinator.next_cell()) < len(grid.cells):
-        cell = grid.cells[index]
-        status, seconds, info = run_cell(cell)
-        kind = {"done": "done", "already done": "done", "failed": "failed"}.get(status, "elsewhere")
-        coordinator.count(kind)
-        counts = tuple(coordinator.count(name, 0) for name in ("done", "failed", "elsewhere"))
-        print(progress(cell, len(grid.cells), status, seconds, info, counts), flush=True)
-    coordinator.finish()
-    return report(grid) if coordinator.rank == 0 else 0
+    with stop.deferred():  # SIGTERM or SIGUSR1: the cell in hand stops at the end of an epoch, no other is taken
+        code = run_alone(grid, args.cell) if args.cell is not None else run_shared(grid)
+        stop.check(f"no further cell of grid {grid.name} taken")
+    return code
 
 
 if __name__ == "__main__":

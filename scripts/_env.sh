@@ -10,13 +10,23 @@ setup_python() {  # $1: requirements file to install into .venv when missing or 
     fi
     local requirements="$1"
     local stamp=".venv/.installed-$(basename "$requirements" .txt)"
-    if [ ! -f "$stamp" ] || [ "$requirements" -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ]; then
-        echo "setting up .venv from $requirements (once)" >&2
-        [ -x .venv/bin/python ] || python3 -m venv .venv
-        .venv/bin/python -m pip install --disable-pip-version-check -q -r "$requirements"
-        touch "$stamp"
+    if venv_stale "$stamp" "$requirements"; then
+        mkdir -p .venv
+        (  # one process installs; others (a Slurm array's tasks on a fresh checkout) wait, then find it done
+            if command -v flock >/dev/null; then flock 9 || exit 1; fi  # util-linux; macOS has none
+            if venv_stale "$stamp" "$requirements"; then
+                echo "setting up .venv from $requirements (once)" >&2
+                { [ -x .venv/bin/python ] || python3 -m venv .venv; } &&
+                    .venv/bin/python -m pip install --disable-pip-version-check -q -r "$requirements" &&
+                    touch "$stamp"
+            fi
+        ) 9>.venv/.setup.lock || return 1
     fi
     PY="$ROOT/.venv/bin/python"
+}
+
+venv_stale() {  # $1: stamp, $2: requirements file; true when .venv lacks them or they changed since
+    [ ! -f "$1" ] || [ "$2" -nt "$1" ] || [ requirements.txt -nt "$1" ]
 }
 
 run_config() {  # $1: config file; the rest: Section.key=value overrides for both steps

@@ -40,7 +40,7 @@ import models  # noqa: E402
 import train  # noqa: E402
 from datasets.demo import LESIONS, make_image  # noqa: E402
 from datasets.medad import to_model_input  # noqa: E402
-from utils import config  # noqa: E402
+from utils import config, seeding  # noqa: E402
 from utils.ensemble import score_dataset  # noqa: E402
 from utils.errors import cli  # noqa: E402
 from utils.metrics import image_metrics  # noqa: E402
@@ -133,7 +133,7 @@ def naive_train_step(learner, optimizer, seniors, x, Lambda):
 def naive_train(index, seniors, train_images, cfg, device, epochs, workers=0):
     """Train one learner the naive way: (learner, seconds per epoch, mean loss per epoch)."""
     solver = cfg.Solver
-    torch.manual_seed(solver.seed + index)
+    seeding.seed_learner(solver.seed, index)
     learner = models.build(models.backbone_args(cfg.Model, cfg.Data.img_size)).to(device).train()
     optimizer = torch.optim.Adam(learner.parameters(), lr=solver.lr, betas=(0.5, 0.999),
                                  weight_decay=solver.weight_decay)

@@ -12,7 +12,7 @@
 #
 # Each stage also appends its lines to $OUT/gpu_check.md. Data and run folders go to $WORK (default
 # runs/gpu_check), outside $OUT. Smaller settings for a quick run anywhere (the CPU test uses them): DEVICE (cuda),
-# N_TRAIN (3851), N_TEST (2000), SIZE (512), EPOCHS (250), GRID_CELLS (8), GRID_EPOCHS (25), GRID_WORKERS ("1 2 4 8").
+# N_TRAIN (3851), N_TEST (2000) (bench and e2e), SIZE (512), EPOCHS (250), GRID_CELLS (8), GRID_EPOCHS (25), GRID_WORKERS ("1 2 4 8").
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 setup_python requirements-test.txt
@@ -46,7 +46,10 @@ aucs() {  # image AUC of each score in a results.json
 print(", ".join(s + " AUC " + format(r[s]["auc"], ".4f") for s in ("rec", "unc", "dsu")))' "$1"
 }
 
-note "# gpu_check $(date -u +%FT%TZ): $("$PY" -c 'import torch; print(f"torch {torch.__version__}, " + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"))'), $(nproc) cores"
+# DEVICE resolved as train.py, eval.py and bench.py resolve it: a bad value stops here, in one line.
+resolved=$("$PY" -c 'import sys; from utils.errors import cli; from utils.runtime import pick_device
+cli(lambda: print(pick_device(sys.argv[1])))()' "$DEVICE") || exit $?
+note "# gpu_check $(date -u +%FT%TZ): $("$PY" -c 'import torch; print(f"torch {torch.__version__}, " + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"))'), $(nproc) cores, DEVICE=$DEVICE -> $resolved"
 for stage in "$@"; do
     case "$stage" in
     tests)
@@ -58,7 +61,8 @@ for stage in "$@"; do
         note "tests: exit $status in $(seconds_since "$began") s: $(tail -n 1 "$OUT/tests.txt")"
         ;;
     bench)
-        "$PY" scripts/bench.py --device "$DEVICE" --epochs "$EPOCHS" --profile "$OUT/profile.txt" | tee "$OUT/bench.txt"
+        "$PY" scripts/bench.py --device "$DEVICE" --epochs "$EPOCHS" --n-train "$N_TRAIN" --n-test "$N_TEST" \
+            --profile "$OUT/profile.txt" | tee "$OUT/bench.txt"
         tail -n 1 "$OUT/bench.txt" >"$OUT/bench.json"
         note "bench: $(cat "$OUT/bench.json")"
         ;;

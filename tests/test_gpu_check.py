@@ -21,11 +21,15 @@ def gpu_check(tmp_path, *stages):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_e2e_and_grid_stages_time_real_runs(tmp_path):
-    result = gpu_check(tmp_path, "e2e", "grid")
+def test_bench_e2e_and_grid_stages_time_real_runs(tmp_path):
+    result = gpu_check(tmp_path, "bench", "e2e", "grid")
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "out" / "gpu_check.md").read_text()
-    assert "no CUDA device" in report and re.search(r"data: 64 train, 8 test, 64x64 PNGs written in [\d.]+ s", report)
+    assert "no CUDA device" in report and "DEVICE=cpu -> cpu" in report
+    assert re.search(r"data: 64 train, 8 test, 64x64 PNGs written in [\d.]+ s", report)
+    bench = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert bench["device"].startswith("cpu") and (bench["n_train"], bench["n_test"], bench["epochs"]) == (64, 8, 1)
+    assert "Self CPU" in (tmp_path / "out" / "profile.txt").read_text()
     work = tmp_path / "work"
     for fast in ("true", "false"):
         results = json.loads((work / f"e2e_fast_{fast}" / "results.json").read_text())
@@ -48,3 +52,14 @@ def test_unknown_stage_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr == "error: unknown stage 'benchmark'; stages: tests bench e2e grid\n"
     assert not (tmp_path / "out").exists()  # checked before anything runs
+
+
+def test_a_device_this_machine_lacks_stops_before_any_stage_in_one_line(tmp_path):
+    """DEVICE=cuda takes the path a GPU run takes (utils.runtime.pick_device); here it has no GPU to find."""
+    env = {**SMALL, "DEVICE": "cuda", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "e2e"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, **env, "PYTHON": sys.executable,
+                                                         "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w")})
+    assert result.returncode == 2
+    assert result.stderr == ("error: Exp.device=cuda but no CUDA device is visible; use Exp.device=cpu or auto\n")
+    assert not (tmp_path / "out" / "gpu_check.md").exists()

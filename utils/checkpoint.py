@@ -4,12 +4,12 @@ A checkpoint holds the learner's weights, the backbone's constructor arguments, 
 finished epochs, the optimizer state and the RNG state, so that eval.py rebuilds a learner from it alone and
 train.py resumes from it.
 """
-import os
 from pathlib import Path
 
 import torch
 
 from utils import config
+from utils.atomic import atomic_write
 from utils.errors import UserError
 
 FORMAT = "d2ue-learner-1"
@@ -24,14 +24,8 @@ def learner_path(run_dir, index: int) -> Path:
 
 
 def save(state: dict, path) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over the old file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_write(path, "wb") as handle:
         torch.save({"format": FORMAT, **state}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def load(path) -> dict:

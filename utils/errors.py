@@ -7,11 +7,20 @@ class UserError(Exception):
     """A problem with the user's input (files, config, checkpoints) that the user can fix."""
 
 
+class Interrupted(Exception):
+    """A stop signal (SIGTERM, SIGUSR1: pre-emption, a time limit) ended the command where rerunning it resumes."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # as a shell reports a process the signal killed
+
+
 EXIT_USER_ERROR = 2
 
 
 def cli(main):
-    """Wrap a command-line entry point so that a UserError becomes one line and exit code 2."""
+    """Wrap a command-line entry point so that a UserError becomes one line and exit code 2, and a stop signal
+    one line and exit code 128 + its number."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -20,6 +29,9 @@ def cli(main):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
+        except Interrupted as err:
+            print(err, file=sys.stderr)
+            sys.exit(err.exit_code)
         except KeyboardInterrupt:
             print("interrupted; rerun the same command to resume", file=sys.stderr)
             sys.exit(130)

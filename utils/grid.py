@@ -12,11 +12,10 @@ not one full product (e.g. every option with one setting, the baseline with anot
 
 Cells are ordered config, then variant, then seed, so an index names the same cell as long as the file is unchanged.
 Each cell has its own run folder, <grid folder>/<dataset>_<network>[_<variant>]_s<seed>, and its state is read
-from that folder alone: what results.json, the checkpoints, error.txt and the lock file say. So any number of
-launchers (torchrun workers, a Slurm array, a second shell) can share one grid folder.
+from that folder alone: what results.json, the checkpoints, error.txt and its lock (utils/runlock.py) say. So any
+number of launchers (torchrun workers, a Slurm array, a second shell) can share one grid folder.
 """
 import difflib
-import fcntl
 import json
 import re
 from dataclasses import dataclass, field
@@ -26,10 +25,11 @@ import yaml
 
 from utils import checkpoint, config
 from utils.errors import UserError
+from utils.runlock import is_locked
 
 KEYS = ("name", "out_dir", "configs", "seeds", "overrides", "vary")
 SET_BY_GRID = ("Solver.seed", "Exp.out_dir")  # each cell's own
-LOCK, ERROR, RESULTS = ".lock", "error.txt", "results.json"
+ERROR, RESULTS = "error.txt", "results.json"
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
@@ -220,7 +220,8 @@ def is_done(cell: Cell) -> bool:
 
 
 def state(cell: Cell) -> str:
-    """done | running (locked by a launcher) | failed | partial | not started."""
+    """done | running (locked by a launcher) | failed | partial (started, or stopped by a signal: the next launch
+    resumes it) | not started."""
     if is_done(cell):
         return "done"
     if is_locked(cell.run_dir):
@@ -246,44 +247,3 @@ def record_error(cell: Cell, line: str, details: str = "") -> None:
 
 def clear_error(cell: Cell) -> None:
     (cell.run_dir / ERROR).unlink(missing_ok=True)
-
-
-class CellLock:
-    """An exclusive lock on a run folder while a launcher works in it: flock on <run>/.lock, never waiting.
-
-    The kernel drops it when the process ends, however it ends, so a killed grid leaves no stale lock. flock
-    also works across the nodes of an NFS share on Linux (it is emulated with NFS byte-range locks).
-    """
-
-    def __init__(self, run_dir):
-        self.path = Path(run_dir) / LOCK
-        self.handle = None
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
-        self.handle = handle
-        return True
-
-    def release(self) -> None:
-        if self.handle is not None:
-            self.handle.close()  # closing the file releases the lock
-            self.handle = None
-
-
-def is_locked(run_dir) -> bool:
-    path = Path(run_dir) / LOCK
-    if not path.is_file():
-        return False
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False

@@ -1,5 +1,6 @@
 """Device choice and run-folder logging (stdout + log.txt, JSON lines, TensorBoard)."""
 import json
+import os
 import time
 from pathlib import Path
 
@@ -10,14 +11,20 @@ from utils.errors import UserError
 
 
 def pick_device(name: str) -> torch.device:
-    """auto -> the first CUDA device when there is one, else the CPU."""
+    """auto -> the current CUDA device when there is one, else the CPU; cuda -> the current CUDA device. A CUDA
+    device always comes back with its index (cuda:N), the one made current."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"Exp.device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"Exp.device={name} but no CUDA device is visible; use Exp.device=cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
             raise UserError(f"Exp.device={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
         torch.cuda.set_device(device)  # kernels, streams and graphs created without a device then land on it
     return device
@@ -41,7 +48,7 @@ def make_run_dir(path) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
+        probe = path / f".write_test.{os.getpid()}"  # per process: two commands may start here at once
         probe.write_text("")
         probe.unlink()
     except OSError as err:

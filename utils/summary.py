@@ -9,12 +9,12 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from utils.atomic import atomic_write
 from utils.errors import UserError, cli
 
 SCORE_ORDER = ["rec", "unc", "dsu"]
@@ -154,10 +154,8 @@ def markdown_wide(rows) -> str:
 
 def _write_atomically(path, text):
     """Several launchers of one grid may write its summary at once: each writes its own file, then renames."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_write(path) as handle:
         handle.write(text)
-    os.replace(tmp, path)
 
 
 def markdown_table(rows) -> str:

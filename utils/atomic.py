@@ -1,0 +1,20 @@
+"""The one atomic writer: a file is replaced whole or not at all, even when several processes write it at once."""
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_write(path, mode="w"):
+    """Yield a handle on a temporary file of this process beside `path` ('w' text or 'wb'); on success flush it to
+    disk and rename it over `path`, on failure remove it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share one
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"newline": ""})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
