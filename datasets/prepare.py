@@ -2,8 +2,10 @@
 
     python -m datasets.prepare {rsna,vin,brain,lag} --src RAW --out ROOT [--split FILE|seeded] [--allow-missing]
                                                                        [--workers N] [--seed S]
-    python -m datasets.prepare fmnist --class C --out ROOT [--seed S]    (a one-class Fashion-MNIST dev set,
-                                                                          datasets/fashion_mnist.py)
+    python -m datasets.prepare fmnist --class C --out ROOT [--anomalies local] [--seed S]
+                                                 (a one-class Fashion-MNIST dev set, other classes as anomalies, or
+                                                  with --anomalies local the class with local defects and masks;
+                                                  datasets/fashion_mnist.py)
 
 FOLDER is RSNA, VinCXR, BrainTumor or LAG. data.json is
     {"train": {"0": [normal training files]}, "test": {"0": [normal test files], "1": [abnormal test files]}}

@@ -1,17 +1,31 @@
-"""The RAR study's table and figure, from the runs of a grid folder (by default runs/rar_study):
+"""The RAR study's analysis: which way of training the juniors (a "candidate") to recommend, from its grids' runs.
 
-    python scripts/rar_study.py [--runs runs/rar_study] [--figure images/rar_rank.png]
+    python scripts/rar_study.py [--runs runs/rar_screen runs/rar_confirm] [--archive images/rar_study]
+                                [--figure images/rar_rank.png]
+    python scripts/rar_study.py --restore runs/rar_screen runs/rar_confirm [--archive images/rar_study]
 
-One row per repulsion setting (the option, or none for Solver.Lambda=0) and precise-BatchNorm setting: how many
-runs it pools (data sets x seeds), image AUC and AP of rec, unc and dsu as mean ± std over those runs, the
-juniors' effective rank of their tapped features on the test set, and the juniors' linear CKA with their seniors
-on the test set (both from results.json's diagnostics). Then dsu and unc AUC per data set, so that class
-difficulty does not hide in the pooled std. Writes <runs>/study.md and prints it; the figure shows each
-setting's juniors' effective rank over the epochs (metrics.jsonl, on the probe of training images, mean over runs
-and juniors).
+Run folders are not in git; the archive is. First, every evaluated run under the --runs grid folders (those that
+exist) is archived as <archive>/<grid folder>/<run folder>.json: {"results": its results.json, "rank_curves":
+{"learnerK": effective rank per epoch}, "train_seconds": {"learnerK": sum of its epochs' epoch_s}}, the last two
+from its metrics.jsonl. A file is rewritten only when the run's results.json differs from the archived one, so a
+restored run (no metrics.jsonl) keeps its archived curves. Then the tables (<archive>/study.md, also printed) and
+the figure are computed from the archive alone:
+  a. per candidate, pooled over data sets and seeds: image AUC of rec, unc, dsu; pixel AUROC on the sets with masks;
+     the juniors' effective rank and linear CKA with their seniors (test set), and the juniors' training seconds;
+  b. per candidate against each reference (published, Lambda 0, Lambda 0 + precise BN): the mean difference over
+     runs matched on (data set, seed) with its 95% t interval, image AUC on all sets, pixel AUROC where masks exist;
+  c. image AUC per data set (mean over seeds), so that class difficulty does not hide in the pooled numbers;
+  d. the decision: recommended only if the dsu image-AUC difference has its interval above 0 against all three
+     references and the rec image-AUC difference against the published setting has mean >= 0.
+The figure draws the juniors' effective rank over the epochs (probe of training images), one line per candidate.
+
+--restore rewrites each archived run's own results.json (the bytes eval.py wrote) into its folder under each
+GRID_FOLDER that lacks one, so that the grid runner counts the cell as done (it still checks that the file's "run"
+settings are the cell's) instead of training it again. Nothing else of the run comes back.
 """
 import argparse
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -21,119 +35,305 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from utils.atomic import atomic_write  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
+from utils.runlock import is_locked  # noqa: E402
 from utils.summary import SCORE_ORDER, collect  # noqa: E402
 
-METRICS = ("auc", "ap")
+PRECISE_BN = " + precise BN"
+PUBLISHED, PLAIN = "published (linear_cka, Lambda 1)", "Lambda 0 (plain ensemble)"
+BASELINES = (PUBLISHED, PUBLISHED + PRECISE_BN, PLAIN, PLAIN + PRECISE_BN)  # shown first, in this order
+REFERENCES = (PUBLISHED, PLAIN, PLAIN + PRECISE_BN)  # what each candidate is compared with, run by run
+METRICS = {"auc": "image AUC", "pixel_auroc": "pixel AUROC"}
 
 
-def setting(run) -> tuple:
-    """(repulsion, precise BN) of a run's settings; no repulsion when Lambda is 0."""
-    repulsion = "none (Lambda 0)" if run["Lambda"] == 0 else run.get("repulsion", "linear_cka")
-    return repulsion, bool(run.get("precise_bn", False))
+# ---------------------------------------------------------------- candidates
+
+def label(run) -> str:
+    """The candidate a run's settings ("run" of results.json) describe; Lambda 0 repels nothing, whatever the kind."""
+    suffix = PRECISE_BN if run.get("precise_bn", False) else ""
+    if run["Lambda"] == 0:
+        return PLAIN + suffix
+    repulsion, spread = run.get("repulsion", "linear_cka"), run.get("spread", 0.0)
+    if (repulsion, run["Lambda"], spread) == ("linear_cka", 1, 0):
+        return PUBLISHED + suffix
+    return f"{repulsion}, Lambda {run['Lambda']:g}" + (f", spread {spread:g}" if spread else "") + suffix
 
 
-def display_order(repulsion: str) -> tuple:
-    """No repulsion first, then the published linear CKA, then the other options by name."""
-    return {"none (Lambda 0)": 0, "linear_cka": 1}.get(repulsion, 2), repulsion
+def display_order(name: str) -> tuple:
+    return (BASELINES.index(name), "") if name in BASELINES else (len(BASELINES), name)
 
 
-def juniors(diagnostics) -> tuple:
+# ---------------------------------------------------------------- the archive
+
+def read_records(path) -> list:
+    """metrics.jsonl's records; none when the file is missing (a restored run), a cut last line skipped."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return [record for record in records if isinstance(record, dict)]
+
+
+def per_epoch(records, key) -> dict:
+    """{"learnerK": {epoch: value}}; an epoch logged twice (trained again after a resume) keeps its last record."""
+    learners = defaultdict(dict)
+    for record in records:
+        if re.fullmatch(r"learner\d+", str(record.get("tag"))) and key in record:
+            learners[record["tag"]][record["step"]] = record[key]
+    return {tag: learners[tag] for tag in sorted(learners, key=lambda tag: int(tag.removeprefix("learner")))}
+
+
+def archive_entry(results, records) -> dict:
+    return {"results": results,
+            "rank_curves": {tag: [epochs[e] for e in sorted(epochs)]
+                            for tag, epochs in per_epoch(records, "effective_rank").items()},
+            "train_seconds": {tag: sum(epochs.values()) for tag, epochs in per_epoch(records, "epoch_s").items()}}
+
+
+def write_text(path, text) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as handle:
+        handle.write(text)
+
+
+def archive_runs(folders, archive) -> list:
+    """Archive every evaluated run under the grid folders that exist; returns the files written."""
+    written = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for results in collect(folder):
+            source = Path(results.pop("source"))
+            path = Path(archive) / folder.name / f"{source.parent.name}.json"
+            try:
+                if json.dumps(json.loads(path.read_text())["results"]) == json.dumps(results):
+                    continue  # archived already (a restored run lands here: its metrics.jsonl is gone)
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # not archived yet, or unreadable: write it
+            write_text(path, json.dumps(archive_entry(results, read_records(source.parent / "metrics.jsonl")),
+                                        indent=2) + "\n")
+            written.append(path)
+    return written
+
+
+def read_archive_file(path) -> dict:
+    try:
+        entry = json.loads(Path(path).read_text())
+        if not isinstance(entry.get("results", {}).get("run"), dict):
+            raise ValueError('no "results" with a "run" section')
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"archive file {path} is unreadable ({err}); take it back from git "
+                        "(git checkout -- PATH) or delete it and archive its run again") from None
+    return entry
+
+
+def load_archive(archive) -> list:
+    """The archived runs, one per (candidate, data set, seed): a run of the same three in a second grid folder is
+    left out with a warning (the first by path stays), so that pairs are unambiguous."""
+    entries, seen = [], {}
+    for path in sorted(Path(archive).glob("*/*.json")):
+        entry = read_archive_file(path)
+        run = entry["results"]["run"]
+        key = (label(run), run["dataset"], run["seed"])
+        if key in seen:
+            print(f"warning: {path} repeats {seen[key]} ({key[0]}, {key[1]}, seed {key[2]}); left out",
+                  file=sys.stderr)
+            continue
+        seen[key] = path
+        entries.append(entry)
+    return entries
+
+
+def restore(grid_folder, archive) -> list:
+    """Write each archived run's results.json into its folder under grid_folder where none is (and no launcher works
+    in it), in eval.py's own format; returns the files written."""
+    from eval import write_json  # the writer of every results.json (imports torch: only here)
+
+    grid_folder, restored = Path(grid_folder), []
+    for path in sorted((Path(archive) / grid_folder.name).glob("*.json")):
+        target = grid_folder / path.stem / "results.json"
+        if target.is_file() or is_locked(target.parent):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(read_archive_file(path)["results"], target)
+        restored.append(target)
+    return restored
+
+
+# ---------------------------------------------------------------- the tables
+
+def by_candidate(entries) -> dict:
+    groups = defaultdict(list)
+    for entry in entries:
+        groups[label(entry["results"]["run"])].append(entry)
+    return {name: groups[name] for name in sorted(groups, key=display_order)}
+
+
+def mean_or_none(values):
+    return float(np.mean(values)) if len(values) else None
+
+
+def juniors_shape(diagnostics) -> tuple:
     """Mean effective rank of learners 1.., and mean linear CKA of each junior with each of its seniors."""
     cka = np.asarray(diagnostics["linear_cka"])
     pairs = [cka[junior, senior] for junior in range(1, len(cka)) for senior in range(junior)]
     return float(np.mean(diagnostics["effective_rank"][1:])), float(np.mean(pairs))
 
 
-def study_rows(results) -> list:
-    """One row per setting, pooled over data sets and seeds; per data set means of dsu and unc AUC."""
-    groups = defaultdict(list)
-    for result in results:
-        groups[setting(result["run"])].append(result)
+def pooled(entries) -> dict:
+    """Table a's row of one candidate: means over its runs (pixel AUROC over those with masks)."""
+    results = [entry["results"] for entry in entries]
+    row = {"runs": len(results), "datasets": sorted({result["run"]["dataset"] for result in results}),
+           "seeds": sorted({result["run"]["seed"] for result in results})}
+    for score in SCORE_ORDER:
+        for metric in METRICS:
+            row[score, metric] = mean_or_none([result[score][metric] for result in results if metric in result[score]])
+    shapes = [juniors_shape(result["diagnostics"]) for result in results if "diagnostics" in result]
+    row["junior_rank"] = mean_or_none([rank for rank, _ in shapes])
+    row["junior_cka"] = mean_or_none([cka for _, cka in shapes])
+    row["junior_seconds"] = mean_or_none([sum(seconds for tag, seconds in entry["train_seconds"].items()
+                                              if tag != "learner0") for entry in entries if entry.get("train_seconds")])
+    return row
+
+
+def paired_difference(groups, candidate, reference, score, metric):
+    """Mean of (candidate - reference) over runs on the same (data set, seed) that both have the metric, with its
+    95% t interval (None with one pair); None without pairs."""
+    def values(name):
+        return {(e["results"]["run"]["dataset"], e["results"]["run"]["seed"]): e["results"][score][metric]
+                for e in groups.get(name, []) if metric in e["results"][score]}
+    ours, theirs = values(candidate), values(reference)
+    pairs = sorted(ours.keys() & theirs.keys(), key=str)
+    if not pairs:
+        return None
+    differences = np.array([ours[pair] - theirs[pair] for pair in pairs])
+    n, mean = len(differences), float(differences.mean())
+    if n < 2:
+        return {"mean": mean, "low": None, "high": None, "n": n}
+    half = stats.t.ppf(0.975, n - 1) * differences.std(ddof=1) / np.sqrt(n)
+    return {"mean": mean, "low": float(mean - half), "high": float(mean + half), "n": n}
+
+
+def format_difference(difference) -> str:
+    if difference is None:
+        return "-"
+    if difference["low"] is None:
+        return f"{difference['mean']:+.3f} (n={difference['n']})"
+    return f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}] (n={difference['n']})"
+
+
+def failed_conditions(groups, candidate) -> list:
+    """Why the candidate is not recommended; empty when it is. A reference is not a candidate."""
+    if candidate in REFERENCES:
+        return ["a reference"]
+    failures = []
+    for reference in REFERENCES:
+        dsu = paired_difference(groups, candidate, reference, "dsu", "auc")
+        if dsu is None or dsu["low"] is None:
+            failures.append(f"dsu vs {reference}: fewer than 2 pairs")
+        elif dsu["low"] <= 0:
+            failures.append(f"dsu vs {reference}: interval reaches {dsu['low']:+.3f}")
+    rec = paired_difference(groups, candidate, PUBLISHED, "rec", "auc")
+    if rec is None:
+        failures.append(f"rec vs {PUBLISHED}: no pair")
+    elif rec["mean"] < 0:
+        failures.append(f"rec vs {PUBLISHED}: falls by {-rec['mean']:.3f}")
+    return failures
+
+
+def markdown_table(header, rows) -> list:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def number(value, digits=3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def study_markdown(entries) -> str:
+    groups = by_candidate(entries)
+    lines = [f"# The RAR study: {len(entries)} archived runs", "", "## a. Per candidate, pooled over data sets and seeds", "",
+             "Pixel AUROC: mean over the runs on data sets with masks. Juniors: learners 1.., on the test set "
+             "(CKA with each of their seniors); training seconds summed over the juniors.", ""]
+    header = ["candidate", "runs", *(f"{score} {METRICS[metric]}" for metric in METRICS for score in SCORE_ORDER),
+              "juniors' eff. rank", "juniors' CKA w/ seniors", "juniors' training s"]
     rows = []
-    for key, runs in groups.items():
-        row = {"repulsion": key[0], "precise_bn": key[1], "runs": len(runs),
-               "datasets": sorted({run["run"]["dataset"] for run in runs}),
-               "seeds": sorted({run["run"]["seed"] for run in runs})}
-        for score in SCORE_ORDER:
-            for metric in METRICS:
-                values = np.array([run[score][metric] for run in runs])
-                row[f"{score}_{metric}"] = (values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0)
-        shapes = np.array([juniors(run["diagnostics"]) for run in runs])
-        row["junior_rank"], row["junior_cka"] = shapes.mean(axis=0)
-        for dataset in row["datasets"]:
-            for score in ("unc", "dsu"):
-                row[f"{dataset}_{score}"] = np.mean([run[score]["auc"] for run in runs
-                                                     if run["run"]["dataset"] == dataset])
-        rows.append(row)
-    return sorted(rows, key=lambda row: (display_order(row["repulsion"]), row["precise_bn"]))
+    for name, members in groups.items():
+        row = pooled(members)
+        rows.append([name, f"{row['runs']} ({len(row['datasets'])} sets; seeds {', '.join(map(str, row['seeds']))})",
+                     *(number(row[score, metric]) for metric in METRICS for score in SCORE_ORDER),
+                     number(row["junior_rank"], 2), number(row["junior_cka"]), number(row["junior_seconds"], 0)])
+    lines += markdown_table(header, rows)
+    for reference in REFERENCES:
+        lines += ["", f"## b. Difference from {reference}, runs paired on (data set, seed)", "",
+                  "Mean of candidate - reference, [95% t interval], (n pairs); pixel AUROC on data sets with masks.",
+                  ""]
+        rows = [[name, *(format_difference(paired_difference(groups, name, reference, score, metric))
+                         for metric in METRICS for score in SCORE_ORDER)]
+                for name in groups if name != reference]
+        lines += markdown_table(["candidate", *(f"{score} {METRICS[metric]}" for metric in METRICS
+                                                for score in SCORE_ORDER)], rows)
+    datasets = sorted({entry["results"]["run"]["dataset"] for entry in entries})
+    for score in SCORE_ORDER:
+        lines += ["", f"## c. {score} image AUC per data set (mean over seeds)", ""]
+        rows = [[name, *(number(mean_or_none([e["results"][score]["auc"] for e in members
+                                               if e["results"]["run"]["dataset"] == dataset]))
+                         for dataset in datasets)] for name, members in groups.items()]
+        lines += markdown_table(["candidate", *datasets], rows)
+    lines += ["", "## d. Decision", "",
+              "Recommended only if dsu image AUC beats all three references (95% interval above 0) and rec image AUC "
+              f"does not fall against {PUBLISHED} (mean difference >= 0).", ""]
+    verdicts = {name: failed_conditions(groups, name) for name in groups}
+    passing = [name for name, failures in verdicts.items() if not failures]
+    lines.append(f"**Recommended: {'; '.join(passing)}**" if passing else "**No candidate passes.**")
+    lines += [""] + [f"- {name}: {'passes' if not failures else '; '.join(failures)}"
+                     for name, failures in verdicts.items()]
+    return "\n".join(lines) + "\n"
 
 
-def markdown(rows) -> str:
-    datasets = sorted({dataset for row in rows for dataset in row["datasets"]})
-    header = ["repulsion", "precise BN", "runs", *(f"{score} {metric.upper()}" for score in SCORE_ORDER
-                                                    for metric in METRICS), "juniors' eff. rank",
-              "juniors' CKA w/ seniors"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row["repulsion"], "yes" if row["precise_bn"] else "no",
-                 f"{row['runs']} ({'/'.join(row['datasets'])}; seeds {', '.join(map(str, row['seeds']))})"]
-        for score in SCORE_ORDER:
-            for metric in METRICS:
-                mean, std = row[f"{score}_{metric}"]
-                cells.append(f"{mean:.3f} ± {std:.3f}" if row["runs"] > 1 else f"{mean:.3f}")  # no std of one run
-        cells += [f"{row['junior_rank']:.2f}", f"{row['junior_cka']:.3f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    per_set = ["", "Image AUC per data set (mean over seeds):", "",
-               "| repulsion | precise BN | " + " | ".join(f"{d} unc | {d} dsu" for d in datasets) + " |",
-               "|---|---|" + "---|---|" * len(datasets)]
-    for row in rows:
-        values = [f"{row[f'{d}_{s}']:.3f}" if f"{d}_{s}" in row else "-" for d in datasets for s in ("unc", "dsu")]
-        per_set.append(f"| {row['repulsion']} | {'yes' if row['precise_bn'] else 'no'} | " + " | ".join(values) + " |")
-    return "\n".join(lines + per_set) + "\n"
+# ---------------------------------------------------------------- the figure
 
-
-def label(key) -> str:
-    return key[0] + (" + precise BN" if key[1] else "")
-
-
-def rank_curves(results) -> dict:
-    """Per setting (its label): the juniors' effective rank per epoch, one list per junior and run, from each run's
-    metrics.jsonl (on the probe of training images). Precise BN acts only after each learner's last epoch, so its
-    curves differ from those of the same option without it only through the seniors the juniors repel from."""
+def junior_curves(entries) -> dict:
+    """Per candidate: the effective rank per epoch of each junior of each run (learner 0 is no junior)."""
     curves = defaultdict(list)
-    for result in results:
-        records = [json.loads(line) for line in (Path(result["source"]).parent / "metrics.jsonl").open()]
-        for tag in sorted({record["tag"] for record in records if record["tag"].startswith("learner")} - {"learner0"}):
-            by_epoch = {record["step"]: record["effective_rank"] for record in records
-                        if record["tag"] == tag and "effective_rank" in record}
-            if by_epoch:
-                curves[label(setting(result["run"]))].append([by_epoch[epoch] for epoch in sorted(by_epoch)])
+    for entry in entries:
+        for tag, curve in entry["rank_curves"].items():
+            if tag != "learner0" and curve:
+                curves[label(entry["results"]["run"])].append(curve)
     return dict(curves)
 
 
-def rank_figure(results, path) -> None:
-    """Juniors' effective rank over the epochs, one line per setting, mean over runs and juniors; colour = the
-    repulsion, dashed = with precise BN."""
-    curves = rank_curves(results)
+def rank_figure(entries, path) -> None:
+    """The juniors' effective rank over the epochs, one line per candidate, mean over runs and juniors; colour = the
+    candidate without precise BN, dashed = with it (precise BN acts after each learner's last epoch, so it changes
+    a junior's curve only through the seniors it repels from)."""
+    curves = junior_curves(entries)
     if not curves:
-        raise UserError("no per-epoch effective rank in the runs' metrics.jsonl; were they trained by this version?")
-    names = sorted({setting(result["run"])[0] for result in results}, key=display_order)
-    colours = {name: f"C{index}" for index, name in enumerate(names)}
-    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
+        raise UserError("no per-epoch effective rank in the archive; were its runs trained by this version?")
+    options = sorted({name.removesuffix(PRECISE_BN) for name in curves}, key=display_order)
+    colours = {option: f"C{index % 10}" for index, option in enumerate(options)}
+    fig, ax = plt.subplots(figsize=(7.2, 4.2), layout="constrained")
     try:
-        for name in sorted(curves, key=lambda name: (names.index(name.removesuffix(" + precise BN")), name)):
+        for name in sorted(curves, key=display_order):
             length = min(len(curve) for curve in curves[name])
             mean = np.mean([curve[:length] for curve in curves[name]], axis=0)
             ax.plot(np.arange(1, length + 1), mean, label=f"{name} ({len(curves[name])} juniors)",
-                    color=colours[name.removesuffix(" + precise BN")],
-                    linestyle="--" if name.endswith("precise BN") else "-")
+                    color=colours[name.removesuffix(PRECISE_BN)],
+                    linestyle="--" if name.endswith(PRECISE_BN) else "-")
         ax.set(xlabel="epoch", ylabel="effective rank of the latent z",
                title="juniors' effective rank on training images (eval mode)")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="x-small")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     finally:
@@ -143,18 +343,27 @@ def rank_figure(results, path) -> None:
 @cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="runs/rar_study", help="the study's grid folder")
-    parser.add_argument("--figure", help="also draw the effective-rank figure to this PNG")
+    parser.add_argument("--runs", nargs="+", default=["runs/rar_screen", "runs/rar_confirm"],
+                        help="grid folders whose runs are archived (missing ones are skipped)")
+    parser.add_argument("--archive", default="images/rar_study", help="the study's committed archive")
+    parser.add_argument("--figure", default="images/rar_rank.png", help="the effective-rank figure (PNG)")
+    parser.add_argument("--restore", nargs="+", metavar="GRID_FOLDER",
+                        help="only restore the archived results.json files into these grid folders")
     args = parser.parse_args(argv)
-    results = [result for result in collect(args.runs) if "diagnostics" in result]
-    if not results:
-        raise UserError(f"no evaluated runs with diagnostics under {args.runs}; run the study's grids first")
-    table = markdown(study_rows(results))
-    (Path(args.runs) / "study.md").write_text(table)
+    if args.restore:
+        for folder in args.restore:
+            print(f"restored {len(restore(folder, args.archive))} results.json into {folder} from {args.archive}")
+        return
+    written = archive_runs(args.runs, args.archive)
+    entries = load_archive(args.archive)
+    if not entries:
+        raise UserError(f"no archived runs in {args.archive}; run the study's grids first (scripts/rar_study.sh)")
+    table = study_markdown(entries)
+    write_text(Path(args.archive) / "study.md", table)
+    rank_figure(entries, args.figure)
     print(table, end="")
-    if args.figure:
-        rank_figure(results, args.figure)
-        print(f"wrote {Path(args.runs) / 'study.md'} and {args.figure}")
+    print(f"archived {len(written)} new or changed runs; {len(entries)} runs in {args.archive}; "
+          f"wrote {Path(args.archive) / 'study.md'} and {args.figure}")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# The RAR study of the README ("What RAR does, and the options"): prepares the one-class Fashion-MNIST dev sets
-# (needs Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist), runs the study's grids
-# cfgs/grids/rar_study.yaml and rar_seed2.yaml with WORKERS torchrun workers (default 2; GRIDS="rar_screen rar_study
-# rar_seed2" adds the screen of every option), then writes runs/rar_study/study.md and images/rar_rank.png from
-# every run in that folder.
+# The RAR study of the README ("What RAR does, and the options"). Prepares the six dev sets, one-class Fashion-MNIST
+# classes 4, 6 and 9 with semantic anomalies (FMNIST_c<C>) and with local defects (FMNIST_local_c<C>, with masks)
+# (needs Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist); restores the archived runs
+# (images/rar_study) into runs/rar_screen and runs/rar_confirm, so that their cells count as done; runs the grids
+# cfgs/grids/rar_screen.yaml and rar_confirm.yaml (GRIDS="..." picks others; a grid file not there yet is skipped)
+# with WORKERS torchrun workers (default 2); then archives every evaluated run and writes the tables
+# (images/rar_study/study.md) and images/rar_rank.png from the archive (scripts/rar_study.py).
 # Rerunning skips finished runs. Extra arguments go to every run, e.g. Exp.device=cpu.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 setup_python requirements.txt
 for class in 4 6 9; do
     [ -f "data/FMNIST_c$class/data.json" ] || "$PY" -m datasets.prepare fmnist --class "$class" --out ./data
+    [ -f "data/FMNIST_local_c$class/data.json" ] ||
+        "$PY" -m datasets.prepare fmnist --class "$class" --anomalies local --out ./data
 done
-for grid in ${GRIDS:-rar_study rar_seed2}; do
+"$PY" scripts/rar_study.py --restore runs/rar_screen runs/rar_confirm
+for grid in ${GRIDS:-rar_screen rar_confirm}; do
+    if [ ! -f "cfgs/grids/$grid.yaml" ]; then
+        echo "skipping grid $grid: cfgs/grids/$grid.yaml does not exist yet" >&2
+        continue
+    fi
     "$PY" -m torch.distributed.run --standalone --nproc_per_node="${WORKERS:-2}" sweep.py \
         --grid "cfgs/grids/$grid.yaml" "$@"
 done
-"$PY" scripts/rar_study.py --runs runs/rar_study --figure images/rar_rank.png
+"$PY" scripts/rar_study.py --runs runs/rar_screen runs/rar_confirm --archive images/rar_study \
+    --figure images/rar_rank.png

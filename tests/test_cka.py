@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.cka import (CCA_RIDGE, SIMILARITIES, cca, debiased_cca, debiased_cka, linear_cka, pairwise_similarity,
-                       participation_ratio, rbf_cka, repulsion, spectrum)
+from utils.cka import (CCA_RIDGE, SIMILARITIES, cca, debiased_cca, debiased_cka, gradient_cosine, linear_cka,
+                       pairwise_similarity, participation_ratio, rbf_cka, repulsion, spectrum)
 
 
 def cka_numpy(x, y):
@@ -405,3 +405,62 @@ def test_effective_rank_of_isotropic_and_rank_one_features():
     rank, share = spectrum(line + 2.0)
     assert rank.item() == pytest.approx(1.0, abs=1e-6) and share.item() == pytest.approx(1.0, abs=1e-9)
     assert participation_ratio(line).item() == pytest.approx(1.0, abs=1e-9)
+
+
+def degenerate(kind, n, p, generator):
+    if kind == "constant":  # a different constant per column, some large: centring leaves only rounding residue
+        return (torch.randn(1, p, generator=generator) * 100).expand(n, p).contiguous()
+    if kind == "zero":
+        return torch.zeros(n, p)
+    return torch.randn(n, p, generator=generator)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n, p", [(64, 16), (16, 64)])  # narrow and wide taps
+@pytest.mark.parametrize("senior_kind", ["constant", "zero", "healthy"])
+@pytest.mark.parametrize("junior_kind", ["constant", "zero", "healthy"])
+def test_constant_and_zero_taps_give_finite_values_and_gradients(kind, n, p, senior_kind, junior_kind):
+    if kind in WHITENED and p >= n - 1:
+        pytest.skip("the whitened options refuse taps wider than the batch")
+    generator = torch.Generator().manual_seed(n + p)
+    junior = degenerate(junior_kind, n, p, generator).requires_grad_(True)
+    senior = degenerate(senior_kind, n, p, generator)
+    value = SIMILARITIES[kind](junior, senior)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(junior.grad).all()
+    if junior_kind != "healthy" or senior_kind != "healthy":
+        assert value.item() == 0  # nothing varies on one side: nothing to be similar to, nothing to push
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_small_but_real_variation_is_not_taken_for_a_constant(kind):
+    """1e-4 of the features' size is far above the rounding residue: still features, with the same similarity."""
+    x, y = related(seed=21, dtype=torch.float32)
+    offset = 100 * x.abs().amax()
+    shrunk = SIMILARITIES[kind](x * 1e-2 + offset, y).item()  # variation / size about 1e-4
+    assert shrunk == pytest.approx(SIMILARITIES[kind](x, y).item(), abs=2e-2) and shrunk != 0
+
+
+def test_gradient_cosine_is_the_mean_squared_cosine_per_sample():
+    generator = torch.Generator().manual_seed(31)
+    junior = torch.randn(8, 1, 4, 4, dtype=torch.float64, generator=generator)
+    senior = torch.randn(8, 1, 4, 4, dtype=torch.float64, generator=generator)
+    expected = np.mean([np.dot(a, b) ** 2 / (np.dot(a, a) * np.dot(b, b))
+                        for a, b in zip(junior.flatten(1).numpy(), senior.flatten(1).numpy())])
+    assert gradient_cosine(junior, senior).item() == pytest.approx(expected, rel=1e-12)
+    assert gradient_cosine(junior, junior).item() == pytest.approx(1.0, abs=1e-12)
+    assert gradient_cosine(junior, -3 * junior).item() == pytest.approx(1.0, abs=1e-12)  # opposite: same line
+    assert gradient_cosine(junior, senior).item() == pytest.approx(gradient_cosine(senior, junior).item(), rel=1e-12)
+    orthogonal = torch.stack([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])])
+    assert gradient_cosine(orthogonal, orthogonal.flip(0)).item() == 0
+
+
+def test_gradient_cosine_has_finite_gradients_without_host_sync():
+    junior = torch.zeros(4, 1, 8, 8, requires_grad=True)  # a junior whose error does not move with its input
+    value = gradient_cosine(junior, torch.randn(4, 1, 8, 8))
+    value.backward()
+    assert value.item() == 0 and torch.isfinite(junior.grad).all()
+    meta = torch.randn(4, 1, 8, 8, device="meta", requires_grad=True)
+    mean, _ = repulsion(meta, [torch.randn(4, 1, 8, 8, device="meta")], "gradient_cosine")
+    mean.backward()
+    assert meta.grad.shape == meta.shape

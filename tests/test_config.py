@@ -101,8 +101,8 @@ def test_readme_documents_every_key():
 
 
 def test_repulsion_names_match_the_registry():
-    from utils.cka import SIMILARITIES
-    assert config.REPULSIONS == tuple(SIMILARITIES)
+    from utils.cka import REPULSIONS
+    assert config.REPULSIONS == tuple(REPULSIONS)
 
 
 def test_repulsion_and_precise_bn_defaults_are_the_published_behaviour():

@@ -10,9 +10,9 @@ import eval as evaluate
 import train
 from datasets.medad import load_images, read_split, to_model_input
 from tests.conftest import write_config
-from utils import checkpoint, config, ensemble
+from utils import checkpoint, config, ensemble, seeding
 from utils.batchnorm import eval_and_train_errors, recompute_bn_stats
-from utils.cka import SIMILARITIES, pairwise_similarity, spectrum
+from utils.cka import SIMILARITIES, gradient_cosine, pairwise_similarity, participation_ratio, spectrum
 from utils.summary import summarize
 
 
@@ -102,7 +102,7 @@ def test_precise_bn_statistics_are_in_the_checkpoint_and_resume_exactly(tiny_roo
     images = to_model_input(load_images(split.directory, split.train, 32))
     learner = ensemble.load_learners(tmp_path / "straight", cfg, torch.device("cpu"))[1]
     before = {name: value.clone() for name, value in learner.named_buffers()}
-    recompute_bn_stats(learner, images, cfg.Solver.bs, seed=cfg.Solver.seed + 1)
+    recompute_bn_stats(learner, images, cfg.Solver.bs, seed=seeding.stream_seed(cfg.Solver.seed, 1, "precise_bn"))
     for name, value in learner.named_buffers():
         assert torch.allclose(value.float(), before[name].float(), rtol=1e-5, atol=1e-6), name
     report = state_of(tmp_path / "straight", 1)["report"]
@@ -137,3 +137,35 @@ def test_precise_bn_fast_and_eager_paths_agree(tiny_root, tmp_path):
         runs[fast] = state_of(tmp_path / f"run{fast}", 1)["model"]
     for key, value in runs[True].items():
         assert torch.allclose(runs[False][key].float(), value.float(), rtol=1e-4, atol=1e-6), key
+
+
+def test_gradient_repulsion_compares_input_gradients_and_spread_adds_the_collapse_term(tiny_root, tmp_path):
+    """Model.repulsion=gradient_cosine with Solver.spread: the junior's loss is its reconstruction loss, plus Lambda x
+    the squared cosine of its input gradients with the senior's, plus spread / participation ratio; trained end to
+    end on the cached (fast) and uncached paths alike."""
+    settings = {"Model": {"repulsion": "gradient_cosine"}, "Solver": {"num_epoch": 1, "Lambda": 0.5, "spread": 0.2}}
+    fast = write_config(tmp_path / "f.yaml", tiny_root, tmp_path / "fast", **settings)
+    eager = write_config(tmp_path / "e.yaml", tiny_root, tmp_path / "eager", Exp={"fast": False}, **settings)
+    for path in (fast, eager):
+        train.main(["--config", str(path)])
+    for index in (0, 1):
+        fast_state = checkpoint.load(checkpoint.learner_path(tmp_path / "fast", index))["model"]
+        eager_state = checkpoint.load(checkpoint.learner_path(tmp_path / "eager", index))["model"]
+        assert all(torch.allclose(fast_state[key].float(), eager_state[key].float(), atol=1e-5) for key in fast_state)
+    senior, junior = ensemble.load_learners(tmp_path / "fast", config.load(fast), torch.device("cpu"))
+    split = read_split(tiny_root / "tiny")
+    x = to_model_input(load_images(split.directory, split.train[:16], 32))
+    senior_gradient = ensemble.input_gradients_of(senior, x)
+    junior.train()
+    _, terms = train.training_loss(junior, x, [senior_gradient], 0.5, "gradient_cosine", spread=0.2)
+    x_in = x.clone().requires_grad_(True)
+    out = junior(x_in)
+    own = torch.autograd.grad(junior.score_error(out, x_in).flatten(1).mean(dim=1).sum(), x_in)[0]
+    expected = gradient_cosine(own, senior_gradient)
+    collapse = 1 / participation_ratio(out["features"])
+    assert terms["repulsion"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms["collapse"].item() == pytest.approx(collapse.item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx((junior.loss(out, x)[0] + 0.5 * expected + 0.2 * collapse).item(),
+                                                 rel=1e-5)
+    assert 0 < expected.item() <= 1 and senior_gradient.abs().sum() > 0
+    assert "collapse" in records(tmp_path / "fast", "learner1")[0]

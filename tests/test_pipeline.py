@@ -13,7 +13,8 @@ import torch
 import eval as evaluate
 import train
 from tests.conftest import REPO, run_cli, write_config
-from utils import checkpoint, ensemble
+from utils import checkpoint, config, ensemble
+from utils.errors import UserError
 
 
 def weights(run_dir, index):
@@ -165,6 +166,64 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_root, tmp_path):
         assert_same_weights(weights(tmp_path / "straight", index), weights(tmp_path / "killed", index))
 
 
+def wait_for_epoch(run_dir, tag, process, timeout=240):
+    """Until metrics.jsonl has a record of `tag` (e.g. learner1: an epoch of learner 1 finished)."""
+    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + timeout
+    while not (metrics.is_file() and f'"tag": "{tag}"' in metrics.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, f"waiting for an epoch of {tag}"
+        time.sleep(0.01)
+
+
+def test_sigterm_saves_at_the_epoch_end_and_resume_equals_uninterrupted_run(tiny_root, tmp_path):
+    """Pre-emption: the signal is kept until the epoch ends, a checkpoint is written, the process exits 143 with one
+    line; the rerun ends with the weights of a run that was never stopped."""
+    epochs, no_periodic_checkpoint = 16, {"checkpoint_every_s": 3600.0}  # so the one found was the signal's
+    straight = write_config(tmp_path / "a.yaml", tiny_root, tmp_path / "straight", Solver={"num_epoch": epochs},
+                             Exp=no_periodic_checkpoint)
+    stopped = write_config(tmp_path / "b.yaml", tiny_root, tmp_path / "stopped", Solver={"num_epoch": epochs},
+                           Exp=no_periodic_checkpoint)
+    assert run_cli("train.py", "--config", straight).returncode == 0
+
+    process = subprocess.Popen([sys.executable, "train.py", "--config", str(stopped)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_epoch(tmp_path / "stopped", "learner1", process)  # the junior: its resume reloads the senior
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    junior = checkpoint.learner_path(tmp_path / "stopped", 1)
+    stopped_at = checkpoint.load(junior)["epoch"]
+    assert 1 <= stopped_at < epochs, "the signal must land while learner 1 is training"
+    assert err.splitlines()[-1] == (f"stopped by SIGTERM: learner 1 saved after epoch {stopped_at} of {epochs} in "
+                                    f"{junior}; rerun the same command to resume")  # the progress bar comes before
+
+    result = run_cli("train.py", "--config", stopped)
+    assert result.returncode == 0, result.stderr
+    assert f"learner 1: resuming at epoch {stopped_at}" in result.stdout
+    for index in range(2):
+        assert_same_weights(weights(tmp_path / "straight", index), weights(tmp_path / "stopped", index))
+
+
+STOPPED_AT_ONCE = """
+import os, signal, time
+from utils import stop
+from utils.errors import cli
+
+@cli
+def main():
+    with stop.immediate("evaluation of X left unfinished"):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(60)
+
+main()
+"""
+
+
+def test_a_stop_signal_ends_evaluation_at_once_with_one_line():
+    result = run_cli("-c", STOPPED_AT_ONCE, timeout=60)
+    assert result.returncode == 128 + signal.SIGUSR1
+    assert result.stderr == "stopped by SIGUSR1: evaluation of X left unfinished; rerun the same command to resume\n"
+
+
 def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_root, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
     train.main(["--config", str(cfg)])
@@ -172,7 +231,8 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_root, tmp_path):
     result = run_cli("train.py", "--config", cfg, "Solver.num_epoch=3", "Solver.lr=1e30",
                      "Exp.out_dir=" + str(tmp_path / "diverge"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "learner 0, epoch" in result.stderr and "not finite" in result.stderr
+    assert "learner 0, epoch" in result.stderr and "not finite, first in rec;" in result.stderr
+    assert result.stderr.strip().endswith("try a lower Solver.lr")
     assert_same_weights(before, weights(tmp_path / "run", 0))
 
 
@@ -187,3 +247,14 @@ def test_library_code_never_imports_the_top_level_scripts():
                 names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                          else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
                 assert not {name.split(".")[0] for name in names} & scripts, (path, names)
+
+
+def test_non_finite_repulsion_is_named_with_its_senior(tiny_root, tmp_path, monkeypatch):
+    cfg = config.load(write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1}))
+    nan = torch.tensor(float("nan"))
+    monkeypatch.setattr(train, "repulsion", lambda junior, seniors, kind: (junior.sum() * nan, torch.stack([nan])))
+    with pytest.raises(UserError) as raised:
+        train.train(cfg, torch.device("cpu"), echo=False)
+    message = str(raised.value)
+    assert message.startswith("learner 1, epoch 1: loss is not finite, first in repulsion, cka_senior0;")
+    assert message.endswith("try another Model.repulsion or a lower Solver.Lambda")

@@ -1,4 +1,5 @@
 """The grid runner: grid files, torchrun workers, Slurm-style single cells, failures, locks, kill and rerun."""
+import contextlib
 import csv
 import json
 import os
@@ -8,13 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 import sweep
 from tests.conftest import REPO, write_config
 from utils import grid as grids
+from utils import runlock
 from utils.errors import UserError
 
 
@@ -88,7 +89,7 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(two_configs, tiny_root
 def test_a_cell_locked_by_another_launcher_is_skipped(two_configs, tmp_path, capsys):
     grid_file = write_grid(tmp_path / "grid.yaml", two_configs[:1])
     cells = grids.load(grid_file).cells
-    lock = grids.CellLock(cells[0].run_dir)
+    lock = runlock.RunLock(cells[0].run_dir)
     assert lock.acquire()
     try:
         assert grids.state(cells[0]) == "running"
@@ -191,12 +192,12 @@ def test_a_list_of_vary_mappings_gives_each_product_in_turn(tmp_path):
 
 
 def test_shipped_grids_load():
-    sizes = {"paper.yaml": 60, "ablation.yaml": 36, "demo.yaml": 3, "rar_screen.yaml": 24, "rar_study.yaml": 12,
-             "rar_seed2.yaml": 4}
+    sizes = {"paper.yaml": 60, "ablation.yaml": 36, "demo.yaml": 3, "rar_screen.yaml": 54}
+    assert sizes.keys() == {path.name for path in (REPO / "cfgs" / "grids").glob("*.yaml")}
     for name, size in sizes.items():
         grid = grids.load(REPO / "cfgs" / "grids" / name)
         assert len(grid.cells) == size
-        assert grid.folder == Path("runs") / ("rar_study" if name.startswith("rar") else name.removesuffix(".yaml"))
+        assert grid.folder == Path("runs") / name.removesuffix(".yaml")
     paper = grids.load(REPO / "cfgs" / "grids" / "paper.yaml")
     assert {cell.config_path for cell in paper.cells} == {f"cfgs/{p.name}" for p in (REPO / "cfgs").glob("*.yaml")
                                                           if p.name != "Demo_AE.yaml"}
@@ -212,43 +213,32 @@ def test_slurm_script_runs_its_array_task(two_configs, tmp_path):
     assert json.loads((tmp_path / "runs" / "g" / "tiny_AE_s1" / "results.json").read_text())["run"]["seed"] == 1
 
 
-def test_rar_study_table_pools_runs_per_setting(tmp_path):
-    """scripts/rar_study.py: one row per (repulsion, precise BN), means and stds over runs as NumPy gives them,
-    the juniors' CKA from the seniors' columns of each CKA matrix, Lambda 0 as no repulsion whatever its kind."""
-    from tests.conftest import load_script
-    study = load_script("rar_study")
-    rng = np.random.default_rng(0)
-    written = []
-    for index, (kind, precise_bn, Lambda, dataset) in enumerate([
-            ("linear_cka", False, 1.0, "A"), ("linear_cka", False, 1.0, "B"), ("cca", True, 1.0, "A"),
-            ("cca", False, 0.0, "A"), ("linear_cka", False, 0.0, "B")]):
-        cka = rng.random((3, 3))
-        result = {"run": {"dataset": dataset, "network": "AE", "seed": index, "repulsion": kind,
-                          "precise_bn": precise_bn, "Lambda": Lambda},
-                  "diagnostics": {"linear_cka": cka.tolist(), "effective_rank": rng.random(3).tolist()},
-                  **{score: {"auc": rng.random(), "ap": rng.random()} for score in ("rec", "unc", "dsu")}}
-        folder = tmp_path / f"run{index}"
-        folder.mkdir()
-        (folder / "results.json").write_text(json.dumps(result))
-        (folder / "metrics.jsonl").write_text("".join(
-            json.dumps({"tag": f"learner{k}", "step": e, "effective_rank": 1.0 + k + e}) + "\n"
-            for k in range(3) for e in (1, 2)))
-        written.append(result)
-    assert study.main(["--runs", str(tmp_path), "--figure", str(tmp_path / "rank.png")]) is None
-    rows = {(row["repulsion"], row["precise_bn"]): row
-            for row in study.study_rows(study.collect(tmp_path))}
-    assert set(rows) == {("linear_cka", False), ("cca", True), ("none (Lambda 0)", False)}
-    pooled, none = rows["linear_cka", False], rows["none (Lambda 0)", False]
-    assert pooled["runs"] == none["runs"] == 2 and pooled["datasets"] == ["A", "B"]
-    aucs = np.array([written[0]["dsu"]["auc"], written[1]["dsu"]["auc"]])
-    assert pooled["dsu_auc"] == pytest.approx((aucs.mean(), aucs.std(ddof=1)))
-    pairs = [np.asarray(written[i]["diagnostics"]["linear_cka"])[[1, 2, 2], [0, 0, 1]].mean() for i in (0, 1)]
-    assert pooled["junior_cka"] == pytest.approx(np.mean(pairs))
-    assert pooled["junior_rank"] == pytest.approx(np.mean([written[i]["diagnostics"]["effective_rank"][1:]
-                                                           for i in (0, 1)]))
-    assert pooled["A_dsu"] == pytest.approx(written[0]["dsu"]["auc"])
-    assert "| none (Lambda 0) | no | 2 (A/B; seeds 3, 4) |" in (tmp_path / "study.md").read_text()
-    assert (tmp_path / "rank.png").is_file()
-    curves = study.rank_curves(study.collect(tmp_path))  # juniors 1 and 2 of each run, epochs 1 and 2: 1 + k + e
-    assert curves == {"linear_cka": [[3.0, 4.0], [4.0, 5.0]] * 2, "cca + precise BN": [[3.0, 4.0], [4.0, 5.0]],
-                      "none (Lambda 0)": [[3.0, 4.0], [4.0, 5.0]] * 2}
+def test_a_slurm_task_stopped_by_its_signal_leaves_the_cell_to_the_next_launch(tiny_root, tmp_path):
+    """#SBATCH --signal=B:USR1 signals the batch shell: exec makes that python, which checkpoints the cell and
+    exits 138; the cell is not failed, and the next launch resumes it."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "unused", Solver={"num_epoch": 16},
+                       Exp={"checkpoint_every_s": 3600.0})
+    grid_file = write_grid(tmp_path / "grid.yaml", [cfg], seeds=[1])
+    cell = grids.load(grid_file).cells[0]
+    env = {**os.environ, "PYTHON": sys.executable, "SLURM_ARRAY_TASK_ID": "0", "SLURM_SUBMIT_DIR": str(REPO)}
+    task = subprocess.Popen(["bash", REPO / "scripts" / "slurm_grid.sbatch", str(grid_file)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        metrics, deadline = cell.run_dir / "metrics.jsonl", time.monotonic() + 240
+        while not (metrics.is_file() and '"tag": "learner0"' in metrics.read_text()):
+            assert task.poll() is None and time.monotonic() < deadline, "waiting for an epoch of learner 0"
+            time.sleep(0.01)
+        os.kill(task.pid, signal.SIGUSR1)  # to the batch shell's process, as Slurm sends it
+        out, err = task.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever the signal left running
+            os.killpg(task.pid, signal.SIGKILL)
+    assert task.returncode == 128 + signal.SIGUSR1, err
+    assert f"{cell.name}: interrupted after" in out and "stopped by SIGUSR1: learner 0 saved after epoch" in out
+    assert err.splitlines()[-1] == ("stopped by SIGUSR1: no further cell of grid g taken; "
+                                    "rerun the same command to resume")
+    assert grids.state(cell) == "partial" and not (cell.run_dir / grids.ERROR).exists()
+
+    assert sweep.main(["--grid", str(grid_file), "--cell", "0"]) == 0  # the next launch
+    assert grids.state(cell) == "done"
+    assert "learner 0: resuming at epoch" in (cell.run_dir / "train.log").read_text()

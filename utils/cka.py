@@ -2,8 +2,15 @@
 
 Linear CKA (the published choice) is invariant to isotropic scaling and orthogonal transforms of either feature
 space, so a junior cannot look "different" from a senior by merely rotating or rescaling the same features. It can,
-however, look different by moving almost all of its variance into one direction the senior lacks (issue #11);
-the whitened similarities below (cca, debiased_cca) are invariant to every invertible linear map and close that gap.
+however, look different by moving almost all of its variance into one direction the senior lacks. What the others
+guarantee against that (figures on a batch of 64 with 16 dimensions, mean of 200 random draws, senior unrelated to
+the junior; an unrelated junior collapsed to one direction against an unrelated healthy one):
+- cca is invariant (up to the ridge) to every invertible linear map, so variance piled into one direction no longer
+  hides the directions a junior shares with a senior. It does not stop collapse: on a batch it has a floor of about
+  max(p, q) / (n - 1) for unrelated features, which a collapsed junior escapes (0.018 against 0.254).
+- debiased_cca has the same invariance and no floor, so collapsing buys nothing (-0.001 against -0.000): of the
+  options here, the only one that neither hidden shared directions nor collapse can lower.
+- debiased_cka and rbf_cka are no better than linear CKA against variance in one direction (tests/test_cka.py).
 
 Every similarity takes x (n x p) and y (n x q), rows = samples (wider tensors are flattened per sample), returns a
 0-dim tensor that is differentiable with respect to both, and uses tensor operations only: no host sync and no
@@ -12,6 +19,7 @@ branching on values, so it runs inside a captured CUDA graph (utils/fast.py).
 import torch
 
 CCA_RIDGE = 1e-4  # ridge of the whitened similarities, relative to the mean eigenvalue of the covariance
+CONSTANT_BELOW = 64  # centred features below this many float eps of their raw size are a constant's rounding residue
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -20,28 +28,38 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     With centred columns, HSIC(x, y) = ||yc^T xc||_F^2 = sum((xc xc^T) * (yc yc^T)); the first form is cheaper when
     the feature widths are below the batch size, the second when they are above it. Same value either way.
     """
-    x = x.flatten(1)
-    y = y.flatten(1)
-    x = x - x.mean(dim=0, keepdim=True)
-    y = y - y.mean(dim=0, keepdim=True)
+    x, y = _centred(x), _centred(y)
     n = x.shape[0]
     if max(x.shape[1], y.shape[1]) < n:
         cross = (y.t() @ x).pow(2).sum()
-        norm = torch.linalg.matrix_norm(x.t() @ x) * torch.linalg.matrix_norm(y.t() @ y)
+        self_x, self_y = (x.t() @ x).pow(2).sum(), (y.t() @ y).pow(2).sum()
     else:
-        gram_x = x @ x.t()
-        gram_y = y @ y.t()
+        gram_x, gram_y = x @ x.t(), y @ y.t()
         cross = (gram_x * gram_y).sum()
-        norm = (gram_x.pow(2).sum() * gram_y.pow(2).sum()).sqrt()
-    return cross / norm.clamp_min(1e-8)
+        self_x, self_y = gram_x.pow(2).sum(), gram_y.pow(2).sum()
+    return cross / (_safe_sqrt(self_x) * _safe_sqrt(self_y))
+
+
+def _safe_sqrt(value: torch.Tensor, floor: float = 1e-12) -> torch.Tensor:
+    """sqrt with the floor applied first: a clamp after the sqrt would still send sqrt's infinite slope at 0
+    back as NaN gradients (constant or all-zero features)."""
+    return value.clamp_min(floor).sqrt()
 
 
 def _centred(x: torch.Tensor) -> torch.Tensor:
-    """Flattened, centred columns, scaled to unit RMS: the similarities below are invariant to both, and the unit
-    scale keeps their small clamps (which guard all-zero features) far below any real value in float32."""
-    x = x.flatten(1)
-    x = x - x.mean(dim=0, keepdim=True)
-    return x / x.pow(2).mean().sqrt().clamp_min(torch.finfo(x.dtype).tiny)
+    """Flattened, centred columns, scaled to unit RMS (every similarity here is invariant to both; unit scale keeps
+    the small floors far below any real value in float32).
+
+    A feature map that is constant over the batch has no variance to compare, only the rounding residue of its
+    centring (at most about 4 float eps of its size), which the scaling would blow up to unit noise: below
+    CONSTANT_BELOW eps of the features' size it is set to exactly 0, and every similarity of it is 0, with zero
+    gradients. Tensor operations only: no host sync.
+    """
+    raw = x.flatten(1)
+    x = raw - raw.mean(dim=0, keepdim=True)
+    varies = x.detach().abs().amax() > CONSTANT_BELOW * torch.finfo(x.dtype).eps * raw.detach().abs().amax()
+    power = x.pow(2).mean()
+    return x * torch.rsqrt(torch.where(varies, power, torch.ones_like(power))) * varies
 
 
 def _whiten(x: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -61,7 +79,8 @@ def _whiten(x: torch.Tensor, ridge: float) -> torch.Tensor:
         raise ValueError(f"whitened similarities need fewer feature dimensions ({p}) than samples - 1 ({n - 1}): "
                          "from there on every canonical correlation is 1 whatever the features")
     cov = x.t() @ x / n
-    shift = (ridge * cov.diagonal().mean()).clamp_min(torch.finfo(x.dtype).tiny)
+    mean_eigenvalue = cov.diagonal().mean()  # 1 for unit-RMS features, 0 for constant ones (the ridge then is 1)
+    shift = ridge * torch.where(mean_eigenvalue > 0, mean_eigenvalue, torch.ones_like(mean_eigenvalue))
     factor, _ = torch.linalg.cholesky_ex(cov + shift * torch.eye(p, dtype=x.dtype, device=x.device))  # _ex: no sync
     return torch.linalg.solve_triangular(factor, x.t(), upper=False).t()
 
@@ -94,7 +113,7 @@ def _unbiased_hsic(gram_x: torch.Tensor, gram_y: torch.Tensor) -> torch.Tensor:
 def _debiased_cka_of_grams(gram_x, gram_y):
     xy, xx, yy = _unbiased_hsic(gram_x, gram_y), _unbiased_hsic(gram_x, gram_x), _unbiased_hsic(gram_y, gram_y)
     # The unbiased estimates of HSIC(x, x) can dip below 0 on degenerate batches; clamping keeps the value finite.
-    return xy / (xx.clamp_min(0) * yy.clamp_min(0)).sqrt().clamp_min(1e-8)
+    return xy / _safe_sqrt(xx.clamp_min(0) * yy.clamp_min(0), 1e-16)
 
 
 def debiased_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -127,7 +146,8 @@ def _rbf_gram(x: torch.Tensor) -> torch.Tensor:
     dist2 = (sq[:, None] + sq[None, :] - 2 * x @ x.t()).clamp_min(0)
     n = x.shape[0]
     upper = torch.triu_indices(n, n, 1, device=x.device)
-    bandwidth2 = dist2.detach()[upper[0], upper[1]].median().clamp_min(torch.finfo(x.dtype).tiny)
+    median = dist2.detach()[upper[0], upper[1]].median()
+    bandwidth2 = torch.where(median > 0, median, torch.ones_like(median))  # all samples equal: any bandwidth
     return torch.exp(-dist2 / (2 * bandwidth2))
 
 
@@ -140,21 +160,33 @@ def rbf_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """CKA with Gaussian (RBF) kernels, median-distance bandwidth, one per input: sees non-linear relations too.
     Invariant to orthogonal maps, isotropic scaling and translation (the bandwidth scales with the distances)."""
     gram_x, gram_y = _centre_gram(_rbf_gram(_centred(x))), _centre_gram(_rbf_gram(_centred(y)))
-    norm = (gram_x.pow(2).sum() * gram_y.pow(2).sum()).sqrt()
-    return (gram_x * gram_y).sum() / norm.clamp_min(1e-8)
+    return (gram_x * gram_y).sum() / (_safe_sqrt(gram_x.pow(2).sum()) * _safe_sqrt(gram_y.pow(2).sum()))
 
 
-# Model.repulsion picks one of these (utils/config.py lists the same names).
+def gradient_cosine(junior: torch.Tensor, senior: torch.Tensor) -> torch.Tensor:
+    """Mean over the samples of the squared cosine between two learners' input gradients of their reconstruction
+    error, the space DSU scores in (LIT, Ross et al. 2020): 1 when both move every image's error the same way (or
+    exactly opposite), 0 when orthogonal. Rows = samples, same shape on both sides."""
+    junior, senior = junior.flatten(1), senior.flatten(1)
+    cosine = (junior * senior).sum(dim=1) / (_safe_sqrt(junior.pow(2).sum(dim=1), 1e-30)
+                                            * _safe_sqrt(senior.pow(2).sum(dim=1), 1e-30))
+    return cosine.pow(2).mean()
+
+
+# Similarities of tapped features; Model.repulsion picks one of these or of GRADIENT_SIMILARITIES (utils/config.py
+# lists the same names).
 SIMILARITIES = {"linear_cka": linear_cka, "cca": cca, "debiased_cka": debiased_cka, "rbf_cka": rbf_cka,
                 "debiased_cca": debiased_cca}
+GRADIENT_SIMILARITIES = {"gradient_cosine": gradient_cosine}  # compare input gradients, not features
+REPULSIONS = {**SIMILARITIES, **GRADIENT_SIMILARITIES}
 
 
 def repulsion(junior: torch.Tensor, seniors: list, kind: str = "linear_cka") -> tuple:
-    """RAR term of one junior: the mean similarity against each senior's (detached) features, and the per-senior
-    values. `kind` names an entry of SIMILARITIES."""
-    if kind not in SIMILARITIES:
-        raise ValueError(f"unknown repulsion '{kind}'; valid: {', '.join(SIMILARITIES)}")
-    similarity = SIMILARITIES[kind]
+    """RAR term of one junior: the mean similarity against each senior's (detached) features, or input gradients
+    for a kind of GRADIENT_SIMILARITIES, and the per-senior values. `kind` names an entry of REPULSIONS."""
+    if kind not in REPULSIONS:
+        raise ValueError(f"unknown repulsion '{kind}'; valid: {', '.join(REPULSIONS)}")
+    similarity = REPULSIONS[kind]
     per_senior = torch.stack([similarity(junior, senior) for senior in seniors])
     return per_senior.mean(), per_senior
 

@@ -14,9 +14,9 @@ import yaml
 from utils.errors import UserError
 
 NETWORKS = ("AE", "AE-U", "MemAE")
-# The similarities RAR can repel with: the keys of utils.cka.SIMILARITIES (kept here so that loading a config
+# The similarities RAR can repel with: the keys of utils.cka.REPULSIONS (kept here so that loading a config
 # does not import torch; a test checks that the two agree).
-REPULSIONS = ("linear_cka", "cca", "debiased_cka", "rbf_cka", "debiased_cca")
+REPULSIONS = ("linear_cka", "cca", "debiased_cka", "rbf_cka", "debiased_cca", "gradient_cosine")
 WHITENED = ("cca", "debiased_cca")  # need fewer feature dimensions than a batch has samples, minus one
 
 
@@ -29,6 +29,7 @@ class Exp:
     tf32: bool = False  # allow TF32 matmul/convolutions on Ampere+ GPUs (faster, about 1e-3 relative error)
     score_batch: int = 0  # test-time batch size; 0 = chosen from memory
     workers: int = 0  # image decoding threads; 0 = all cores
+    share_learner0: str = ""  # folder where runs whose learner 0 is the same (all but the juniors' settings) share it
 
 
 @dataclass
@@ -41,7 +42,8 @@ class Model:
     mem_dim: int = 25  # MemAE: memory slots
     shrink_thres: float = 0.0025  # MemAE: hard-shrinkage threshold (the value every published run used)
     entropy_loss_weight: float = 0.0002  # MemAE: weight of the attention entropy loss
-    repulsion: str = "linear_cka"  # RAR similarity (REPULSIONS, utils/cka.py); linear_cka is the published one
+    repulsion: str = "linear_cka"  # RAR similarity (REPULSIONS, utils/cka.py); linear_cka is the published one;
+    # gradient_cosine compares input gradients of the reconstruction error instead of tapped features
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Solver:
     num_epoch: int = 250  # per learner
     seed: int = 8
     Lambda: float = 1.0  # weight of the RAR repulsion term
+    spread: float = 0.0  # juniors only: weight of 1 / participation ratio of the tapped features (anti-collapse)
     precise_bn: bool = False  # after each learner, recompute BatchNorm statistics over the training set (exact average)
 
 
@@ -123,6 +126,8 @@ def _check(cfg: Config) -> Config:
         raise UserError(f"config Model.repulsion={cfg.Model.repulsion} whitens the features, which needs fewer "
                         f"dimensions than Solver.bs - 1 ({cfg.Solver.bs - 1}); only the latent z is that narrow: "
                         "use Model.layer=4 with Model.ls below it, or a CKA repulsion")
+    if cfg.Solver.spread < 0:
+        raise UserError(f"config Solver.spread must be 0 or positive, got {cfg.Solver.spread}")
     if cfg.Model.repulsion.startswith("debiased") and cfg.Solver.bs < 4:
         raise UserError(f"config Model.repulsion={cfg.Model.repulsion} needs Solver.bs of at least 4, "
                         f"got {cfg.Solver.bs}")

@@ -9,7 +9,7 @@ from datasets.medad import to_model_input
 from utils import checkpoint, config
 from utils.errors import UserError
 from utils.runtime import set_tf32
-from utils.scores import SCORES, image_scores, score_maps
+from utils.scores import SCORES, image_scores, input_gradient, score_maps
 
 
 def load_learners(run_dir, cfg, device):
@@ -51,6 +51,16 @@ def load_run(run_dir, device):
 def features_of(learner, images, batch_size=256):
     """A frozen learner's tapped features for a whole image tensor (exact: eval mode, no augmentation)."""
     return torch.cat([learner(images[i:i + batch_size])["features"] for i in range(0, len(images), batch_size)])
+
+
+def input_gradients_of(learner, images, batch_size=256):
+    """A frozen learner's input gradients for a whole image tensor (eval mode: exact per image)."""
+    parts = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].detach().requires_grad_(True)
+        with torch.enable_grad():
+            parts.append(input_gradient(learner, learner(x), x))
+    return torch.cat(parts)
 
 
 @torch.no_grad()

@@ -22,8 +22,7 @@ def score_maps(learners, x: torch.Tensor) -> dict:
         x_in = x.detach().requires_grad_(True)
         with torch.enable_grad():
             out = learner(x_in)
-            error = learner.score_error(out, x_in)
-            (gradient,) = torch.autograd.grad(error.flatten(1).mean(dim=1).sum(), x_in)
+            gradient = input_gradient(learner, out, x_in)
         x_hat = out["x_hat"].detach()
         reconstructions.append(x_hat)
         variances.append(learner.pixel_variance(out).detach())
@@ -36,6 +35,13 @@ def score_maps(learners, x: torch.Tensor) -> dict:
         "dsu": variance_over_learners(input_terms).sqrt() / variance.sqrt(),
         "x_hat": ensemble,
     }
+
+
+def input_gradient(learner, out, x, create_graph=False):
+    """d(each image's mean score_error)/dx for the learner's output `out` on x (which must require grad). In eval
+    mode the images are independent, so the gradient of the batch's sum is every image's own."""
+    error = learner.score_error(out, x).flatten(1).mean(dim=1).sum()
+    return torch.autograd.grad(error, x, create_graph=create_graph)[0]
 
 
 # Written out over the list of learners: torch.var/std over a short leading dimension are several times slower on

@@ -1,0 +1,210 @@
+"""scripts/rar_study.py: candidate labels, the archive and its restore, paired differences, the decision, the figure."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from eval import write_json
+from tests.conftest import REPO, load_script
+from utils import config, grid as grids
+from utils.errors import UserError
+
+study = load_script("rar_study")
+SCREEN = REPO / "cfgs" / "grids" / "rar_screen.yaml"
+PUBLISHED = "published (linear_cka, Lambda 1)"
+PLAIN, PLAIN_PBN = "Lambda 0 (plain ensemble)", "Lambda 0 (plain ensemble) + precise BN"
+SETTINGS = {PUBLISHED: dict(Lambda=1.0), PLAIN: dict(Lambda=0.0), PLAIN_PBN: dict(Lambda=0.0, precise_bn=True),
+            "debiased_cca, Lambda 1 + precise BN": dict(repulsion="debiased_cca", precise_bn=True),
+            "linear_cka, Lambda 0.1 + precise BN": dict(Lambda=0.1, precise_bn=True),
+            "gradient_cosine, Lambda 0.1 + precise BN": dict(repulsion="gradient_cosine", Lambda=0.1, precise_bn=True),
+            "linear_cka, Lambda 1, spread 1 + precise BN": dict(spread=1.0, precise_bn=True)}
+
+
+def results_of(run, aucs, rng, pixel=None):
+    """A results.json dict as eval.py writes it: scores (image AUC given, AP random, pixel metrics given), the run's
+    settings, diagnostics of three learners."""
+    results = {score: {"auc": aucs[score], "ap": float(rng.random()), "chi2": float(rng.random()),
+                       **({"pixel_auroc": pixel[score], "pixel_ap": 0.1} if pixel else {})}
+               for score in ("rec", "unc", "dsu")}
+    results["run"] = run
+    results["diagnostics"] = {"linear_cka": rng.random((3, 3)).tolist(), "effective_rank": rng.random(3).tolist(),
+                              "top_share": [0.5] * 3, "learners": [None, {}, {}], "warnings": []}
+    return results
+
+
+def entry(name, dataset, seed, rec=0.5, unc=0.5, dsu=0.5, pixel=None, rng=None):
+    """An archive entry of candidate `name` (SETTINGS) with the given image AUCs."""
+    rng = rng or np.random.default_rng(seed)
+    run = {"repulsion": "linear_cka", "dataset": dataset, "seed": seed, "Lambda": 1.0, "spread": 0.0,
+           "precise_bn": False, **SETTINGS[name]}
+    return {"results": results_of(run, {"rec": rec, "unc": unc, "dsu": dsu}, rng, pixel), "rank_curves": {},
+            "train_seconds": {}}
+
+
+def test_labels_name_the_nine_candidates_of_the_screen_in_order():
+    cells = grids.load(SCREEN).cells
+    labels = [study.label(config.run_settings(cell.cfg)) for cell in cells]
+    ordered = sorted(set(labels), key=study.display_order)
+    assert ordered == [PUBLISHED, PUBLISHED + " + precise BN", PLAIN, PLAIN_PBN,
+                       "debiased_cca, Lambda 1 + precise BN", "gradient_cosine, Lambda 0.1 + precise BN",
+                       "linear_cka, Lambda 0.01 + precise BN", "linear_cka, Lambda 0.1 + precise BN",
+                       "linear_cka, Lambda 1, spread 1 + precise BN"]
+    assert all(labels.count(name) == 6 for name in ordered)
+    # Lambda 0 repels nothing whatever the kind and spread; runs from before "spread" existed count as spread 0
+    assert study.label({"Lambda": 0, "repulsion": "debiased_cca", "spread": 2.0}) == PLAIN
+    assert study.label({"Lambda": 1.0, "repulsion": "linear_cka"}) == PUBLISHED
+
+
+def test_archive_then_restore_gives_each_run_its_own_results_json(tmp_path, capsys):
+    """Archive the runs of the screen grid, lose the run folders, restore: the same bytes, and the grid runner
+    counts the cells as done; archiving again keeps the curves of the archive."""
+    grid = grids.load(SCREEN, out_dir=tmp_path / "runs")
+    rng = np.random.default_rng(0)
+    cells = [grid.cells[index] for index in (0, 1, 6, 7)]  # published and Lambda 0 on FMNIST_c4 and _local_c4
+    texts = {}
+    for cell in cells:
+        run = {**config.run_settings(cell.cfg), "split": "custom", "out_dir": str(cell.run_dir)}
+        cell.run_dir.mkdir(parents=True)
+        write_json(results_of(run, {s: float(rng.random()) for s in ("rec", "unc", "dsu")}, rng),
+                   cell.run_dir / "results.json")
+        texts[cell.name] = (cell.run_dir / "results.json").read_bytes()
+        records = [{"tag": f"learner{k}", "step": e, "loss": 1.0, "epoch_s": 10.0 * k + e, "effective_rank": k + e}
+                   for k in range(3) for e in (1, 2, 3)]
+        records.append({"tag": "learner2", "step": 3, "epoch_s": 100.0, "effective_rank": 9.0})  # after a resume
+        (cell.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"tag": "lea')
+    unevaluated = grid.cells[2]
+    unevaluated.run_dir.mkdir(parents=True)  # trained partly, no results.json: not archived
+    archive, figure = tmp_path / "archive", tmp_path / "rank.png"
+
+    assert study.main(["--runs", str(grid.folder), str(tmp_path / "missing"), "--archive", str(archive),
+                       "--figure", str(figure)]) is None
+    files = sorted((archive / "rar_screen").glob("*.json"))
+    assert [path.stem for path in files] == sorted(cell.name for cell in cells)
+    archived = json.loads(files[0].read_text())
+    assert archived["results"] == json.loads(texts[files[0].stem])
+    assert archived["rank_curves"] == {"learner0": [1, 2, 3], "learner1": [2, 3, 4], "learner2": [3, 4, 9.0]}
+    assert archived["train_seconds"] == pytest.approx({"learner0": 6.0, "learner1": 36.0, "learner2": 143.0})
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = study.junior_curves(study.load_archive(archive))
+    assert curves == {PUBLISHED: [[2, 3, 4], [3, 4, 9.0]] * 2, PLAIN: [[2, 3, 4], [3, 4, 9.0]] * 2}
+    assert (archive / "study.md").read_text() in capsys.readouterr().out
+
+    shutil.rmtree(grid.folder)
+    mine = cells[1].run_dir
+    mine.mkdir(parents=True)
+    (mine / "results.json").write_text("{}")  # a run folder with its own results.json is left alone
+    assert study.main(["--restore", str(grid.folder), "--archive", str(archive)]) is None
+    assert (mine / "results.json").read_text() == "{}"
+    for cell in (cells[0], *cells[2:]):
+        assert (cell.run_dir / "results.json").read_bytes() == texts[cell.name]
+        assert grids.is_done(cell) and grids.state(cell) == "done"
+    assert not grids.is_done(cells[1]) and not grids.is_done(unevaluated)
+
+    before = {path: path.read_bytes() for path in files}
+    study.main(["--runs", str(grid.folder), "--archive", str(archive), "--figure", str(figure)])
+    assert {path: path.read_bytes() for path in files} == before  # restored runs have no metrics.jsonl
+
+
+def test_paired_differences_match_runs_on_data_set_and_seed():
+    """Means and 95% t intervals of candidate - reference over the matched (data set, seed) pairs, as NumPy and
+    SciPy give them; unmatched runs left out; pixel AUROC only where the runs have masks."""
+    rng = np.random.default_rng(1)
+    candidate, reference = "debiased_cca, Lambda 1 + precise BN", PUBLISHED
+    sets = ["FMNIST_c4", "FMNIST_local_c4", "FMNIST_c6", "FMNIST_local_c6"]
+    runs = {}
+    for name in (candidate, reference):
+        for dataset in sets:
+            for seed in (1, 2):
+                pixel = {s: float(rng.random()) for s in ("rec", "unc", "dsu")} if "local" in dataset else None
+                runs[name, dataset, seed] = entry(name, dataset, seed, *rng.random(3), pixel=pixel, rng=rng)
+    del runs[reference, "FMNIST_c6", 2], runs[candidate, "FMNIST_local_c4", 1]  # no partner
+    runs[reference, "FMNIST_c9", 1] = entry(reference, "FMNIST_c9", 1, 0.9, 0.9, 0.9, rng=rng)
+    groups = study.by_candidate(runs.values())
+    pairs = [(d, s) for d in sets for s in (1, 2) if (candidate, d, s) in runs and (reference, d, s) in runs]
+    assert len(pairs) == 6
+
+    for score in ("rec", "unc", "dsu"):
+        for metric, matched in (("auc", pairs), ("pixel_auroc", [pair for pair in pairs if "local" in pair[0]])):
+            differences = np.array([runs[candidate, *pair]["results"][score][metric]
+                                    - runs[reference, *pair]["results"][score][metric] for pair in matched])
+            half = stats.t.ppf(0.975, len(differences) - 1) * differences.std(ddof=1) / np.sqrt(len(differences))
+            got = study.paired_difference(groups, candidate, reference, score, metric)
+            assert got["n"] == len(matched) == (6 if metric == "auc" else 3)
+            assert got["mean"] == pytest.approx(differences.mean())
+            assert (got["low"], got["high"]) == pytest.approx((differences.mean() - half, differences.mean() + half))
+    text = study.study_markdown([entry for entry in runs.values()])
+    assert study.format_difference(study.paired_difference(groups, candidate, reference, "dsu", "auc")) in text
+
+    one = study.by_candidate([entry(candidate, "FMNIST_c4", 1, rec=0.7), entry(reference, "FMNIST_c4", 1, rec=0.5),
+                              entry(reference, "FMNIST_c6", 1)])
+    single = study.paired_difference(one, candidate, reference, "rec", "auc")
+    assert single == {"mean": pytest.approx(0.2), "low": None, "high": None, "n": 1}
+    assert study.format_difference(single) == "+0.200 (n=1)"
+    assert study.paired_difference(one, candidate, reference, "rec", "pixel_auroc") is None
+    assert study.format_difference({"mean": 0.012, "low": -0.004, "high": 0.028, "n": 6}) == \
+        "+0.012 [-0.004, +0.028] (n=6)"
+
+
+def test_pooled_row_and_per_data_set_means():
+    rng = np.random.default_rng(2)
+    name = "linear_cka, Lambda 0.1 + precise BN"
+    members = [entry(name, dataset, seed, *rng.random(3), rng=rng,
+                     pixel={s: float(rng.random()) for s in ("rec", "unc", "dsu")} if "local" in dataset else None)
+               for dataset in ("FMNIST_c4", "FMNIST_local_c4") for seed in (1, 2)]
+    members[0]["train_seconds"] = {"learner0": 50.0, "learner1": 10.0, "learner2": 20.0}
+    results = [member["results"] for member in members]
+    row = study.pooled(members)
+    assert row["runs"] == 4 and row["seeds"] == [1, 2]
+    assert row["dsu", "auc"] == pytest.approx(np.mean([r["dsu"]["auc"] for r in results]))
+    assert row["unc", "pixel_auroc"] == pytest.approx(np.mean([r["unc"]["pixel_auroc"] for r in results[2:]]))
+    pairs = [np.asarray(r["diagnostics"]["linear_cka"])[[1, 2, 2], [0, 0, 1]].mean() for r in results]
+    assert row["junior_cka"] == pytest.approx(np.mean(pairs))
+    assert row["junior_rank"] == pytest.approx(np.mean([r["diagnostics"]["effective_rank"][1:] for r in results]))
+    assert row["junior_seconds"] == pytest.approx(30.0)
+    text = study.study_markdown(members)
+    c4_rec = np.mean([r["rec"]["auc"] for r in results[:2]])
+    assert f"| {name} | {c4_rec:.3f} | {np.mean([r['rec']['auc'] for r in results[2:]]):.3f} |" in text
+
+
+def test_decision_needs_dsu_above_every_reference_and_rec_not_below_published():
+    rng = np.random.default_rng(3)
+    pairs = [(dataset, seed) for dataset in ("FMNIST_c4", "FMNIST_c6") for seed in (1, 2)]
+    entries = []
+    for dataset, seed in pairs:
+        base = {PUBLISHED: 0.68, PLAIN: 0.69, PLAIN_PBN: 0.75}
+        entries += [entry(name, dataset, seed, rec=0.6, dsu=dsu) for name, dsu in base.items()]
+        noise = rng.uniform(-0.005, 0.005)
+        entries.append(entry("debiased_cca, Lambda 1 + precise BN", dataset, seed, rec=0.6, dsu=0.80 + noise))
+        entries.append(entry("gradient_cosine, Lambda 0.1 + precise BN", dataset, seed, rec=0.59, dsu=0.80 + noise))
+    swing = dict(zip(pairs, (0.02, -0.01, 0.03, -0.02)))  # mean +0.005 over Lambda 0 + precise BN: interval reaches 0
+    entries += [entry("linear_cka, Lambda 0.1 + precise BN", d, s, rec=0.61, dsu=0.75 + swing[d, s]) for d, s in pairs]
+    entries.append(entry("linear_cka, Lambda 1, spread 1 + precise BN", "FMNIST_c4", 1, rec=0.7, dsu=0.9))
+    groups = study.by_candidate(entries)
+
+    assert study.failed_conditions(groups, "debiased_cca, Lambda 1 + precise BN") == []
+    assert study.failed_conditions(groups, "gradient_cosine, Lambda 0.1 + precise BN") == \
+        [f"rec vs {PUBLISHED}: falls by 0.010"]
+    low = study.paired_difference(groups, "linear_cka, Lambda 0.1 + precise BN", PLAIN_PBN, "dsu", "auc")["low"]
+    assert low < 0 and study.failed_conditions(groups, "linear_cka, Lambda 0.1 + precise BN") == \
+        [f"dsu vs {PLAIN_PBN}: interval reaches {low:+.3f}"]
+    assert study.failed_conditions(groups, "linear_cka, Lambda 1, spread 1 + precise BN") == \
+        [f"dsu vs {reference}: fewer than 2 pairs" for reference in (PUBLISHED, PLAIN, PLAIN_PBN)]
+    assert all(study.failed_conditions(groups, name) == ["a reference"] for name in (PUBLISHED, PLAIN, PLAIN_PBN))
+    assert "**Recommended: debiased_cca, Lambda 1 + precise BN**" in study.study_markdown(entries)
+    others = [e for e in entries if study.label(e["results"]["run"]) != "debiased_cca, Lambda 1 + precise BN"]
+    assert "**No candidate passes.**" in study.study_markdown(others)
+
+
+def test_a_run_repeated_in_a_second_grid_counts_once(tmp_path, capsys):
+    for grid, dsu in (("rar_confirm", 0.9), ("rar_screen", 0.1)):
+        path = tmp_path / grid / "FMNIST_c4_AE_s1.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(entry(PUBLISHED, "FMNIST_c4", 1, dsu=dsu)))
+    entries = study.load_archive(tmp_path)
+    assert [e["results"]["dsu"]["auc"] for e in entries] == [0.9]
+    assert "rar_screen/FMNIST_c4_AE_s1.json repeats" in capsys.readouterr().err
+    (tmp_path / "rar_screen" / "FMNIST_c4_AE_s1.json").write_text("{")
+    with pytest.raises(UserError, match="archive file .* is unreadable"):
+        study.load_archive(tmp_path)
