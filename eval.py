@@ -21,12 +21,13 @@ from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
 from utils import config, runlock, stop
 from utils import ensemble
-from utils.atomic import atomic_write
+from utils.atomic import atomic_write_text
 from utils.cka import SIMILARITIES, pairwise_similarity, spectrum
+from utils.diagnostics import warnings_of
 from utils.ensemble import load_learners, score_dataset
 from utils.errors import UserError, cli
-from utils.figures import anomaly_grid, chi_square_distance, roc_pr_curves, score_histograms, similarity_heatmap
-from utils.metrics import image_metrics, pixel_metrics_of_maps
+from utils.figures import anomaly_grid, roc_pr_curves, score_histograms, similarity_heatmap
+from utils.metrics import chi_square_distance, image_metrics, pixel_metrics_of_maps
 from utils.runtime import RunLog, setup
 from utils.scores import SCORES
 from utils.summary import write_summary
@@ -62,8 +63,7 @@ def metrics_table(labels, scores, maps, masks) -> dict:
 
 
 def write_json(obj, path):
-    with atomic_write(path) as handle:
-        handle.write(json.dumps(obj, indent=2))
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def write_scores_csv(path, files, labels, scores):
@@ -128,7 +128,7 @@ def learner_diagnostics(learners, images_u8, cfg, device) -> dict:
     diagnostics["top_share"] = [share.item() for _, share in shapes]
     reports = ensemble.learner_reports(cfg.run_dir, len(learners))
     diagnostics["learners"] = reports
-    diagnostics["warnings"] = [report["warning"] for report in reports if report and report.get("warning")]
+    diagnostics["warnings"] = [warning for report in reports for warning in warnings_of(report)]
     return diagnostics
 
 

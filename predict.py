@@ -3,7 +3,7 @@
     python predict.py --run runs/demo_AE IMAGES... [--out DIR] [--device auto]
 
 IMAGES are files or folders (searched recursively; hidden files are skipped): PNG, JPEG, BMP, TIFF, and DICOM
-(.dcm, .dicom). A DICOM goes through the preparation rule of datasets.prepare (dicom_to_array), then,
+(.dcm, .dicom). A DICOM goes through the preparation rule of datasets.dicom (dicom_to_array), then,
 like every other image, the loader's grayscale / bilinear resize to the run's img_size, exactly as in training.
 Writes <out>/predictions.csv (file, rec, unc, dsu; image score = mean of the pixel map) and
 <out>/overlays/<name>_dsu.png (dsu heat maps on one shared colour scale, so overlays compare by colour) and prints
@@ -12,7 +12,6 @@ the most anomalous images. Default out: <run>/predict. Scores are relative: comp
 import argparse
 import csv
 import os
-import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.medad import open_gray, to_model_input
-from datasets.prepare import DICOM_SUFFIXES, PICTURE_SUFFIXES, dicom_to_array
+from datasets.dicom import DICOM_SUFFIXES, dicom_to_array
+from datasets.medad import open_gray, resize_gray, to_model_input
+from datasets.prepare import PICTURE_SUFFIXES
 from utils.ensemble import load_run, score_dataset
 from utils.errors import UserError, cli
 from utils.figures import overlay
@@ -66,12 +66,10 @@ def find_images(arguments) -> list[Path]:
 
 
 def decode(path, img_size) -> np.ndarray:
-    """uint8 (S, S), as datasets.medad.load_images decodes a prepared image; a DICOM is prepared first."""
+    """uint8 (S, S), as the loader decodes a prepared image (datasets.medad.resize_gray); a DICOM is prepared first."""
     if path.suffix.lower() in DICOM_SUFFIXES:
         try:
-            with warnings.catch_warnings():  # pydicom warns about every small irregularity
-                warnings.simplefilter("ignore")
-                gray = Image.fromarray(dicom_to_array(path))
+            gray = Image.fromarray(dicom_to_array(path))
         except Exception as err:  # pydicom and its decoders raise many types for a broken file
             reason = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
             raise UserError(f"{type(err).__name__}: {reason}") from None
@@ -81,7 +79,7 @@ def decode(path, img_size) -> np.ndarray:
         except UserError as err:
             # open_gray raises `from None`; __context__ still holds the decoder's own reason, without the hint.
             raise UserError(str(err.__context__ or err)) from None
-    return np.asarray(gray.resize((img_size, img_size), Image.Resampling.BILINEAR))
+    return resize_gray(gray, img_size)
 
 
 def load_files(paths, img_size) -> torch.Tensor:

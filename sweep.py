@@ -88,8 +88,8 @@ def worker_device(cfg) -> torch.device:
 
 
 def run_cell(cell):
-    """Train and evaluate one cell unless it is done or locked: (status, seconds, dsu AUC or the error line or the
-    stop signal's line)."""
+    """Train and evaluate one cell unless it is done or locked: (status, seconds, its results or the error line or
+    the stop signal's line)."""
     if grids.is_done(cell):
         return "already done", 0.0, None
     lock = runlock.RunLock(cell.run_dir)
@@ -104,7 +104,7 @@ def run_cell(cell):
         set_tf32(cell.cfg.Exp.tf32)
         train.train(cell.cfg, device, echo=False)
         results = evaluate.evaluate(cell.cfg, device, echo=False)
-        return "done", time.monotonic() - began, results["dsu"]["auc"]
+        return "done", time.monotonic() - began, results
     except Interrupted as err:  # not a failure: the next launch resumes the cell
         return "interrupted", time.monotonic() - began, str(err)
     except UserError as err:
@@ -125,7 +125,9 @@ def run_cell(cell):
 def progress(cell, total, status, seconds, info, counts=None) -> str:
     """One line per cell a worker took: what happened, then (with counts) where the whole launch stands."""
     if status == "done":
-        status = f"done in {seconds:.1f} s, dsu AUC {info:.4f}"
+        warnings = info.get("diagnostics", {}).get("warnings", [])
+        status = f"done in {seconds:.1f} s, dsu AUC {info['dsu']['auc']:.4f}" + "".join(
+            f"; warning: {warning}" for warning in warnings)
     elif status == "failed":
         status = f"FAILED after {seconds:.1f} s: {info}"
     elif status == "interrupted":

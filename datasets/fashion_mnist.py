@@ -27,7 +27,6 @@ import argparse
 import gzip
 import json
 import math
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from datasets import defects
+from utils.atomic import atomic_write, atomic_write_text
 from utils.errors import UserError, cli
 
 SOURCE = "/usr/share/datasets/fashion-mnist"
@@ -100,9 +100,8 @@ def select(train_labels, test_labels, normal_class, seed) -> dict:
 
 
 def _write_png(pixels, path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(pixels).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as handle:
+        Image.fromarray(pixels).save(handle, format="PNG")
 
 
 def _check_class(normal_class) -> None:
@@ -133,9 +132,7 @@ def _write_originals(images, split, pixels, indices) -> list:
 
 
 def _write_data_json(folder, data) -> None:
-    tmp = folder / ".data.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, folder / "data.json")
+    atomic_write_text(folder / "data.json", json.dumps(data, indent=1) + "\n")
 
 
 def make_one_class(out_dir, normal_class, seed=0, source=SOURCE) -> Path:

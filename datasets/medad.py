@@ -8,7 +8,6 @@
 
 Config names map to folders through FOLDERS (rsna -> RSNA, ...); "demo" is generated on first use.
 """
-import difflib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from utils.errors import UserError
+from utils.errors import UserError, closest
 
 FOLDERS = {"rsna": "RSNA", "vin": "VinCXR", "brain": "BrainTumor", "lag": "LAG"}
 
@@ -87,8 +86,8 @@ def read_data_json(directory) -> dict:
 
 
 def _unknown(key, valid):
-    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1)
-    return f"unknown key {json.dumps(key)}" + (f" (did you mean {json.dumps(close[0])}?)" if close else "")
+    near = closest(key, valid)
+    return f"unknown key {json.dumps(key)}" + (f" (did you mean {json.dumps(near)}?)" if near else "")
 
 
 def parse_lists(data, source="data.json"):
@@ -184,9 +183,14 @@ def open_gray(path) -> Image.Image:
                         f"(python -m datasets.check lists every unreadable file)") from None
 
 
+def resize_gray(gray, img_size, resample=Image.Resampling.BILINEAR) -> np.ndarray:
+    """uint8 (S, S): a grayscale image resized to S x S, as every model input (bilinear) and mask (nearest) is."""
+    return np.asarray(gray.resize((img_size, img_size), resample))
+
+
 def _load(paths, img_size, resample, workers, what):
     def decode(path):
-        return np.asarray(open_gray(path).resize((img_size, img_size), resample))
+        return resize_gray(open_gray(path), img_size, resample)
 
     workers = workers or min(16, os.cpu_count() or 1)
     show = len(paths) >= 500 and os.isatty(2)

@@ -39,20 +39,14 @@ Normal" left out, as in the benchmark; with only `stage_2_train_labels.csv`, its
 warning, because Target 0 also holds the "not normal" images); vin `train.csv` (normal when every row for the
 image_id has class_name "No finding").
 
-Conversion, the benchmark's own rule (its data/preprocess_cxr.py and data/README.md), so that the prepared images are
-those every paper on the benchmark used. DICOM (rsna, vin) -> `<stem>.png`: pydicom's pixel array; MONOCHROME1
-inverted as max(img) - img, for every pixel type; an array that is not uint8 min-max scaled as
-((img - min) / (max - min) * 255).astype(uint8), which truncates; Image.fromarray(img).convert("L"), bilinear resize
-to 512x512. Integer pixels are computed in int64, which gives the benchmark's values without its wrap-around on
-signed data wider than half the type's range; a constant image becomes black (the benchmark divides by zero). Beyond
-the benchmark's rule, for files it never met: a multi-frame file gives its first frame and PALETTE COLOR goes through
-its colour table first. JPEG folders (brain, lag), benchmark split or seeded: the original files are copied byte for
-byte under their own names (after checking that they decode), as the benchmark did; the loader makes them 8-bit
-grayscale. When two raw files would get the same output name, the class folder name (DICOM: the parent folder name)
-is prefixed. Files are converted in a process pool; outputs that already exist are skipped, each file is written
-under a temporary name and renamed, and data.json is written last, so a killed run is resumed by running the same
-command again. Unreadable files are listed one per line at the end, and then the run fails without writing
-data.json.
+Conversion, the benchmark's own rule, so that the prepared images are those every paper on the benchmark used. DICOM
+(rsna, vin) -> `<stem>.png`, 512x512 8-bit (the rule: datasets/dicom.py). JPEG folders (brain, lag), benchmark split
+or seeded: the original files are copied byte for byte under their own names (after checking that they decode), as
+the benchmark did; the loader makes them 8-bit grayscale. When two raw files would get the same output name, the class
+folder name (DICOM: the parent folder name) is prefixed. Files are converted in a process pool; outputs that already
+exist are skipped, each file is written under a temporary name and renamed, and data.json is written last, so a killed
+run is resumed by running the same command again. Unreadable files are listed one per line at the end, and then the
+run fails without writing data.json.
 """
 import argparse
 import contextlib
@@ -63,23 +57,21 @@ import os
 import shutil
 import signal
 import sys
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image
 from tqdm import tqdm
 
 from datasets import benchmark
 from datasets.benchmark import KEYS, name_stem
+from datasets.dicom import DICOM_SUFFIXES, dicom_to_array
+from utils.atomic import atomic_write, atomic_write_text
 from utils.errors import UserError, cli
 
-DICOM_SIZE = 512
-DICOM_SUFFIXES = {".dcm", ".dicom"}
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 SEEDED = "seeded"  # --split value that draws a split instead of reading one
 SHOWN = 5          # file names an error message lists
@@ -121,49 +113,12 @@ def some(names):
 
 # ---------------------------------------------------------------- conversion (runs in the worker processes)
 
-def dicom_to_array(path):
-    """A DICOM file as a 512x512 uint8 array, by the benchmark's preparation rule (module docstring)."""
-    dataset = pydicom.dcmread(path)
-    pixels = dataset.pixel_array
-    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[0]  # multi-frame: the first frame only; chest X-rays are single frame
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-        pixels = apply_color_lut(pixels, dataset)
-    if pixels.dtype.kind in "iu" and pixels.dtype != np.uint8:
-        pixels = pixels.astype(np.int64)  # the benchmark's integer arithmetic, without its wrap-around
-    if photometric == "MONOCHROME1":
-        pixels = pixels.max() - pixels
-    if pixels.dtype != np.uint8:
-        pixels = min_max_uint8(pixels)
-    image = Image.fromarray(pixels).convert("L")  # colour (pydicom >= 3 hands YBR over as RGB): PIL's luma
-    return np.asarray(image.resize((DICOM_SIZE, DICOM_SIZE), Image.BILINEAR))
-
-
-def min_max_uint8(pixels):
-    """The benchmark's scaling to 8 bit: ((img - min) / (max - min) * 255).astype(uint8), truncating."""
-    low, high = pixels.min(), pixels.max()
-    if high > low:
-        return ((pixels - low) / (high - low) * 255).astype(np.uint8)
-    return np.zeros(pixels.shape, np.uint8)  # a constant image has no contrast to stretch
-
-
-def write_atomic(destination, write):
-    # Write beside the target, then rename: a killed run never leaves a truncated file under the real name.
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def copy_picture(source, destination):
     """Copy a picture byte for byte, once it is known to decode (a corrupt file is reported, not copied)."""
     with Image.open(source) as image:
         image.load()
-    write_atomic(destination, lambda temporary: shutil.copyfile(source, temporary))
+    with open(source, "rb") as original, atomic_write(destination, "wb") as copy:
+        shutil.copyfileobj(original, copy)
 
 
 def convert_one(job):
@@ -173,11 +128,9 @@ def convert_one(job):
         if kind == "picture":
             copy_picture(source, destination)
             return None
-        # pydicom warns about every small irregularity; thousands of those would bury the progress bar.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pixels = dicom_to_array(source)
-        write_atomic(destination, lambda temporary: Image.fromarray(pixels).save(temporary, format="PNG"))
+        pixels = dicom_to_array(source)
+        with atomic_write(destination, "wb") as handle:
+            Image.fromarray(pixels).save(handle, format="PNG")
         return None
     except Exception as err:  # any unreadable file is reported at the end, not fatal here
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -379,10 +332,6 @@ def label_dicoms(dataset, src, images):
 
 # ---------------------------------------------------------------- the command
 
-def write_json_atomic(data, destination):
-    write_atomic(destination, lambda temporary: temporary.write_text(json.dumps(data, indent=1) + "\n"))
-
-
 def prepare(dataset, src, out, split=None, workers=None, seed=0, allow_missing=False):
     """Convert one raw data set into <out>/<FOLDER>; returns the path of the data.json written.
 
@@ -444,7 +393,7 @@ def prepare(dataset, src, out, split=None, workers=None, seed=0, allow_missing=F
     data = {"train": {"0": [name for name, _ in chosen["train", "0"]]},
             "test": {label: [name for name, _ in chosen["test", label]] for label in ("0", "1")}}
     data_json = out / spec.folder / "data.json"
-    write_json_atomic(data, data_json)
+    atomic_write_text(data_json, json.dumps(data, indent=1) + "\n")
     print(f"{spec.folder}: converted {len(jobs)}, kept {len(entries) - len(jobs)} existing; wrote {data_json} "
           f"(train {len(data['train']['0'])} normal; test {len(data['test']['0'])} normal / "
           f"{len(data['test']['1'])} abnormal)")

@@ -39,7 +39,7 @@ from scipy import stats  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from utils.atomic import atomic_write  # noqa: E402
+from utils.atomic import atomic_write_text  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
 from utils.runlock import is_locked  # noqa: E402
 from utils.summary import SCORE_ORDER, collect  # noqa: E402
@@ -103,8 +103,7 @@ def archive_entry(results, records) -> dict:
 
 def write_text(path, text) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as handle:
-        handle.write(text)
+    atomic_write_text(path, text)
 
 
 def archive_runs(folders, archive) -> list:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input  # noqa: E402
 from models import TAPS  # noqa: E402
-from utils.cka import linear_cka  # noqa: E402
+from utils.cka import pairwise_similarity  # noqa: E402
 from utils.ensemble import features_of, load_run, score_dataset  # noqa: E402
 from utils.errors import cli  # noqa: E402
 from utils.figures import anomaly_grid  # noqa: E402
@@ -122,15 +122,6 @@ def overview_diagram(path, num_learners=3):
 
 # ---------------------------------------------------------------- RAR: t-SNE of the learners' features
 
-def pairwise_cka(features) -> np.ndarray:
-    count = len(features)
-    matrix = np.eye(count)
-    for i in range(count):
-        for j in range(i + 1, count):
-            matrix[i, j] = matrix[j, i] = float(linear_cka(features[i].double(), features[j].double()))
-    return matrix
-
-
 def tsne_subset(labels, per_class=TSNE_PER_CLASS, seed=SEED) -> np.ndarray:
     """Indices of at most per_class images of each label, seeded, sorted."""
     generator = np.random.default_rng(seed)
@@ -141,7 +132,7 @@ def tsne_subset(labels, per_class=TSNE_PER_CLASS, seed=SEED) -> np.ndarray:
 def rar_tsne(learners, images, labels, path, tap="z", seed=SEED) -> np.ndarray:
     """One t-SNE of all learners' features (colour = learner, marker = label) beside their CKA matrix."""
     features = [features_of(learner, images).flatten(1).float().cpu() for learner in learners]
-    cka = pairwise_cka(features)
+    cka = pairwise_similarity([f.double() for f in features]).numpy()
     subset = tsne_subset(labels, seed=seed)
     points = torch.cat([f[subset] for f in features]).numpy()
     if points.shape[1] > 50:  # wide taps (encoder / decoder blocks): PCA first, the usual t-SNE practice

@@ -5,6 +5,7 @@
 # Exp.out_dir must contain {seed} (the shipped configs' default, ./runs/{dataset}_{network}_s{seed}, does).
 # The summary covers the folder holding the run folders (./runs by default); SUMMARY_ROOT=DIR picks another.
 # Rerunning resumes: finished learners are skipped.
+# Not a sweep.py grid, which would move the runs into a grid folder and summarise only its own cells.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 if [ $# -lt 2 ] || ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then

@@ -1,4 +1,4 @@
-"""Precise BatchNorm statistics and the eval-versus-train reconstruction check (issue #11)."""
+"""Precise BatchNorm statistics and the eval-versus-train reconstruction check."""
 import copy
 
 import pytest
@@ -163,6 +163,6 @@ def test_corrupted_statistics_are_flagged_healthy_ones_not(trained):
 
 
 def test_much_worse_rule():
-    assert eval_mode_much_worse(0.071, 0.040)  # the broken learner of issue #11
+    assert eval_mode_much_worse(0.071, 0.040)  # a broken learner seen on real images
     assert not eval_mode_much_worse(0.042, 0.040)
     assert eval_mode_much_worse(0.06, 0.040, ratio=1.4) and not eval_mode_much_worse(0.05, 0.040, ratio=1.4)

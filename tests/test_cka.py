@@ -1,5 +1,5 @@
 """Linear CKA against a direct NumPy transcription of the definition, and its invariances; then the other repulsion
-options of issue #11 (each against a NumPy transcription, with its invariances and its counter-checks) and the
+options (each against a NumPy transcription, with its invariances and its counter-checks) and the
 feature-spectrum diagnostics."""
 import numpy as np
 import pytest
@@ -80,7 +80,7 @@ def test_repulsion_is_mean_over_seniors_and_differentiable():
     assert junior.grad is not None and junior.grad.abs().sum() > 0
 
 
-# ---- The repulsion options of issue #11 -----------------------------------------------------------------------------
+# ---- The other repulsion options ----------------------------------------------------------------------------------
 
 KINDS = list(SIMILARITIES)
 CKA_FAMILY = ["linear_cka", "debiased_cka", "rbf_cka"]  # invariant to orthogonal maps and isotropic scaling
@@ -277,10 +277,10 @@ def test_only_the_whitened_ones_ignore_anisotropic_scaling():
 
 
 def test_variance_in_one_direction_fools_linear_cka_but_not_cca():
-    """The cheat of issue #11, built exactly. Seventeen centred, mutually uncorrelated unit-variance columns u0..u16
-    (QR of a random 64 x 17 matrix). Senior = [2 u0, u1, ..., u15]: its top direction is u0. Junior = [a u16, u1,
-    ..., u15]: the senior's 15 other directions exactly, and instead of u0 a direction u16 uncorrelated with every
-    senior column. Honest junior: a = 1. Cheating junior: a^2 = 99 * 15, so u16 holds 99% of its variance.
+    """The cheat linear CKA allows, built exactly. Seventeen centred, mutually uncorrelated unit-variance columns
+    u0..u16 (QR of a random 64 x 17 matrix). Senior = [2 u0, u1, ..., u15]: its top direction is u0. Junior =
+    [a u16, u1, ..., u15]: the senior's 15 other directions exactly, and instead of u0 a direction u16 uncorrelated
+    with every senior column. Honest junior: a = 1. Cheating junior: a^2 = 99 * 15, so u16 holds 99% of its variance.
     Linear CKA = 15 / (sqrt(31) sqrt(a^4 + 15)): 0.67 honest, 0.0018 cheating. cca = 15/16 for both, less the ridge,
     which damps each shared direction (1% of the variance over 15 directions) by about 1%."""
     n, p = 64, 16

@@ -153,3 +153,30 @@ def test_checkpoints_from_before_the_new_keys_still_match():
     with pytest.raises(UserError, match="made with Model.repulsion='linear_cka' but this config has 'cca'"):
         checkpoint.check_same_experiment(stored, config.load(CFGS / "RSNA_AE.yaml", ["Model.repulsion=cca"]).to_dict(),
                                          "checkpoint x")
+
+
+def test_one_definition_of_an_experiment_serves_checkpoints_results_grids_and_summaries():
+    """Every Model, Data and Solver setting but where the data sit identifies the experiment, in every place that
+    asks; K may grow in a run folder, and the seed separates replicates only."""
+    from utils import checkpoint
+    from utils.summary import _identity
+    base = config.load(CFGS / "RSNA_AE.yaml")
+    changed = {"Model.network": "MemAE", "Model.mp": 2, "Model.ls": 8, "Model.layer": 3, "Model.mem_dim": 9,
+               "Model.shrink_thres": 0.1, "Model.entropy_loss_weight": 0.1, "Model.repulsion": "cca",
+               "Data.dataset": "vin", "Data.img_size": 32, "Solver.bs": 32, "Solver.lr": 0.1,
+               "Solver.weight_decay": 0.1, "Solver.num_epoch": 3, "Solver.Lambda": 0.5, "Solver.spread": 0.5,
+               "Solver.precise_bn": True, "Model.num_learners": 5, "Solver.seed": 99, "Data.root": "/elsewhere"}
+    assert set(changed) == {f"{section}.{key}" for section in config.EXPERIMENT_SECTIONS
+                            for key in config.SECTIONS[section]().__dict__}  # every setting is tried
+    for name, value in changed.items():
+        other = config.load(CFGS / "RSNA_AE.yaml", [(name, value)])
+        mixes = name in (*config.NOT_THE_EXPERIMENT, *config.GROWS)
+        if mixes:
+            checkpoint.check_same_experiment(base.to_dict(), other.to_dict(), "run folder x")
+        else:
+            with pytest.raises(UserError, match=name):
+                checkpoint.check_same_experiment(base.to_dict(), other.to_dict(), "run folder x")
+        same_results = config.is_run_of(config.run_settings(base), other)
+        assert same_results == (name in config.NOT_THE_EXPERIMENT), name
+        pooled = _identity(config.run_settings(base)) == _identity(config.run_settings(other))
+        assert pooled == (name in (*config.NOT_THE_EXPERIMENT, *config.REPLICATE)), name

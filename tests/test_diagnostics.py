@@ -10,7 +10,7 @@ import eval as evaluate
 import train
 from datasets.medad import load_images, read_split, to_model_input
 from tests.conftest import write_config
-from utils import checkpoint, config, ensemble, seeding
+from utils import checkpoint, config, diagnostics, ensemble, seeding
 from utils.batchnorm import eval_and_train_errors, recompute_bn_stats
 from utils.cka import SIMILARITIES, gradient_cosine, pairwise_similarity, participation_ratio, spectrum
 from utils.summary import summarize
@@ -35,7 +35,7 @@ def test_diagnostics_in_the_logs_the_checkpoints_and_results(tiny_root, tmp_path
     learners = ensemble.load_learners(run, cfg, torch.device("cpu"))
     split = read_split(tiny_root / "tiny")
     train_images = to_model_input(load_images(split.directory, split.train, 32))
-    probe = train.probe_of(train_images, cfg.Solver.seed)
+    probe = diagnostics.probe_of(train_images, cfg.Solver.seed)
 
     for index, learner in enumerate(learners):
         logged = records(run, f"learner{index}")
@@ -49,14 +49,14 @@ def test_diagnostics_in_the_logs_the_checkpoints_and_results(tiny_root, tmp_path
             eval_and_train_errors(learner, probe, cfg.Solver.bs), rel=1e-5)
 
     results = json.loads((run / "results.json").read_text())
-    diagnostics = results["diagnostics"]
+    reported = results["diagnostics"]
     test_features = ensemble.features_of_images(learners, load_images(split.directory, split.test, 32),
                                                 torch.device("cpu"))
     expected = pairwise_similarity(test_features).numpy()
-    assert np.allclose(diagnostics["linear_cka"], expected, atol=1e-5)
+    assert np.allclose(reported["linear_cka"], expected, atol=1e-5)
     assert np.allclose(np.diag(expected), 1, atol=1e-5) and expected.shape == (3, 3)
-    assert diagnostics["effective_rank"] == pytest.approx([spectrum(f)[0].item() for f in test_features], rel=1e-4)
-    assert [report["eval_mse"] for report in diagnostics["learners"]] == \
+    assert reported["effective_rank"] == pytest.approx([spectrum(f)[0].item() for f in test_features], rel=1e-4)
+    assert [report["eval_mse"] for report in reported["learners"]] == \
         [state_of(run, index)["report"]["eval_mse"] for index in range(3)]
     assert (run / "learner_cka.png").is_file()
     assert {row["score"] for row in summarize([results])} == {"rec", "unc", "dsu"}  # diagnostics is no score
@@ -64,8 +64,8 @@ def test_diagnostics_in_the_logs_the_checkpoints_and_results(tiny_root, tmp_path
 
 def test_a_learner_whose_eval_mode_is_much_worse_is_named(tiny_root, tmp_path, monkeypatch, capsys):
     cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
-    monkeypatch.setattr(train, "eval_and_train_errors",
-                        lambda learner, images, batch_size: (0.071, 0.040))  # the broken learner of issue #11
+    monkeypatch.setattr(diagnostics, "eval_and_train_errors",
+                        lambda learner, images, batch_size: (0.071, 0.040))  # a broken learner seen on real images
     train.main(["--config", str(cfg_path)])
     warnings = [line for line in capsys.readouterr().out.splitlines() if "warning:" in line]
     assert len(warnings) == 2 and "learner 0:" in warnings[0] and "learner 1:" in warnings[1]
@@ -111,18 +111,18 @@ def test_precise_bn_statistics_are_in_the_checkpoint_and_resume_exactly(tiny_roo
     # Killed after learner 1's last epoch, before its statistics were recomputed and saved: the rerun resumes
     # and ends exactly as the straight run did.
     killed = write_config(tmp_path / "b.yaml", tiny_root, tmp_path / "killed", **settings)
-    finish = train.finish_learner
+    finish = diagnostics.finish_learner
 
     def killed_at_learner_1(index, *args):
         if index == 1:
             raise KeyboardInterrupt
         return finish(index, *args)
 
-    monkeypatch.setattr(train, "finish_learner", killed_at_learner_1)
+    monkeypatch.setattr(diagnostics, "finish_learner", killed_at_learner_1)
     with pytest.raises(SystemExit):
         train.main(["--config", str(killed)])
     assert state_of(tmp_path / "killed", 1)["epoch"] == 2
-    monkeypatch.setattr(train, "finish_learner", finish)
+    monkeypatch.setattr(diagnostics, "finish_learner", finish)
     train.main(["--config", str(killed)])
     for key, value in state_of(tmp_path / "straight", 1)["model"].items():
         assert torch.equal(state_of(tmp_path / "killed", 1)["model"][key], value), key
@@ -169,3 +169,44 @@ def test_gradient_repulsion_compares_input_gradients_and_spread_adds_the_collaps
                                                  rel=1e-5)
     assert 0 < expected.item() <= 1 and senior_gradient.abs().sum() > 0
     assert "collapse" in records(tmp_path / "fast", "learner1")[0]
+
+
+def test_a_step_that_could_not_be_captured_is_a_warning_in_the_log_the_results_and_the_grid_line(
+        tiny_root, tmp_path, monkeypatch, capsys):
+    """make_step's fallback reason goes where the eval/train BatchNorm warning goes."""
+    import sweep
+    from utils import fast
+    real = fast.make_step
+
+    def falls_back(*args, **kwargs):
+        step, _ = real(*args, **{**kwargs, "capture": False})
+        return step, "CUDA graph capture not used (RuntimeError: emulated); training eagerly, which is slower"
+
+    monkeypatch.setattr(train, "make_step", falls_back)
+    grid_file = tmp_path / "g.yaml"
+    config_file = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "x", Solver={"num_epoch": 1})
+    grid_file.write_text(f"name: g\nout_dir: {tmp_path}\nconfigs: [{config_file}]\nseeds: [3]\n")
+    assert sweep.main(["--grid", str(grid_file), "--cell", "0"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    expected = "warning: CUDA graph capture not used (RuntimeError: emulated); training eagerly, which is slower"
+    assert line.endswith(f"; {expected}; {expected}")  # one per learner
+    run = next(path for path in (tmp_path / "g").iterdir() if path.is_dir())
+    assert (run / "train.log").read_text().count(expected) == 2
+    results = json.loads((run / "results.json").read_text())
+    assert results["diagnostics"]["warnings"] == [expected.removeprefix("warning: ")] * 2
+
+
+@pytest.mark.parametrize("n_train, every", [(400, 11), (1000, 5), (3851, 2), (6000, 1), (48, 89)])
+def test_the_probe_costs_a_small_share_of_training(n_train, every):
+    assert diagnostics.probe_every(n_train) == every
+    assert diagnostics.PROBE_SIZE / (3 * n_train * every) <= diagnostics.PROBE_SHARE  # probe / training work
+
+
+def test_the_probe_is_looked_at_on_the_first_the_last_and_every_kth_epoch(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(diagnostics, "probe_every", lambda n_train: 3)
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 7})
+    train.main(["--config", str(cfg_path)])
+    for index in (0, 1):
+        logged = records(tmp_path / "run", f"learner{index}")
+        assert [record["step"] for record in logged] == list(range(1, 8))
+        assert [record["step"] for record in logged if "effective_rank" in record] == [1, 3, 6, 7]

@@ -17,7 +17,7 @@ import train
 from datasets.medad import load_images, load_masks, read_split
 from tests.conftest import REPO, write_config
 from utils import config, ensemble
-from utils.metrics import pixel_metrics
+from utils.metrics import pixel_metrics_of_maps
 
 PIXEL_KEYS = {"pixel_auroc", "pixel_ap", "pixel_best_dice"}
 SCORES = ("rec", "unc", "dsu")
@@ -44,7 +44,7 @@ def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path):
     labels = torch.tensor(split.test_labels)
     assert not masks[labels == 0].any() and masks[labels == 1].flatten(1).any(dim=1).all()
     for score in SCORES:
-        expected = pixel_metrics(masks.numpy(), maps[score].numpy())
+        expected = pixel_metrics_of_maps(masks.numpy(), {score: maps[score].numpy()})[score]
         assert expected.keys() == PIXEL_KEYS
         for key, value in expected.items():
             assert results[score][key] == pytest.approx(value, rel=1e-6), (score, key)
@@ -152,7 +152,7 @@ print(grown / sum(value.numel() * value.element_size() for value in maps.values(
 
 
 def test_scoring_holds_the_maps_in_memory_once():
-    """The peak memory of scoring grows by about the size of the maps it returns (131 MB here), not twice that, as
+    """The peak memory of scoring grows by about the size of the maps it returns, not twice that, as
     it would if the per-batch maps were gathered and then concatenated."""
     result = subprocess.run([sys.executable, "-c", SCORING_MEMORY, "2000"], cwd=REPO, capture_output=True, text=True,
                             timeout=300)

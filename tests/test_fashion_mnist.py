@@ -24,18 +24,26 @@ def write_idx(path, array, type_code=0x08):
         handle.write(header + array.astype(array.dtype.newbyteorder(">")).tobytes())
 
 
+def write_source(folder, per_class, draw):
+    """Fashion-MNIST's four IDX files in `folder`: per_class[split] images of each class, labels in shuffled order,
+    images from draw(rng, labels); returns {split: (images, labels)}."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, (image_file, label_file) in FILES.items():
+        labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), per_class[split]))
+        images = draw(rng, labels)
+        write_idx(folder / image_file, images)
+        write_idx(folder / label_file, labels)
+        arrays[split] = images, labels
+    return arrays
+
+
 @pytest.fixture(scope="module")
 def fake_source(tmp_path_factory):
     """A small Fashion-MNIST folder: 5 training and 3 test images per class, labels in shuffled order."""
     source = tmp_path_factory.mktemp("fmnist")
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, (image_file, label_file) in FILES.items():
-        labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), PER_CLASS[split]))
-        images = rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
-        write_idx(source / image_file, images)
-        write_idx(source / label_file, labels)
-        arrays[split] = images, labels
+    arrays = write_source(source, PER_CLASS,
+                          lambda rng, labels: rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8))
     return source, arrays
 
 

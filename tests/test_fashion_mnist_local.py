@@ -13,9 +13,9 @@ from PIL import Image
 
 from datasets import defects, fashion_mnist, prepare
 from datasets.defects import KINDS, MIN_MEAN_CHANGE, MIN_PIXELS, SUPPORT_LEVEL, THRESHOLD, draw_defect
-from datasets.fashion_mnist import FILES, make_local_set, make_one_class, select, select_local
+from datasets.fashion_mnist import make_local_set, make_one_class, select, select_local
 from datasets.medad import load_images, load_masks, read_split
-from tests.test_fashion_mnist import write_idx
+from tests.test_fashion_mnist import write_source
 from utils.errors import UserError
 
 PER_CLASS = {"train": 6, "test": 12}  # 12 test images: 6 defective, two of each kind
@@ -34,14 +34,7 @@ def garment(rng, label):
 def source(tmp_path_factory):
     """A small Fashion-MNIST folder of garment-like images, labels in shuffled order; and its arrays."""
     folder = tmp_path_factory.mktemp("garments")
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, (image_file, label_file) in FILES.items():
-        labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), PER_CLASS[split]))
-        images = np.stack([garment(rng, label) for label in labels])
-        write_idx(folder / image_file, images)
-        write_idx(folder / label_file, labels)
-        arrays[split] = images, labels
+    arrays = write_source(folder, PER_CLASS, lambda rng, labels: np.stack([garment(rng, label) for label in labels]))
     return folder, arrays
 
 

@@ -11,8 +11,8 @@ import torch
 import models
 import train
 from datasets.medad import to_model_input
-from tests.conftest import load_script, run_cli, write_config
-from utils import checkpoint, config, ensemble, fast
+from tests.conftest import REPO, load_script, run_cli, write_config
+from utils import checkpoint, config, diagnostics, ensemble, fast
 from utils.cka import linear_cka
 from utils.scores import image_scores, score_maps
 
@@ -47,7 +47,7 @@ def step_for(learner, optimizer, data, capture=False, log=print):
     def batch_loss(batch):
         return train.training_loss(learner, images[batch], [c[batch] for c in cache], LAMBDA)
 
-    return fast.make_step(batch_loss, learner, optimizer, BS, capture=capture, log=log)
+    return fast.make_step(batch_loss, learner, optimizer, BS, capture=capture, log=log)[0]
 
 
 def trajectory(data, capture=False, log=print, network="AE"):
@@ -374,3 +374,18 @@ def test_cuda_training_fast_equals_eager_and_resumes(tiny_root, tmp_path):
         assert "learner 1: resuming at epoch 2" in (out / "train.log").read_text()
         losses.append([json.loads(line) for line in (out / "metrics.jsonl").open()][-1]["loss"])
     assert losses == pytest.approx([losses[0]] * 3, rel=1e-3)
+
+
+def test_epoch_overhead_script_times_the_real_loop(monkeypatch):
+    overhead = load_script("epoch_overhead")
+    monkeypatch.setitem(overhead.TRAIN_SIZES, "demo", 96)
+    originals = train.train_one_epoch, diagnostics.feature_shape, diagnostics.finish_learner
+    lines = overhead.measure(REPO / "cfgs" / "Demo_AE.yaml", torch.device("cpu"), epochs=3)
+    assert [line["learner"] for line in lines] == [0, 1]
+    for line in lines:
+        assert line["n_train"] == 96 and line["epochs"] == 3 and line["probe_every"] == diagnostics.probe_every(96)
+        assert 0 < line["steps_s"] < line["loop_s"] and line["probe_s"] > 0
+        assert line["outside_share"] == pytest.approx(1 - line["steps_s"] / line["loop_s"], abs=2e-3)
+        assert 0 < line["full_run_outside_share"] < 1 and line["full_run_epochs"] == 150
+    assert lines[-1]["checkpoint_s"] > 0
+    assert (train.train_one_epoch, diagnostics.feature_shape, diagnostics.finish_learner) == originals  # undone

@@ -1,12 +1,12 @@
-"""Figures: chi-square distance properties, the grid's row selection, and every function writing a real PNG."""
+"""Figures: the grid's row selection, and every function writing a real PNG."""
 import numpy as np
 import pytest
 from PIL import Image
 
 from utils import figures
 from utils.errors import UserError
-from utils.figures import (anomaly_grid, chi_square_distance, overlay, roc_pr_curves, score_histograms,
-                           select_extremes)
+from utils.figures import anomaly_grid, overlay, roc_pr_curves, score_histograms, select_extremes
+from utils.metrics import chi_square_distance
 
 
 def _png_size(path):
@@ -21,22 +21,6 @@ def _scores_and_labels(n=40, seed=0):
     labels = np.repeat([0, 1], n // 2)
     scores = {name: rng.normal(size=n) + shift * labels for name, shift in [("rec", 0.5), ("unc", 1), ("dsu", 2)]}
     return scores, labels
-
-
-def test_chi_square_identical_is_zero_disjoint_is_one_and_symmetric():
-    rng = np.random.default_rng(0)
-    normal = rng.normal(size=500)
-    assert chi_square_distance(normal, normal) == pytest.approx(0.0, abs=1e-15)
-    assert chi_square_distance(normal, normal + 100) == pytest.approx(1.0)
-    abnormal = rng.normal(0.7, 1.3, size=300)
-    distance = chi_square_distance(normal, abnormal)
-    assert 0.0 < distance < 1.0
-    assert chi_square_distance(abnormal, normal) == pytest.approx(distance)
-
-
-def test_chi_square_matches_the_formula_on_a_hand_case():
-    # Two bins over [0, 2]: p = (1, 0), q = (1/2, 1/2) -> 0.5 * ((1/2)^2 / (3/2) + (1/2)^2 / (1/2)) = 1/3.
-    assert chi_square_distance([0.0, 0.0], [0.0, 2.0], bins=2) == pytest.approx(1 / 3)
 
 
 def test_select_extremes_picks_highest_then_lowest():

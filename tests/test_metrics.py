@@ -1,11 +1,16 @@
-"""Image and pixel metrics against scikit-learn and against hand-checkable cases."""
+"""Image and pixel metrics against scikit-learn and against hand-checkable cases; chi-square distance properties."""
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from utils import metrics
 from utils.errors import UserError
-from utils.metrics import image_metrics, pixel_metrics
+from utils.metrics import chi_square_distance, image_metrics
+
+
+def pixel_metrics(masks, maps, **options) -> dict:
+    """The pixel metrics of one map."""
+    return metrics.pixel_metrics_of_maps(masks, {"map": maps}, **options)["map"]
 
 
 def test_image_metrics_equal_sklearn_on_random_data():
@@ -119,3 +124,19 @@ def test_pixel_metrics_of_several_maps_draw_one_subsample(monkeypatch):
     for name, values in maps.items():
         assert together[name] == pixel_metrics(masks, values, max_pixels=5_000)
     assert together["a"]["pixel_auroc"] < together["b"]["pixel_auroc"] < together["c"]["pixel_auroc"]
+
+
+def test_chi_square_identical_is_zero_disjoint_is_one_and_symmetric():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=500)
+    assert chi_square_distance(normal, normal) == pytest.approx(0.0, abs=1e-15)
+    assert chi_square_distance(normal, normal + 100) == pytest.approx(1.0)
+    abnormal = rng.normal(0.7, 1.3, size=300)
+    distance = chi_square_distance(normal, abnormal)
+    assert 0.0 < distance < 1.0
+    assert chi_square_distance(abnormal, normal) == pytest.approx(distance)
+
+
+def test_chi_square_matches_the_formula_on_a_hand_case():
+    # Two bins over [0, 2]: p = (1, 0), q = (1/2, 1/2) -> 0.5 * ((1/2)^2 / (3/2) + (1/2)^2 / (1/2)) = 1/3.
+    assert chi_square_distance([0.0, 0.0], [0.0, 2.0], bins=2) == pytest.approx(1 / 3)

@@ -13,7 +13,7 @@ from PIL import Image
 import eval as evaluate
 import predict
 import train
-from datasets.prepare import dicom_to_array
+from datasets.dicom import dicom_to_array
 from tests.conftest import load_script, run_cli, write_config
 
 readme_figures = load_script("readme_figures")

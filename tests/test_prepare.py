@@ -11,7 +11,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from datasets.prepare import dicom_to_array, prepare
+from datasets.dicom import dicom_to_array
+from datasets.prepare import prepare
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import eval as evaluate
 from utils import summary
 from utils.errors import UserError
 
@@ -90,7 +91,7 @@ def test_write_summary_markdown_and_csv_round_trip(tree):
 
 def test_main_prints_table(tree, capsys):
     root, _ = tree
-    summary.main([str(root)])
+    evaluate.main(["--summary", str(root)])
     out = capsys.readouterr().out
     assert out.startswith("| dataset |") and out.count("\n") == 8
 
@@ -99,7 +100,7 @@ def test_empty_tree_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no readable results.json"):
         summary.write_summary(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        summary.main([str(tmp_path / "missing")])
+        evaluate.main(["--summary", str(tmp_path / "missing")])
     assert exit_info.value.code == 2
 
 

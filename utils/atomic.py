@@ -18,3 +18,9 @@ def atomic_write(path, mode="w"):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path, text):
+    """Replace the file `path` with `text`, atomically."""
+    with atomic_write(path) as handle:
+        handle.write(text)

@@ -1,5 +1,5 @@
 """BatchNorm statistics of a learner: recompute them exactly after training (precise BN), and check that eval mode
-still reconstructs as well as train mode (issue #11).
+still reconstructs as well as train mode.
 
 During training each BatchNorm layer keeps an exponential average (momentum 0.1) of its batch statistics, so at the
 end it mostly describes the last ten or twenty batches. When a learner's features drift late in training (a junior
@@ -11,9 +11,8 @@ from torch.optim.swa_utils import update_bn
 
 from utils.errors import UserError
 
-# Eval-mode error above this multiple of the train-mode error gets a warning. In healthy learners the two differ only
-# by averaged against per-batch statistics (within about 10% in our small tests, either way); the broken learner of
-# issue #11 was at 1.78 (MSE 0.071 against 0.040). 1.25 sits between the two.
+# Eval-mode error above this multiple of the train-mode error gets a warning: between the small gap of healthy learners
+# (averaged against per-batch statistics) and that of a learner whose statistics went stale (README).
 MUCH_WORSE = 1.25
 
 
@@ -45,8 +44,8 @@ def eval_and_train_errors(learner, images, batch_size):
     of `batch_size` (at most len(images)) in both modes; weights, BatchNorm buffers and mode are left as they were.
 
     MSE of x_hat rather than each backbone's loss: it is the same measure for all three backbones (AE-U's loss mixes
-    in its variance head and MemAE's its attention entropy) and the one issue #11 reported. The train-mode pass
-    updates the running statistics, so all buffers are saved first and written back after.
+    in its variance head and MemAE's its attention entropy). The train-mode pass updates the running statistics, so
+    all buffers are saved first and written back after.
     """
     batch_size = min(batch_size, len(images))
     steps = len(images) // batch_size

@@ -13,10 +13,6 @@ from utils.atomic import atomic_write
 from utils.errors import UserError
 
 FORMAT = "d2ue-learner-1"
-# Settings that define what a run folder holds. Exp (where and how to run), Data.root (where the data sits) and
-# Model.num_learners (learner k does not depend on how many follow it) may change between runs of one experiment.
-IDENTITY = ("Model", "Data.dataset", "Data.img_size", "Solver")
-NOT_IDENTITY = ("Model.num_learners",)
 
 
 def learner_path(run_dir, index: int) -> Path:
@@ -41,28 +37,11 @@ def load(path) -> dict:
     return state
 
 
-def _flatten(tree: dict, prefix="") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def identity(config: dict) -> dict:
-    """The settings of a config (as a dict) that must agree for two runs to share a run folder."""
-    return {key: value for key, value in _flatten(config).items()
-            if key not in NOT_IDENTITY and any(key == part or key.startswith(part + ".") for part in IDENTITY)}
-
-
 def check_same_experiment(stored: dict, current: dict, where) -> None:
-    """Refuse to mix learners of two different configs in one run folder. A setting that a stored config lacks was
-    added after it was written and counts as its default, which is the behaviour that run had."""
-    defaults = identity(config.Config().to_dict())
-    old, new = {**defaults, **identity(stored)}, {**defaults, **identity(current)}
-    for key in sorted(old.keys() | new.keys()):
-        if old.get(key) != new.get(key):
-            raise UserError(f"{where} was made with {key}={old.get(key)!r} but this config has {new.get(key)!r}; "
+    """Refuse to mix learners of two different experiments (utils/config.py decides what one is) in one run
+    folder."""
+    old, new = config.experiment(stored, without=config.GROWS), config.experiment(current, without=config.GROWS)
+    for key in old:
+        if old[key] != new[key]:
+            raise UserError(f"{where} was made with {key}={old[key]!r} but this config has {new[key]!r}; "
                             "use another Exp.out_dir or the original config")

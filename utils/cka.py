@@ -204,7 +204,7 @@ def pairwise_similarity(features: list, kind: str = "linear_cka") -> torch.Tenso
     return matrix
 
 
-# Diagnostics of the shape of a feature space (issue #11): a junior that games linear CKA piles its variance into
+# Diagnostics of the shape of a feature space: a junior that games linear CKA piles its variance into
 # one direction, so its effective rank falls towards 1 and its top share rises towards 1.
 
 def _covariance_eigenvalues(features: torch.Tensor) -> torch.Tensor:
@@ -225,14 +225,6 @@ def spectrum(features: torch.Tensor) -> tuple:
     shares = eigenvalues / eigenvalues.sum().clamp_min(torch.finfo(eigenvalues.dtype).tiny)
     entropy = -torch.special.xlogy(shares, shares).sum()
     return entropy.exp(), shares[-1]  # eigvalsh sorts ascending
-
-
-def effective_rank(features: torch.Tensor) -> torch.Tensor:
-    return spectrum(features)[0]
-
-
-def top_share(features: torch.Tensor) -> torch.Tensor:
-    return spectrum(features)[1]
 
 
 def participation_ratio(features: torch.Tensor) -> torch.Tensor:

@@ -4,14 +4,13 @@ Every setting lives here once, with its default and a one-line meaning. Loading 
 an unknown key or a wrong type is a UserError that names the key (and the closest valid one).
 """
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from utils.errors import UserError
+from utils.errors import UserError, unknown
 
 NETWORKS = ("AE", "AE-U", "MemAE")
 # The similarities RAR can repel with: the keys of utils.cka.REPULSIONS (kept here so that loading a config
@@ -26,7 +25,7 @@ class Exp:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_every_s: float = 60.0  # resumable checkpoint at most this often (and always at a learner's end)
     fast: bool = True  # cached senior features; on CUDA also a captured training step (exactly the same maths)
-    tf32: bool = False  # allow TF32 matmul/convolutions on Ampere+ GPUs (faster, about 1e-3 relative error)
+    tf32: bool = False  # allow TF32 matmul/convolutions on Ampere+ GPUs (faster, less precise)
     score_batch: int = 0  # test-time batch size; 0 = chosen from memory
     workers: int = 0  # image decoding threads; 0 = all cores
     share_learner0: str = ""  # folder where runs whose learner 0 is the same (all but the juniors' settings) share it
@@ -84,12 +83,6 @@ class Config:
 SECTIONS = {f.name: f.default_factory for f in fields(Config)}  # section name -> its dataclass
 
 
-def _unknown(kind: str, name: str, valid) -> UserError:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(valid)}"
-    return UserError(f"unknown config {kind} '{name}'{hint}")
-
-
 def _coerce(where: str, value, kind):
     """Check one value against its field type; ints are accepted where floats are expected."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -106,7 +99,7 @@ def _coerce(where: str, value, kind):
 
 def _check(cfg: Config) -> Config:
     if cfg.Model.network not in NETWORKS:
-        raise _unknown("Model.network", cfg.Model.network, NETWORKS)
+        raise UserError(unknown("config Model.network", cfg.Model.network, NETWORKS))
     if cfg.Data.img_size < 16 or cfg.Data.img_size % 16:
         raise UserError(f"config Data.img_size must be a positive multiple of 16, got {cfg.Data.img_size}")
     if not 0 <= cfg.Model.layer <= 8:
@@ -121,7 +114,7 @@ def _check(cfg: Config) -> Config:
         if value <= 0:
             raise UserError(f"config {name} must be positive, got {value}")
     if cfg.Model.repulsion not in REPULSIONS:
-        raise _unknown("Model.repulsion", cfg.Model.repulsion, REPULSIONS)
+        raise UserError(unknown("config Model.repulsion", cfg.Model.repulsion, REPULSIONS))
     if cfg.Model.repulsion in WHITENED and (cfg.Model.layer != 4 or cfg.Model.ls >= cfg.Solver.bs - 1):
         raise UserError(f"config Model.repulsion={cfg.Model.repulsion} whitens the features, which needs fewer "
                         f"dimensions than Solver.bs - 1 ({cfg.Solver.bs - 1}); only the latent z is that narrow: "
@@ -149,7 +142,7 @@ def from_dict(raw: dict) -> Config:
     sections = {}
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise _unknown("section", section, SECTIONS)
+            raise UserError(unknown("config section", section, SECTIONS))
         values = values or {}
         if not isinstance(values, dict):
             raise UserError(f"config section {section} must be a mapping, got {type(values).__name__}")
@@ -157,8 +150,7 @@ def from_dict(raw: dict) -> Config:
         checked = {}
         for key, value in values.items():
             if key not in schema:
-                raise _unknown("key", f"{section}.{key}",
-                               [f"{section}.{name}" for name in schema])
+                raise UserError(unknown("config key", f"{section}.{key}", [f"{section}.{name}" for name in schema]))
             checked[key] = _coerce(f"{section}.{key}", value, schema[key])
         sections[section] = SECTIONS[section](**checked)
     return _check(Config(**sections))
@@ -212,16 +204,45 @@ def load(path, overrides=()) -> Config:
     return from_dict(apply_overrides(raw, overrides))
 
 
+# What makes two runs the same experiment, decided here once: checkpoints and run folders refuse a mix, results.json
+# records it, a grid cell is done when its results.json is of it, and summaries pool the replicates of one.
+NOT_THE_EXPERIMENT = ("Data.root",)  # where the data sit
+GROWS = ("Model.num_learners",)  # a run folder may gain learners: learner k never depends on how many follow it
+REPLICATE = ("Solver.seed",)  # runs that differ only in these are replicates of one experiment
+EXPERIMENT_SECTIONS = ("Model", "Data", "Solver")
+
+
+def experiment(cfg, without=()) -> dict:
+    """{"Section.key": value} of every setting that identifies the experiment of `cfg` (a Config or its dict), but
+    `without`. A setting a stored dict lacks was added after it was written and counts as its default, which is the
+    behaviour that run had."""
+    raw = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    defaults = Config().to_dict()
+    return {f"{section}.{key}": (raw.get(section) or {}).get(key, default)
+            for section in EXPERIMENT_SECTIONS for key, default in defaults[section].items()
+            if f"{section}.{key}" not in (*NOT_THE_EXPERIMENT, *without)}
+
+
+def bare(name: str) -> str:
+    """Section.key -> key (no key appears in two sections)."""
+    return name.partition(".")[2]
+
+
 def hyperparameters(cfg: Config) -> dict:
-    """Every Model, Data and Solver setting under its bare name (no name appears in two sections)."""
+    """Every Model, Data and Solver setting under its bare name."""
     raw = cfg.to_dict()
-    return {key: value for section in ("Model", "Data", "Solver") for key, value in raw[section].items()}
+    return {key: value for section in EXPERIMENT_SECTIONS for key, value in raw[section].items()}
 
 
-def run_settings(cfg: Config) -> dict:
-    """What results.json records of a run: every setting but where the data sit, so that summaries tell apart runs
-    that differ in any of them (a grid's variants) and pool the seeds of one config."""
-    return {key: value for key, value in hyperparameters(cfg).items() if key != "root"}
+def run_settings(cfg) -> dict:
+    """What results.json records of a run: its experiment, under bare names."""
+    return {bare(name): value for name, value in experiment(cfg).items()}
+
+
+def is_run_of(run: dict, cfg) -> bool:
+    """Whether a results.json's "run" record is of the experiment of `cfg` (keys it lacks count as defaults)."""
+    defaults = run_settings(Config())
+    return all(run.get(key, defaults[key]) == value for key, value in run_settings(cfg).items())
 
 
 def save(cfg: Config, path) -> None:

@@ -30,7 +30,7 @@ def load_learners(run_dir, cfg, device):
 
 def learner_reports(run_dir, count) -> list:
     """What training recorded about each learner at its end (eval- against train-mode reconstruction, precise
-    BatchNorm statistics): the checkpoints' "report", None for checkpoints written before reports existed."""
+    BatchNorm statistics): the checkpoints' "report", None for a checkpoint without one."""
     return [checkpoint.load(checkpoint.learner_path(run_dir, index)).get("report") for index in range(count)]
 
 

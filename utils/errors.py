@@ -1,4 +1,5 @@
 """User-facing failures: one clear line on stderr and a non-zero exit, never a traceback."""
+import difflib
 import functools
 import sys
 
@@ -16,6 +17,18 @@ class Interrupted(Exception):
 
 
 EXIT_USER_ERROR = 2
+
+
+def closest(name, valid):
+    """The valid name nearest to `name` (difflib), or None when none is near: the one "did you mean"."""
+    matches = difflib.get_close_matches(str(name), [str(value) for value in valid], n=1)
+    return matches[0] if matches else None
+
+
+def unknown(what, name, valid) -> str:
+    """The message `unknown <what> '<name>'; did you mean '<nearest>'?`, or `...; valid: <all>` when none is near."""
+    near = closest(name, valid)
+    return f"unknown {what} '{name}'" + (f"; did you mean '{near}'?" if near else f"; valid: {', '.join(valid)}")
 
 
 def cli(main):

@@ -2,7 +2,7 @@
 
 A captured step replays forward, backward and Adam's update as one graph launch: the batch is gathered inside the
 graph from a static index tensor, so each step copies 64 indices and replays. Capture is checked once against an
-eager step from the same state and falls back to eager (with one log line) on any error or mismatch. Whatever
+eager step from the same state and falls back to eager (with a warning) on any error or mismatch. Whatever
 happens, training starts from the untouched initial state: warm-up and check steps are undone.
 """
 import contextlib
@@ -15,7 +15,8 @@ UPDATE_RTOL = 1e-2  # captured vs eager weights after that step, relative to the
 
 
 def make_step(batch_loss, learner, optimizer, batch_size, capture=False, log=print):
-    """step(batch_indices) -> {name: loss-term tensor}, one optimizer update on that batch.
+    """(step, warning): step(batch_indices) -> {name: loss-term tensor}, one optimizer update on that batch; warning
+    is None, or why a capture that was asked for fell back to the eager step (correct, but slower).
 
     batch_loss(batch_indices) -> (loss, {name: term}) gathers the batch and computes the loss. With capture=True
     (CUDA only; Adam must be capturable) the step is a CUDA graph; its returned tensors are overwritten by the next
@@ -29,16 +30,17 @@ def make_step(batch_loss, learner, optimizer, batch_size, capture=False, log=pri
         return {name: value.detach() for name, value in terms.items()}
 
     if not capture:
-        return eager
+        return eager, None
     try:
         step, problem = captured_step(eager, learner, optimizer, batch_size)
     except Exception as err:  # noqa: BLE001  any failure to capture leaves the eager step, which is exact
         step, problem = None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     if step is None:
-        log(f"CUDA graph capture not used ({problem}); training eagerly")
-        return eager
+        warning = f"CUDA graph capture not used ({problem}); training eagerly, which is slower"
+        log(f"warning: {warning}")
+        return eager, warning
     log("training step captured as a CUDA graph (checked against an eager step)")
-    return step
+    return step, None
 
 
 def captured_step(eager, learner, optimizer, batch_size):

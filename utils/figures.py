@@ -13,26 +13,10 @@ from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from utils.errors import UserError  # noqa: E402
-from utils.metrics import image_metrics  # noqa: E402
+from utils.metrics import chi_square_distance, finite_1d, image_metrics  # noqa: E402
 
 DPI = 100
 NORMAL_COLOR, ABNORMAL_COLOR = "tab:blue", "tab:red"
-
-
-def chi_square_distance(normal_scores, abnormal_scores, bins=50) -> float:
-    """Chi-square distance between the two score histograms, in [0, 1]; 0 = same shape, 1 = no overlap.
-
-    p and q are the normalised histograms over common bin edges; distance = 0.5 * sum (p - q)^2 / (p + q)
-    over the bins where p + q > 0.
-    """
-    normal_scores = _finite_1d(normal_scores, "normal scores")
-    abnormal_scores = _finite_1d(abnormal_scores, "abnormal scores")
-    edges = np.histogram_bin_edges(np.concatenate([normal_scores, abnormal_scores]), bins=bins)
-    p = np.histogram(normal_scores, bins=edges)[0] / normal_scores.size
-    q = np.histogram(abnormal_scores, bins=edges)[0] / abnormal_scores.size
-    total = p + q
-    used = total > 0
-    return float(0.5 * np.sum((p[used] - q[used]) ** 2 / total[used]))
 
 
 def score_histograms(scores: dict, labels, path, bins=50) -> dict:
@@ -43,7 +27,7 @@ def score_histograms(scores: dict, labels, path, bins=50) -> dict:
                              layout="constrained")
     try:
         for ax, (name, values) in zip(axes[0], scores.items()):
-            values = _finite_1d(values, f"{name} scores")
+            values = finite_1d(values, f"{name} scores")
             auc = image_metrics(labels, values)["auc"]  # first: it checks labels and scores match
             normal, abnormal = values[labels == 0], values[labels == 1]
             distances[name] = chi_square_distance(normal, abnormal, bins=bins)
@@ -67,7 +51,7 @@ def roc_pr_curves(scores: dict, labels, path):
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9, 4), layout="constrained")
     try:
         for name, values in scores.items():
-            values = _finite_1d(values, f"{name} scores")
+            values = finite_1d(values, f"{name} scores")
             metrics = image_metrics(labels, values)
             false_pos, true_pos, _ = roc_curve(labels, values)
             precision, recall, _ = precision_recall_curve(labels, values)
@@ -198,15 +182,6 @@ def similarity_heatmap(matrix, path, title="similarity between learners"):
         _save(fig, path)
     finally:
         plt.close(fig)
-
-
-def _finite_1d(values, name):
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise UserError(f"no {name} to plot")
-    if not np.isfinite(values).all():
-        raise UserError(f"{name} contain NaN or infinite values; the model diverged or its checkpoint is corrupt")
-    return values
 
 
 def _compact_ticks(axis):

@@ -15,7 +15,6 @@ Each cell has its own run folder, <grid folder>/<dataset>_<network>[_<variant>]_
 from that folder alone: what results.json, the checkpoints, error.txt and its lock (utils/runlock.py) say. So any
 number of launchers (torchrun workers, a Slurm array, a second shell) can share one grid folder.
 """
-import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from utils import checkpoint, config
-from utils.errors import UserError
+from utils.errors import UserError, unknown
 from utils.runlock import is_locked
 
 KEYS = ("name", "out_dir", "configs", "seeds", "overrides", "vary")
@@ -69,11 +68,9 @@ def load(path, cli_overrides=(), out_dir=None) -> Grid:
     path = Path(path)
     raw = _read(path)
     where = f"grid {path}"
-    unknown = [key for key in raw if key not in KEYS]
-    if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), KEYS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(KEYS)}"
-        raise UserError(f"{where}: unknown key '{unknown[0]}'{hint}")
+    unknown_keys = [key for key in raw if key not in KEYS]
+    if unknown_keys:
+        raise UserError(f"{where}: {unknown('key', unknown_keys[0], KEYS)}")
     name = _typed(raw.get("name", path.stem), str, f"{where}: name")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise UserError(f"{where}: name '{name}' may hold only letters, digits, '.', '_' and '-'")
@@ -215,8 +212,7 @@ def read_results(cell: Cell):
 def is_done(cell: Cell) -> bool:
     """results.json is there and was written for this cell's settings (K and epochs included)."""
     results = read_results(cell)
-    return results is not None and all(results["run"].get(key) == value
-                                       for key, value in config.run_settings(cell.cfg).items())
+    return results is not None and config.is_run_of(results["run"], cell.cfg)
 
 
 def state(cell: Cell) -> str:

@@ -1,4 +1,5 @@
-"""Image- and pixel-level anomaly detection metrics (label 1 = abnormal), all computed by scikit-learn."""
+"""Image- and pixel-level anomaly detection metrics (label 1 = abnormal), computed by scikit-learn, and the chi-square
+distance between the normal and abnormal score histograms."""
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
@@ -16,21 +17,13 @@ def image_metrics(labels, scores) -> dict:
     }
 
 
-def pixel_metrics(masks, maps, max_pixels=20_000_000, seed=0) -> dict:
-    """Pixel ROC AUC, pixel average precision and best Dice of anomaly maps against ground-truth masks.
-
-    masks: (N, H, W) or (N, 1, H, W), nonzero = abnormal pixel; maps: float array of the same shape.
-    Returns {"pixel_auroc", "pixel_ap", "pixel_best_dice"}, or {} when no mask has an abnormal pixel
-    (data sets without masks are given all-zero masks and simply get no pixel metrics).
-
-    When N*H*W exceeds max_pixels, the metrics are computed on a uniform random subsample of max_pixels pixels
-    (see pixel_metrics_of_maps).
-    """
-    return pixel_metrics_of_maps(masks, {"map": maps}, max_pixels, seed)["map"]
-
-
 def pixel_metrics_of_maps(masks, maps: dict, max_pixels=20_000_000, seed=0) -> dict:
-    """pixel_metrics of each of several maps of the same images: {name: metrics}.
+    """Pixel ROC AUC, pixel average precision and best Dice of each of several anomaly maps of the same images
+    against ground-truth masks: {name: metrics}.
+
+    masks: (N, H, W) or (N, 1, H, W), nonzero = abnormal pixel; maps: {name: float array of the same shape}.
+    Each name gets {"pixel_auroc", "pixel_ap", "pixel_best_dice"}, or {} when no mask has an abnormal pixel
+    (data sets without masks are given all-zero masks and simply get no pixel metrics).
 
     When N*H*W exceeds max_pixels, every map is scored on one uniform random subsample of max_pixels pixels,
     drawn once, without replacement and without stratification, by a generator seeded with `seed`, so the same
@@ -70,6 +63,32 @@ def _pixel_metrics(truth, values) -> dict:
         "pixel_ap": float(average_precision_score(truth, values)),
         "pixel_best_dice": float(f1.max()),
     }
+
+
+def chi_square_distance(normal_scores, abnormal_scores, bins=50) -> float:
+    """Chi-square distance between the two score histograms, in [0, 1]; 0 = same shape, 1 = no overlap.
+
+    p and q are the normalised histograms over common bin edges; distance = 0.5 * sum (p - q)^2 / (p + q)
+    over the bins where p + q > 0.
+    """
+    normal_scores = finite_1d(normal_scores, "normal scores")
+    abnormal_scores = finite_1d(abnormal_scores, "abnormal scores")
+    edges = np.histogram_bin_edges(np.concatenate([normal_scores, abnormal_scores]), bins=bins)
+    p = np.histogram(normal_scores, bins=edges)[0] / normal_scores.size
+    q = np.histogram(abnormal_scores, bins=edges)[0] / abnormal_scores.size
+    total = p + q
+    used = total > 0
+    return float(0.5 * np.sum((p[used] - q[used]) ** 2 / total[used]))
+
+
+def finite_1d(values, name):
+    """values as a flat float64 array; none, or any NaN or infinity, is a UserError naming them."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise UserError(f"no {name} to plot")
+    if not np.isfinite(values).all():
+        raise UserError(f"{name} contain NaN or infinite values; the model diverged or its checkpoint is corrupt")
+    return values
 
 
 def _check_labels_and_scores(labels, scores, what):

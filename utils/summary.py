@@ -1,11 +1,10 @@
 """Gather every run's results.json under a folder into one table: mean and std over seeds per config and score.
 
-Usage: python -m utils.summary ROOT    (prints the Markdown table; writes ROOT/summary.md and ROOT/summary.csv)
+Usage: python eval.py --summary ROOT    (prints the Markdown table; writes ROOT/summary.md and ROOT/summary.csv)
 
 Runs on another split are another config: the Markdown table marks rows that are not on a Med-AD benchmark split
 ("custom split"), or whose results.json predates the "split" record ("split not recorded").
 """
-import argparse
 import csv
 import io
 import json
@@ -14,14 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.atomic import atomic_write
-from utils.errors import UserError, cli
+from utils import config
+from utils.atomic import atomic_write_text
+from utils.errors import UserError
 
 SCORE_ORDER = ["rec", "unc", "dsu"]
 METRICS = ["auc", "ap", "pixel_auroc", "pixel_ap", "pixel_best_dice"]
 REQUIRED_METRICS = ["auc", "ap"]
 NOT_SCORES = ("run", "source", "diagnostics")  # the other top-level entries of a results.json are scores
-NOT_IDENTITY = {"seed", "out_dir"}  # runs that differ only in these are repeats of one config
+NOT_IDENTITY = {*map(config.bare, config.REPLICATE), "out_dir"}  # replicates of one experiment, and where it ran
 SHOWN_ELSEWHERE = {"dataset", "network", "split"}  # identity keys with a place of their own in the table
 HEADERS = {"auc": "AUC", "ap": "AP", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP",
            "pixel_best_dice": "pixel best Dice"}
@@ -103,7 +103,7 @@ def write_summary(root, results=None, wide=False):
     if wide:
         rows = widen(rows)
     md_path, csv_path = root / "summary.md", root / "summary.csv"
-    _write_atomically(md_path, markdown_wide(rows) if wide else markdown_table(rows))
+    atomic_write_text(md_path, markdown_wide(rows) if wide else markdown_table(rows))
     keys = ["dataset", "network", "split", "config", *([] if wide else ["score"]), "n_seeds", "seeds"]
     columns = keys + [column for column in _metric_columns(wide) if any(column in row for row in rows)]
     text = io.StringIO(newline="")
@@ -111,7 +111,7 @@ def write_summary(root, results=None, wide=False):
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "split": row["split"] or "", "seeds": " ".join(str(seed) for seed in row["seeds"])})
-    _write_atomically(csv_path, text.getvalue())
+    atomic_write_text(csv_path, text.getvalue())
     return md_path, csv_path
 
 
@@ -150,12 +150,6 @@ def markdown_wide(rows) -> str:
                 cells.append("-" if mean is None else f"{mean:.3f} ± {row[f'{score}_{metric}_std']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _write_atomically(path, text):
-    """Several launchers of one grid may write its summary at once: each writes its own file, then renames."""
-    with atomic_write(path) as handle:
-        handle.write(text)
 
 
 def markdown_table(rows) -> str:
@@ -221,17 +215,3 @@ def _seed_rank(seed):
 
 def _score_rank(score):
     return (SCORE_ORDER.index(score), "") if score in SCORE_ORDER else (len(SCORE_ORDER), score)
-
-
-@cli
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Summarise every results.json under ROOT over seeds.")
-    parser.add_argument("root", metavar="ROOT", help="folder holding the runs (searched recursively)")
-    args = parser.parse_args(argv)
-    md_path, csv_path = write_summary(args.root)
-    print(md_path.read_text(), end="")
-    print(f"wrote {md_path} and {csv_path}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()
