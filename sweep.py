@@ -15,7 +15,9 @@ finishes the grid. When every cell is done the grid folder gets summary.md and s
 one row per data set, backbone and variant.
 """
 import argparse
+import ctypes
 import os
+import signal
 import sys
 import time
 import traceback
@@ -32,6 +34,8 @@ from utils.errors import Interrupted, UserError, cli
 from utils.runtime import pick_device, set_tf32
 from utils.summary import markdown_wide, summarize, widen, write_summary
 
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,6 +45,17 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="put the grid folder under this folder instead of the file's out_dir")
     parser.add_argument("overrides", nargs="*", help="Section.key=value for every cell, e.g. Data.root=/data/Med-AD")
     return parser.parse_args(argv)
+
+
+def follow_launcher() -> None:
+    """torchrun starts each worker in a session of its own, so a launcher killed outright (kill -9 of the job's
+    process group) would leave its workers training on alone. On Linux the kernel sends a worker SIGTERM when its
+    launcher dies instead: it stops at an epoch's end with a checkpoint (utils/stop.py), and the next launch resumes."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the launcher died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Coordinator:
@@ -56,6 +71,7 @@ class Coordinator:
         if self.world_size == 1:
             self.store = dist.HashStore()
             return
+        follow_launcher()
         dist.init_process_group("gloo", timeout=timedelta(minutes=30))
         address = [None, None]
         if self.rank == 0:

@@ -103,6 +103,19 @@ def test_a_cell_locked_by_another_launcher_is_skipped(two_configs, tmp_path, cap
     assert grids.state(cells[0]) == "not started"
 
 
+def workers_of(grid_file) -> list:
+    """Pids of the live processes whose command line names the grid file (zombies excluded)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            alive = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            if alive and str(grid_file).encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
 def test_killed_grid_resumes_without_redoing_finished_cells(tiny_root, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "unused", Solver={"num_epoch": 12})
     grid_file = write_grid(tmp_path / "grid.yaml", [cfg], seeds=[1, 2, 3, 4])
@@ -113,6 +126,10 @@ def test_killed_grid_resumes_without_redoing_finished_cells(tiny_root, tmp_path)
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    deadline = time.monotonic() + 120  # the workers, in sessions of their own, get SIGTERM and stop too
+    while workers_of(grid_file) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not workers_of(grid_file), "a worker outlived its killed launcher"
     finished = [cell for cell in cells if grids.is_done(cell)]
     assert finished and len(finished) < len(cells), "kill the grid while cells are left"
     stamps = {path: path.stat().st_mtime_ns for cell in finished for path in cell.run_dir.glob("learner_*.pt")}
