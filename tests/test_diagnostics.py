@@ -178,9 +178,11 @@ def test_a_step_that_could_not_be_captured_is_a_warning_in_the_log_the_results_a
     from utils import fast
     real = fast.make_step
 
-    def falls_back(*args, **kwargs):
+    def falls_back(*args, **kwargs):  # as make_step falls back: one warning line, logged when it happens
         step, _ = real(*args, **{**kwargs, "capture": False})
-        return step, "CUDA graph capture not used (RuntimeError: emulated); training eagerly, which is slower"
+        warning = "CUDA graph capture not used (RuntimeError: emulated); training eagerly, which is slower"
+        kwargs["log"](f"warning: {warning}")
+        return step, warning
 
     monkeypatch.setattr(train, "make_step", falls_back)
     grid_file = tmp_path / "g.yaml"

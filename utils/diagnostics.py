@@ -80,8 +80,8 @@ def not_finite(where, names, path) -> UserError:
 def finish_learner(index, learner, images, probe, cfg, log, step_warning=None) -> dict:
     """After the last epoch: precise BatchNorm statistics if asked, then eval- against train-mode reconstruction
     error on the probe. Returns the report (kept in the checkpoint; eval.py copies it into results.json), whose
-    "warnings" are each logged as one line: eval mode much worse than train mode, and `step_warning` (a training
-    step that could not be captured)."""
+    "warnings" are eval mode much worse than train mode (logged here as one line) and `step_warning` (a training
+    step that could not be captured, logged by utils/fast.py when it happened)."""
     report = {}
     if cfg.Solver.precise_bn:
         report["eval_mse_before_precise_bn"] = eval_and_train_errors(learner, probe, cfg.Solver.bs)[0]
@@ -92,11 +92,10 @@ def finish_learner(index, learner, images, probe, cfg, log, step_warning=None) -
              f"mode, {report['train_mse']:.5f} in train mode"
              + (f" (eval mode {report['eval_mse_before_precise_bn']:.5f} before precise BatchNorm statistics)"
                 if cfg.Solver.precise_bn else ""))
-    report["warnings"] = [warning for warning in
-                          (eval_mode_warning(f"learner {index}", report["eval_mse"], report["train_mse"]),
-                           step_warning) if warning]
-    for warning in report["warnings"]:
-        log.info(f"warning: {warning}")
+    eval_warning = eval_mode_warning(f"learner {index}", report["eval_mse"], report["train_mse"])
+    if eval_warning:
+        log.info(f"warning: {eval_warning}")
+    report["warnings"] = [warning for warning in (eval_warning, step_warning) if warning]
     return report
 
 

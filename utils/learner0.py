@@ -23,8 +23,12 @@ def key(cfg) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def finished(path, cfg) -> bool:
-    return path.is_file() and checkpoint.load(path)["epoch"] >= cfg.Solver.num_epoch
+def finished(path, cfg):
+    """The checkpoint at `path` when it holds a finished learner, else None."""
+    if not path.is_file():
+        return None
+    state = checkpoint.load(path)
+    return state if state["epoch"] >= cfg.Solver.num_epoch else None
 
 
 def shared(cfg, run_dir, log, train_learner0):
@@ -36,8 +40,8 @@ def shared(cfg, run_dir, log, train_learner0):
     copy, own = folder / "learner_0.pt", checkpoint.learner_path(run_dir, 0)
     with open(folder / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process ends
-        if not finished(own, cfg) and finished(copy, cfg):
-            state = checkpoint.load(copy)
+        state = None if finished(own, cfg) else finished(copy, cfg)
+        if state:
             log.info(f"learner 0: taken from {copy}, trained in {state['trained_in']} with the same settings "
                      "but the juniors'")
             report = {**(state["report"] or {}), "shared_from": state["trained_in"]}
