@@ -20,16 +20,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.dicom import DICOM_SUFFIXES, dicom_to_array
+from datasets.benchmark import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from datasets.dicom import dicom_to_array
 from datasets.medad import open_gray, resize_gray, to_model_input
-from datasets.prepare import PICTURE_SUFFIXES
 from utils.ensemble import load_run, score_dataset
 from utils.errors import UserError, cli
 from utils.figures import overlay
 from utils.runtime import pick_device
 from utils.scores import SCORES
 
-SUFFIXES = DICOM_SUFFIXES | PICTURE_SUFFIXES
 SHOWN = 10  # rows of the printed table
 OVERLAY_PERCENTILE = 99  # the shared colour scale of the overlays tops out at this percentile of all dsu pixels
 
@@ -51,7 +50,7 @@ def find_images(arguments) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                             and not any(part.startswith(".") for part in p.relative_to(path).parts))
         else:
             raise UserError(f"{path} does not exist; pass image files or folders")
@@ -61,7 +60,7 @@ def find_images(arguments) -> list[Path]:
             seen.add(path.resolve())
             unique.append(path)
     if not unique:
-        raise UserError(f"no images found in {', '.join(arguments)} (looked for {', '.join(sorted(SUFFIXES))})")
+        raise UserError(f"no images found in {', '.join(arguments)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return unique
 
 

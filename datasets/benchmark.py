@@ -20,7 +20,10 @@ SPLIT_FOLDER = Path(__file__).with_name("splits")
 BENCHMARKS = ("RSNA", "VinCXR", "BrainTumor", "LAG")  # data set folder names; datasets/splits/<NAME>.json
 # The three lists of data.json, in the order of the benchmark's size table, with the names messages use.
 KEYS = {("train", "0"): "train normal", ("test", "0"): "test normal", ("test", "1"): "test abnormal"}
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+# The image files prepare and predict read; name_stem strips these suffixes.
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = DICOM_SUFFIXES | PICTURE_SUFFIXES
 SHOWN = 3  # file names shown per kind of difference
 
 

@@ -15,7 +15,6 @@ import pydicom
 from PIL import Image
 
 DICOM_SIZE = 512
-DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 
 def dicom_to_array(path) -> np.ndarray:

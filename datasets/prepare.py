@@ -67,12 +67,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from datasets import benchmark
-from datasets.benchmark import KEYS, name_stem
-from datasets.dicom import DICOM_SUFFIXES, dicom_to_array
+from datasets.benchmark import DICOM_SUFFIXES, KEYS, PICTURE_SUFFIXES, name_stem
+from datasets.dicom import dicom_to_array
 from utils.atomic import atomic_write, atomic_write_text
 from utils.errors import UserError, cli
 
-PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 SEEDED = "seeded"  # --split value that draws a split instead of reading one
 SHOWN = 5          # file names an error message lists
 

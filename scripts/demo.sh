@@ -5,4 +5,6 @@ set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 start=$SECONDS
 run_config cfgs/Demo_AE.yaml "$@"
-echo "demo finished in $((SECONDS - start)) s; outputs in ./runs/demo_AE (tensorboard --logdir runs)"
+out=$("$PY" -c 'import sys; from utils import config; print(config.load(sys.argv[1], sys.argv[2:]).run_dir)' \
+    cfgs/Demo_AE.yaml "$@")
+echo "demo finished in $((SECONDS - start)) s; outputs in $out (tensorboard --logdir $(dirname "$out"))"
