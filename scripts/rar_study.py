@@ -16,7 +16,10 @@ the figure are computed from the archive alone:
      runs matched on (data set, seed) with its 95% t interval, image AUC on all sets, pixel AUROC where masks exist;
   c. image AUC per data set (mean over seeds), so that class difficulty does not hide in the pooled numbers;
   d. the decision: recommended only if the dsu image-AUC difference has its interval above 0 against all three
-     references and the rec image-AUC difference against the published setting has mean >= 0.
+     references and the rec image-AUC difference against the published setting has mean >= 0;
+  e. the screen's ranking, fixed before the screen ended: candidates (not the four baselines) ordered by their
+     worst mean dsu image-AUC difference against the three references; the first two go to the confirmation grid
+     with more seeds, and the third as well if its worst difference is above 0.
 The figure draws the juniors' effective rank over the epochs (probe of training images), one line per candidate.
 
 --restore rewrites each archived run's own results.json (the bytes eval.py wrote) into its folder under each
@@ -251,6 +254,26 @@ def failed_conditions(groups, candidate) -> list:
     return failures
 
 
+def screen_ranking(groups) -> list:
+    """Table e: [(candidate, its worst mean dsu difference against the references, its mean rec difference against
+    the published setting)], best first; candidates without a pair with every reference are left out."""
+    ranking = []
+    for name in groups:
+        if name in BASELINES:
+            continue
+        dsu = [paired_difference(groups, name, reference, "dsu", "auc") for reference in REFERENCES]
+        if any(difference is None for difference in dsu):
+            continue
+        rec = paired_difference(groups, name, PUBLISHED, "rec", "auc")
+        ranking.append((name, min(difference["mean"] for difference in dsu), rec["mean"]))
+    return sorted(ranking, key=lambda row: -row[1])
+
+
+def confirmed(ranking) -> list:
+    """The candidates that go to the confirmation: the first two, and the third if its worst difference is > 0."""
+    return [name for place, (name, worst, _) in enumerate(ranking) if place < 2 or (place == 2 and worst > 0)]
+
+
 def markdown_table(header, rows) -> list:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(row) + " |" for row in rows)]
@@ -298,6 +321,15 @@ def study_markdown(entries) -> str:
     lines.append(f"**Recommended: {'; '.join(passing)}**" if passing else "**No candidate passes.**")
     lines += [""] + [f"- {name}: {'passes' if not failures else '; '.join(failures)}"
                      for name, failures in verdicts.items()]
+    ranking = screen_ranking(groups)
+    lines += ["", "## e. The screen's ranking", "",
+              "Candidates (not the baselines) by their worst mean dsu image-AUC difference against the three "
+              "references; the first two go to the confirmation with more seeds, the third too if its worst "
+              "difference is above 0.", ""]
+    chosen = confirmed(ranking)
+    lines += markdown_table(["candidate", "worst mean dsu difference", f"rec vs {PUBLISHED}", "to confirmation"],
+                            [[name, f"{worst:+.3f}", f"{rec:+.3f}", "yes" if name in chosen else "no"]
+                             for name, worst, rec in ranking])
     return "\n".join(lines) + "\n"
 
 

@@ -197,6 +197,30 @@ def test_decision_needs_dsu_above_every_reference_and_rec_not_below_published():
     assert "**No candidate passes.**" in study.study_markdown(others)
 
 
+def test_screen_ranking_orders_candidates_by_their_worst_dsu_difference_and_picks_two_or_three():
+    """Worst difference = the smallest of the mean dsu differences against published, Lambda 0, Lambda 0 + pBN."""
+    references = {PUBLISHED: 0.70, PLAIN: 0.74, PLAIN_PBN: 0.72}  # the strongest reference is Lambda 0
+    candidates = {"debiased_cca, Lambda 1 + precise BN": 0.75, "linear_cka, Lambda 0.1 + precise BN": 0.73,
+                  "gradient_cosine, Lambda 0.1 + precise BN": 0.80}
+    entries = []
+    for dataset in ("FMNIST_c4", "FMNIST_local_c4"):
+        entries += [entry(name, dataset, 1, rec=0.6, dsu=dsu) for name, dsu in references.items()]
+        entries += [entry(name, dataset, 1, rec=0.62, dsu=dsu) for name, dsu in candidates.items()]
+    entries.append(entry("linear_cka, Lambda 1, spread 1 + precise BN", "FMNIST_c6", 1, dsu=0.99))  # no pairs
+    ranking = study.screen_ranking(study.by_candidate(entries))
+    assert [name for name, _, _ in ranking] == ["gradient_cosine, Lambda 0.1 + precise BN",
+                                                "debiased_cca, Lambda 1 + precise BN",
+                                                "linear_cka, Lambda 0.1 + precise BN"]
+    assert [round(worst, 6) for _, worst, _ in ranking] == [0.06, 0.01, -0.01]
+    assert all(round(rec, 6) == 0.02 for _, _, rec in ranking)
+    assert study.confirmed(ranking) == ["gradient_cosine, Lambda 0.1 + precise BN",
+                                        "debiased_cca, Lambda 1 + precise BN"]  # the third is below 0
+    assert study.confirmed([("a", 0.06, 0), ("b", 0.01, 0), ("c", 0.001, 0), ("d", 0.0005, 0)]) == ["a", "b", "c"]
+    table = study.study_markdown(entries)
+    assert "| gradient_cosine, Lambda 0.1 + precise BN | +0.060 | +0.020 | yes |" in table
+    assert "| linear_cka, Lambda 0.1 + precise BN | -0.010 | +0.020 | no |" in table
+
+
 def test_a_run_repeated_in_a_second_grid_counts_once(tmp_path, capsys):
     for grid, dsu in (("rar_confirm", 0.9), ("rar_screen", 0.1)):
         path = tmp_path / grid / "FMNIST_c4_AE_s1.json"
