@@ -16,7 +16,7 @@ from tqdm import tqdm
 import models
 from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, read_split, to_model_input
-from utils import checkpoint, config, diagnostics, learner0, runlock, seeding, stop
+from utils import checkpoint, config, diagnostics, runlock, seeding, sharing, stop
 from utils.cka import GRADIENT_SIMILARITIES, participation_ratio, repulsion
 from utils.ensemble import features_of, input_gradients_of
 from utils.errors import UserError, cli
@@ -179,15 +179,18 @@ def train(cfg, device, echo=True):
             log.info(f"run folder {run_dir}; device {device}; {cfg.Model.num_learners} x {cfg.Model.network} on "
                      f"{cfg.Data.dataset} ({len(split.train)} normal training images)")
             log.info(f"split: {describe(split.lists)}")
-            images = to_model_input(load_images(split.directory, split.train, cfg.Data.img_size,
-                                                cfg.Exp.workers or None).to(device))
+            raw = load_images(split.directory, split.train, cfg.Data.img_size, cfg.Exp.workers or None)
+            seen = sharing.fingerprint([raw]) if cfg.Exp.share_learners else None
+            images = to_model_input(raw.to(device))
             seniors = []
             for index in range(cfg.Model.num_learners):
-                if index == 0 and cfg.Exp.share_learner0:
-                    learner = learner0.shared(cfg, run_dir, log, lambda: train_learner(0, [], images, cfg, device,
-                                                                                       run_dir, log))
+                def train_it():
+                    return train_learner(index, seniors, images, cfg, device, run_dir, log)
+                if cfg.Exp.share_learners:
+                    learner = sharing.shared(cfg, index, sharing.key(cfg, index, seen, seniors), run_dir, log,
+                                             train_it)
                 else:
-                    learner = train_learner(index, seniors, images, cfg, device, run_dir, log)
+                    learner = train_it()
                 seniors.append(learner.eval().requires_grad_(False))  # frozen
         finally:
             log.close()

@@ -12,11 +12,15 @@ restored run (no metrics.jsonl) keeps its archived curves. Then the tables (<arc
 the figure are computed from the archive alone:
   a. per candidate, pooled over data sets and seeds: image AUC of rec, unc, dsu; pixel AUROC on the sets with masks;
      the juniors' effective rank and linear CKA with their seniors (test set), and the juniors' training seconds;
-  b. per candidate against each reference (published, Lambda 0, Lambda 0 + precise BN): the mean difference over
-     runs matched on (data set, seed) with its 95% t interval, image AUC on all sets, pixel AUROC where masks exist;
+  b. per candidate against each reference (published, Lambda 0, Lambda 0 + precise BN): runs matched on (data set,
+     seed), their differences averaged within a unit (a training set and seed: the semantic and local set of a
+     class train on the same images, so they share their learners), then the mean over units with its 95% t
+     interval over units; image AUC on all sets, pixel AUROC where masks exist, and image AUC by kind of anomaly
+     (semantic sets, local-defect sets: one set per unit);
   c. image AUC per data set (mean over seeds), so that class difficulty does not hide in the pooled numbers;
-  d. the decision: recommended only if the dsu image-AUC difference has its interval above 0 against all three
-     references and the rec image-AUC difference against the published setting has mean >= 0;
+  d. the decision: recommended only if the dsu image-AUC difference (b: all sets) has its interval over units
+     above 0 against all three references and the rec image-AUC difference against the published setting has
+     mean >= 0;
   e. the screen's ranking, fixed before the screen ended: candidates (not the four baselines) ordered by their
      worst mean dsu image-AUC difference against the three references; the first two go to the confirmation grid
      with more seeds, and the third as well if its worst difference is above 0.
@@ -69,6 +73,26 @@ def label(run) -> str:
 
 def display_order(name: str) -> tuple:
     return (BASELINES.index(name), "") if name in BASELINES else (len(BASELINES), name)
+
+
+def training_set(dataset: str) -> str:
+    """The data set whose training images a data set has: FMNIST_local_cC trains on FMNIST_cC's (byte-identical)
+    images; any other set on its own."""
+    return dataset.replace("_local_", "_", 1)
+
+
+def unit(run) -> tuple:
+    """The unit of independence of a run's settings: (training set, seed). Byte-identical training images and
+    deterministic training give a semantic set and its local twin the same learners; only the test sets differ."""
+    return training_set(run["dataset"]), run["seed"]
+
+
+def anomaly_kind(dataset: str) -> str:
+    """"local" for a set of local defects (with pixel masks), "semantic" for one whose anomalies are other classes."""
+    return "local" if "_local_" in dataset else "semantic"
+
+
+KINDS = (None, "semantic", "local")  # paired_difference's filter: all sets, or those of one anomaly_kind
 
 
 # ---------------------------------------------------------------- the archive
@@ -209,30 +233,41 @@ def pooled(entries) -> dict:
     return row
 
 
-def paired_difference(groups, candidate, reference, score, metric):
-    """Mean of (candidate - reference) over runs on the same (data set, seed) that both have the metric, with its
-    95% t interval (None with one pair); None without pairs."""
+def paired_difference(groups, candidate, reference, score, metric, kind=None):
+    """(candidate - reference) of runs on the same (data set, seed) that both have the metric (on the sets of one
+    kind of anomaly if `kind` is "semantic" or "local"), averaged within each unit (training set, seed), then the
+    mean over units with its 95% t interval (None with one unit): the pairs of one unit share their learners, so
+    they are not independent. "n" counts units, "pairs" the matched runs; None without pairs."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} is none of {KINDS}")
+
     def values(name):
         return {(e["results"]["run"]["dataset"], e["results"]["run"]["seed"]): e["results"][score][metric]
-                for e in groups.get(name, []) if metric in e["results"][score]}
+                for e in groups.get(name, [])
+                if metric in e["results"][score] and kind in (None, anomaly_kind(e["results"]["run"]["dataset"]))}
     ours, theirs = values(candidate), values(reference)
     pairs = sorted(ours.keys() & theirs.keys(), key=str)
     if not pairs:
         return None
-    differences = np.array([ours[pair] - theirs[pair] for pair in pairs])
-    n, mean = len(differences), float(differences.mean())
+    units = defaultdict(list)
+    for dataset, seed in pairs:
+        units[unit({"dataset": dataset, "seed": seed})].append(ours[dataset, seed] - theirs[dataset, seed])
+    averages = np.array([np.mean(differences) for differences in units.values()])
+    n, mean = len(averages), float(averages.mean())
     if n < 2:
-        return {"mean": mean, "low": None, "high": None, "n": n}
-    half = stats.t.ppf(0.975, n - 1) * differences.std(ddof=1) / np.sqrt(n)
-    return {"mean": mean, "low": float(mean - half), "high": float(mean + half), "n": n}
+        return {"mean": mean, "low": None, "high": None, "n": n, "pairs": len(pairs)}
+    half = stats.t.ppf(0.975, n - 1) * averages.std(ddof=1) / np.sqrt(n)
+    return {"mean": mean, "low": float(mean - half), "high": float(mean + half), "n": n, "pairs": len(pairs)}
 
 
 def format_difference(difference) -> str:
     if difference is None:
         return "-"
+    n, pairs = difference["n"], difference["pairs"]
+    count = f"(n={n} unit" + ("" if n == 1 else "s") + ("" if pairs == n else f", {pairs} runs") + ")"
     if difference["low"] is None:
-        return f"{difference['mean']:+.3f} (n={difference['n']})"
-    return f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}] (n={difference['n']})"
+        return f"{difference['mean']:+.3f} {count}"
+    return f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}] {count}"
 
 
 def failed_conditions(groups, candidate) -> list:
@@ -243,7 +278,7 @@ def failed_conditions(groups, candidate) -> list:
     for reference in REFERENCES:
         dsu = paired_difference(groups, candidate, reference, "dsu", "auc")
         if dsu is None or dsu["low"] is None:
-            failures.append(f"dsu vs {reference}: fewer than 2 pairs")
+            failures.append(f"dsu vs {reference}: fewer than 2 units")
         elif dsu["low"] <= 0:
             failures.append(f"dsu vs {reference}: interval reaches {dsu['low']:+.3f}")
     rec = paired_difference(groups, candidate, PUBLISHED, "rec", "auc")
@@ -285,7 +320,8 @@ def number(value, digits=3) -> str:
 
 def study_markdown(entries) -> str:
     groups = by_candidate(entries)
-    lines = [f"# The RAR study: {len(entries)} archived runs", "", "## a. Per candidate, pooled over data sets and seeds", "",
+    lines = [f"# The RAR study: {len(entries)} archived runs", "",
+             "## a. Per candidate, pooled over data sets and seeds", "",
              "Pixel AUROC: mean over the runs on data sets with masks. Juniors: learners 1.., on the test set "
              "(CKA with each of their seniors); training seconds summed over the juniors.", ""]
     header = ["candidate", "runs", *(f"{score} {METRICS[metric]}" for metric in METRICS for score in SCORE_ORDER),
@@ -299,13 +335,20 @@ def study_markdown(entries) -> str:
     lines += markdown_table(header, rows)
     for reference in REFERENCES:
         lines += ["", f"## b. Difference from {reference}, runs paired on (data set, seed)", "",
-                  "Mean of candidate - reference, [95% t interval], (n pairs); pixel AUROC on data sets with masks.",
-                  ""]
+                  "Mean of candidate - reference over units (training set, seed; the semantic and local set of a "
+                  "class share their learners), [95% t interval over units], (n units, runs); pixel AUROC on data "
+                  "sets with masks.", ""]
         rows = [[name, *(format_difference(paired_difference(groups, name, reference, score, metric))
                          for metric in METRICS for score in SCORE_ORDER)]
                 for name in groups if name != reference]
         lines += markdown_table(["candidate", *(f"{score} {METRICS[metric]}" for metric in METRICS
                                                 for score in SCORE_ORDER)], rows)
+        lines += ["", f"Image AUC by kind of anomaly, against {reference}: semantic sets, local-defect sets "
+                  '("_local_" in the name); one set per unit.', ""]
+        rows = [[name, *(format_difference(paired_difference(groups, name, reference, score, "auc", kind))
+                         for score in ("dsu", "rec") for kind in ("semantic", "local"))]
+                for name in groups if name != reference]
+        lines += markdown_table(["candidate", "dsu semantic", "dsu local", "rec semantic", "rec local"], rows)
     datasets = sorted({entry["results"]["run"]["dataset"] for entry in entries})
     for score in SCORE_ORDER:
         lines += ["", f"## c. {score} image AUC per data set (mean over seeds)", ""]
@@ -314,8 +357,8 @@ def study_markdown(entries) -> str:
                          for dataset in datasets)] for name, members in groups.items()]
         lines += markdown_table(["candidate", *datasets], rows)
     lines += ["", "## d. Decision", "",
-              "Recommended only if dsu image AUC beats all three references (95% interval above 0) and rec image AUC "
-              f"does not fall against {PUBLISHED} (mean difference >= 0).", ""]
+              "Recommended only if dsu image AUC beats all three references (95% interval over units above 0) and "
+              f"rec image AUC does not fall against {PUBLISHED} (mean difference >= 0).", ""]
     verdicts = {name: failed_conditions(groups, name) for name in groups}
     passing = [name for name, failures in verdicts.items() if not failures]
     lines.append(f"**Recommended: {'; '.join(passing)}**" if passing else "**No candidate passes.**")

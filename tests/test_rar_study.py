@@ -107,12 +107,21 @@ def test_archive_then_restore_gives_each_run_its_own_results_json(tmp_path, caps
     assert {path: path.read_bytes() for path in files} == before  # restored runs have no metrics.jsonl
 
 
-def test_paired_differences_match_runs_on_data_set_and_seed():
-    """Means and 95% t intervals of candidate - reference over the matched (data set, seed) pairs, as NumPy and
-    SciPy give them; unmatched runs left out; pixel AUROC only where the runs have masks."""
+def t_interval(values):
+    """Mean and 95% t interval of independent values, by SciPy's own interval (not the script's formula)."""
+    mean = float(np.mean(values))
+    return mean, stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
+
+
+def test_paired_differences_match_runs_on_data_set_and_seed_and_average_them_within_units():
+    """Differences of the matched (data set, seed) pairs, averaged within a unit (training set, seed: a semantic set
+    and its local twin share their learners), then mean and 95% t interval over units, as NumPy and SciPy give them;
+    unmatched runs left out; pixel AUROC only where the runs have masks."""
     rng = np.random.default_rng(1)
     candidate, reference = "debiased_cca, Lambda 1 + precise BN", PUBLISHED
     sets = ["FMNIST_c4", "FMNIST_local_c4", "FMNIST_c6", "FMNIST_local_c6"]
+    trains_on = {"FMNIST_c4": "FMNIST_c4", "FMNIST_local_c4": "FMNIST_c4", "FMNIST_c6": "FMNIST_c6",
+                 "FMNIST_local_c6": "FMNIST_c6"}
     runs = {}
     for name in (candidate, reference):
         for dataset in sets:
@@ -123,28 +132,89 @@ def test_paired_differences_match_runs_on_data_set_and_seed():
     runs[reference, "FMNIST_c9", 1] = entry(reference, "FMNIST_c9", 1, 0.9, 0.9, 0.9, rng=rng)
     groups = study.by_candidate(runs.values())
     pairs = [(d, s) for d in sets for s in (1, 2) if (candidate, d, s) in runs and (reference, d, s) in runs]
-    assert len(pairs) == 6
+    assert len(pairs) == 6  # units: (c4, 1) one pair, (c4, 2) two, (c6, 1) two, (c6, 2) one
 
     for score in ("rec", "unc", "dsu"):
-        for metric, matched in (("auc", pairs), ("pixel_auroc", [pair for pair in pairs if "local" in pair[0]])):
-            differences = np.array([runs[candidate, *pair]["results"][score][metric]
-                                    - runs[reference, *pair]["results"][score][metric] for pair in matched])
-            half = stats.t.ppf(0.975, len(differences) - 1) * differences.std(ddof=1) / np.sqrt(len(differences))
+        for metric, matched, units in (("auc", pairs, 4), ("pixel_auroc", [p for p in pairs if "local" in p[0]], 3)):
+            by_unit = {}
+            for dataset, seed in matched:
+                by_unit.setdefault((trains_on[dataset], seed), []).append(
+                    runs[candidate, dataset, seed]["results"][score][metric]
+                    - runs[reference, dataset, seed]["results"][score][metric])
+            mean, (low, high) = t_interval([np.mean(differences) for differences in by_unit.values()])
             got = study.paired_difference(groups, candidate, reference, score, metric)
-            assert got["n"] == len(matched) == (6 if metric == "auc" else 3)
-            assert got["mean"] == pytest.approx(differences.mean())
-            assert (got["low"], got["high"]) == pytest.approx((differences.mean() - half, differences.mean() + half))
+            assert got["n"] == len(by_unit) == units and got["pairs"] == len(matched) == (6 if metric == "auc" else 3)
+            assert got["mean"] == pytest.approx(mean)
+            assert (got["low"], got["high"]) == pytest.approx((low, high))
+            if metric == "auc":  # the mean over pairs would differ: the test tells the two apart
+                assert abs(mean - np.mean(sum(by_unit.values(), []))) > 1e-3
     text = study.study_markdown([entry for entry in runs.values()])
-    assert study.format_difference(study.paired_difference(groups, candidate, reference, "dsu", "auc")) in text
+    dsu = study.paired_difference(groups, candidate, reference, "dsu", "auc")
+    assert study.format_difference(dsu) in text and study.format_difference(dsu).endswith(" (n=4 units, 6 runs)")
 
     one = study.by_candidate([entry(candidate, "FMNIST_c4", 1, rec=0.7), entry(reference, "FMNIST_c4", 1, rec=0.5),
                               entry(reference, "FMNIST_c6", 1)])
     single = study.paired_difference(one, candidate, reference, "rec", "auc")
-    assert single == {"mean": pytest.approx(0.2), "low": None, "high": None, "n": 1}
-    assert study.format_difference(single) == "+0.200 (n=1)"
+    assert single == {"mean": pytest.approx(0.2), "low": None, "high": None, "n": 1, "pairs": 1}
+    assert study.format_difference(single) == "+0.200 (n=1 unit)"
     assert study.paired_difference(one, candidate, reference, "rec", "pixel_auroc") is None
-    assert study.format_difference({"mean": 0.012, "low": -0.004, "high": 0.028, "n": 6}) == \
-        "+0.012 [-0.004, +0.028] (n=6)"
+    assert study.format_difference({"mean": 0.012, "low": -0.004, "high": 0.028, "n": 3, "pairs": 6}) == \
+        "+0.012 [-0.004, +0.028] (n=3 units, 6 runs)"
+    assert study.format_difference({"mean": 0.012, "low": -0.004, "high": 0.028, "n": 3, "pairs": 3}) == \
+        "+0.012 [-0.004, +0.028] (n=3 units)"
+
+
+def test_a_semantic_set_and_its_local_twin_of_one_seed_are_one_unit():
+    """FMNIST_local_cC trains on FMNIST_cC's images: with the same seed, the same learners, so one observation."""
+    assert [study.training_set(d) for d in ("FMNIST_local_c4", "FMNIST_c4", "FMNIST_local_c9", "MNIST_c1")] == \
+        ["FMNIST_c4", "FMNIST_c4", "FMNIST_c9", "MNIST_c1"]
+    assert study.unit({"dataset": "FMNIST_local_c6", "seed": 3, "Lambda": 1.0}) == ("FMNIST_c6", 3)
+    candidate = "linear_cka, Lambda 0.1 + precise BN"
+    entries = [entry(candidate, "FMNIST_c4", 1, dsu=0.8), entry(candidate, "FMNIST_local_c4", 1, dsu=0.7),
+               entry(PUBLISHED, "FMNIST_c4", 1, dsu=0.6), entry(PUBLISHED, "FMNIST_local_c4", 1, dsu=0.6)]
+    twins = study.paired_difference(study.by_candidate(entries), candidate, PUBLISHED, "dsu", "auc")
+    assert twins == {"mean": pytest.approx(0.15), "low": None, "high": None, "n": 1, "pairs": 2}
+    assert study.format_difference(twins) == "+0.150 (n=1 unit, 2 runs)"
+    assert f"dsu vs {PUBLISHED}: fewer than 2 units" in study.failed_conditions(study.by_candidate(entries), candidate)
+    # another seed of the local set is another unit: two units, an interval
+    entries += [entry(candidate, "FMNIST_local_c4", 2, dsu=0.9), entry(PUBLISHED, "FMNIST_local_c4", 2, dsu=0.6)]
+    got = study.paired_difference(study.by_candidate(entries), candidate, PUBLISHED, "dsu", "auc")
+    mean, (low, high) = t_interval([0.15, 0.3])
+    assert (got["n"], got["pairs"]) == (2, 3)
+    assert (got["mean"], got["low"], got["high"]) == pytest.approx((mean, low, high))
+
+
+def test_kind_restricts_differences_to_semantic_or_local_sets():
+    """Image AUC by kind of anomaly: sets with "_local_" in the name, or the others; each has one set per unit."""
+    rng = np.random.default_rng(4)
+    candidate = "gradient_cosine, Lambda 0.1 + precise BN"
+    shift = {"FMNIST_c4": 0.05, "FMNIST_c6": 0.05, "FMNIST_local_c4": -0.03, "FMNIST_local_c6": -0.03}
+    entries, differences = [], {"semantic": {"dsu": [], "rec": []}, "local": {"dsu": [], "rec": []}}
+    for dataset, delta in shift.items():
+        for seed in (1, 2):
+            theirs = rng.uniform(0.5, 0.7, 2)
+            ours = theirs + delta + rng.normal(0, 0.005, 2)
+            entries += [entry(PUBLISHED, dataset, seed, rec=theirs[0], dsu=theirs[1]),
+                        entry(candidate, dataset, seed, rec=ours[0], dsu=ours[1])]
+            kind = "local" if "local" in dataset else "semantic"
+            differences[kind]["rec"].append(ours[0] - theirs[0])
+            differences[kind]["dsu"].append(ours[1] - theirs[1])
+    groups = study.by_candidate(entries)
+    cells = []
+    for score in ("dsu", "rec"):
+        for kind in ("semantic", "local"):
+            got = study.paired_difference(groups, candidate, PUBLISHED, score, "auc", kind)
+            mean, (low, high) = t_interval(differences[kind][score])
+            assert (got["n"], got["pairs"]) == (4, 4)
+            assert (got["mean"], got["low"], got["high"]) == pytest.approx((mean, low, high))
+            cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] (n=4 units)")
+    assert cells[0].startswith("+0.05") and cells[1].startswith("-0.03")  # the two kinds differ as made
+    everything = study.paired_difference(groups, candidate, PUBLISHED, "dsu", "auc")
+    assert (everything["n"], everything["pairs"]) == (4, 8)
+    assert study.paired_difference(groups, candidate, PUBLISHED, "dsu", "auc", "semantic") != everything
+    assert f"| {candidate} | " + " | ".join(cells) + " |" in study.study_markdown(entries)
+    with pytest.raises(ValueError, match="kind"):
+        study.paired_difference(groups, candidate, PUBLISHED, "dsu", "auc", "locals")
 
 
 def test_pooled_row_and_per_data_set_means():
@@ -190,7 +260,7 @@ def test_decision_needs_dsu_above_every_reference_and_rec_not_below_published():
     assert low < 0 and study.failed_conditions(groups, "linear_cka, Lambda 0.1 + precise BN") == \
         [f"dsu vs {PLAIN_PBN}: interval reaches {low:+.3f}"]
     assert study.failed_conditions(groups, "linear_cka, Lambda 1, spread 1 + precise BN") == \
-        [f"dsu vs {reference}: fewer than 2 pairs" for reference in (PUBLISHED, PLAIN, PLAIN_PBN)]
+        [f"dsu vs {reference}: fewer than 2 units" for reference in (PUBLISHED, PLAIN, PLAIN_PBN)]
     assert all(study.failed_conditions(groups, name) == ["a reference"] for name in (PUBLISHED, PLAIN, PLAIN_PBN))
     assert "**Recommended: debiased_cca, Lambda 1 + precise BN**" in study.study_markdown(entries)
     others = [e for e in entries if study.label(e["results"]["run"]) != "debiased_cca, Lambda 1 + precise BN"]

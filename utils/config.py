@@ -28,7 +28,7 @@ class Exp:
     tf32: bool = False  # allow TF32 matmul/convolutions on Ampere+ GPUs (faster, less precise)
     score_batch: int = 0  # test-time batch size; 0 = chosen from memory
     workers: int = 0  # image decoding threads; 0 = all cores
-    share_learner0: str = ""  # folder where runs whose learner 0 is the same (all but the juniors' settings) share it
+    share_learners: str = ""  # folder where runs share each learner that would come out the same (utils/sharing.py)
 
 
 @dataclass

@@ -1,0 +1,134 @@
+"""Exp.share_learners: runs whose learner k would come out the same train it once, and each of them still holds
+exactly the learners it would have trained itself."""
+import json
+import re
+import shutil
+
+import numpy as np
+import torch
+from PIL import Image
+
+import eval as evaluate
+import train
+from tests.conftest import write_config
+from tests.test_pipeline import assert_same_weights, weights
+from utils import config, sharing
+
+
+def run(root, tmp_path, name, shared=None, dataset="tiny", **solver):
+    exp = {"share_learners": str(shared)} if shared else {}
+    path = write_config(tmp_path / f"{name}.yaml", root, tmp_path / name, Exp=exp, Data={"dataset": dataset},
+                        Solver={"num_epoch": 2, **solver})
+    cfg = config.load(path)
+    train.train(cfg, torch.device("cpu"), echo=False)
+    return cfg
+
+
+def trained_once(shared, index) -> int:
+    """How many copies of learner `index` the shared folder holds (one per distinct key)."""
+    return len(list(shared.glob(f"*/learner_{index}.pt")))
+
+
+def taken(tmp_path, name) -> list:
+    return re.findall(r"learner (\d+): taken from", (tmp_path / name / "train.log").read_text())
+
+
+def test_variants_share_the_learner_0_they_would_have_trained(tiny_root, tmp_path):
+    shared = tmp_path / "shared"
+    run(tiny_root, tmp_path, "published", shared, Lambda=1.0)
+    run(tiny_root, tmp_path, "weak", shared, Lambda=0.1, spread=0.5)
+    run(tiny_root, tmp_path, "alone", Lambda=0.1, spread=0.5)  # no sharing: trains its own learners
+    assert trained_once(shared, 0) == 1 and trained_once(shared, 1) == 2  # the juniors differ, learner 0 does not
+    assert taken(tmp_path, "weak") == ["0"] and taken(tmp_path, "published") == []
+    assert_same_weights(weights(tmp_path / "weak", 0), weights(tmp_path / "published", 0))
+    assert_same_weights(weights(tmp_path / "weak", 0), weights(tmp_path / "alone", 0))
+    assert_same_weights(weights(tmp_path / "weak", 1), weights(tmp_path / "alone", 1))  # and so the junior too
+    assert not torch.equal(weights(tmp_path / "weak", 1)["encoder.0.0.weight"],
+                           weights(tmp_path / "published", 1)["encoder.0.0.weight"])
+
+
+def test_the_record_says_where_a_learner_came_from(tiny_root, tmp_path):
+    shared = tmp_path / "shared"
+    run(tiny_root, tmp_path, "first", shared, Lambda=1.0)
+    cfg = run(tiny_root, tmp_path, "second", shared, Lambda=0.0)
+    results = evaluate.evaluate(cfg, torch.device("cpu"), echo=False)
+    reports = results["diagnostics"]["learners"]
+    assert reports[0]["shared_from"] == str(tmp_path / "first") and "shared_from" not in (reports[1] or {})
+    assert json.loads((tmp_path / "second" / "results.json").read_text())["diagnostics"]["learners"][0][
+        "shared_from"] == str(tmp_path / "first")
+
+
+def test_another_seed_or_learner_0_setting_trains_its_own(tiny_root, tmp_path):
+    shared = tmp_path / "shared"
+    run(tiny_root, tmp_path, "a", shared)
+    run(tiny_root, tmp_path, "b", shared, seed=4)
+    run(tiny_root, tmp_path, "c", shared, precise_bn=True)
+    assert trained_once(shared, 0) == 3 and trained_once(shared, 1) == 3
+    assert all(taken(tmp_path, name) == [] for name in "abc")
+
+
+def twin(tiny_root, tmp_path, name, change_pixel=False):
+    """A copy of the tiny data set under another name and root, with a smaller test set (half its normal test
+    images); with change_pixel, one training image differs in one pixel."""
+    root = tmp_path / f"{name}_root"
+    shutil.copytree(tiny_root / "tiny", root / name)
+    lists = json.loads((root / name / "data.json").read_text())
+    lists["test"]["0"] = lists["test"]["0"][::2]
+    (root / name / "data.json").write_text(json.dumps(lists))
+    if change_pixel:
+        path = root / name / "images" / lists["train"]["0"][5]
+        pixels = np.array(Image.open(path))
+        pixels[20:22, 20:22] = 255 - pixels[20:22, 20:22]  # a 2 x 2 block: survives the resize to 32
+        Image.fromarray(pixels).save(path)
+    return root
+
+
+def test_a_data_set_with_the_same_training_images_takes_every_learner_and_is_scored_on_its_own_test_set(
+        tiny_root, tmp_path):
+    """A class's semantic and local-defect sets share their training images: the second run trains nothing,
+    holds the learners it would have trained alone, and is scored on its own test set."""
+    shared = tmp_path / "shared"
+    first = run(tiny_root, tmp_path, "semantic", shared)
+    same = twin(tiny_root, tmp_path, "local")
+    second = run(same, tmp_path, "local", shared, dataset="local")
+    run(same, tmp_path, "local_alone", dataset="local")
+    assert taken(tmp_path, "local") == ["0", "1"]
+    for index in (0, 1):
+        assert_same_weights(weights(tmp_path / "local", index), weights(tmp_path / "local_alone", index))
+    scores = [evaluate.evaluate(cfg, torch.device("cpu"), echo=False) for cfg in (first, second)]
+    assert scores[0]["dsu"]["auc"] != scores[1]["dsu"]["auc"] or scores[0]["rec"]["ap"] != scores[1]["rec"]["ap"]
+    assert len((tmp_path / "local" / "scores.csv").read_text().splitlines()) == 1 + 4 + 8  # its own test set
+
+    changed = twin(tiny_root, tmp_path, "changed", change_pixel=True)
+    run(changed, tmp_path, "changed", shared, dataset="changed")
+    assert taken(tmp_path, "changed") == []  # one training pixel differs: every learner trained again
+    assert trained_once(shared, 0) == 2 and trained_once(shared, 1) == 2
+
+
+def test_the_key_holds_what_a_learner_sees_and_nothing_else(tiny_root, tmp_path):
+    cfg = config.load(write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run"))
+    senior = train.new_learner(cfg, 0, torch.device("cpu"))[0]
+    images = sharing.fingerprint([torch.zeros(4, 1, 8, 8, dtype=torch.uint8)])
+    key = sharing.key(cfg, 1, images, [senior])
+
+    def variant(**changes):
+        raw = cfg.to_dict()
+        for name, value in changes.items():
+            section, field = name.split("__")
+            raw[section][field] = value
+        return config.from_dict(raw)
+
+    # not seen by any learner: the data set's name and root, how many learners follow
+    assert sharing.key(variant(Data__dataset="other", Data__root="/elsewhere", Model__num_learners=5), 1, images,
+                       [senior]) == key
+    # seen by a junior but not by learner 0: the juniors' settings
+    assert sharing.key(variant(Solver__Lambda=0.5), 1, images, [senior]) != key
+    assert sharing.key(variant(Solver__Lambda=0.5), 0, images, []) == sharing.key(cfg, 0, images, [])
+    # seen by every learner: its index, the images, every other setting, each senior's weights
+    assert sharing.key(cfg, 2, images, [senior]) != key
+    assert sharing.key(cfg, 1, sharing.fingerprint([torch.ones(4, 1, 8, 8, dtype=torch.uint8)]), [senior]) != key
+    assert sharing.key(variant(Solver__seed=9), 1, images, [senior]) != key
+    assert sharing.key(variant(Solver__precise_bn=True), 1, images, [senior]) != key
+    with torch.no_grad():
+        next(senior.parameters()).view(-1)[0] += 1e-6
+    assert sharing.key(cfg, 1, images, [senior]) != key
