@@ -180,15 +180,15 @@ def train(cfg, device, echo=True):
                      f"{cfg.Data.dataset} ({len(split.train)} normal training images)")
             log.info(f"split: {describe(split.lists)}")
             raw = load_images(split.directory, split.train, cfg.Data.img_size, cfg.Exp.workers or None)
-            seen = sharing.fingerprint([raw]) if cfg.Exp.share_learners else None
+            training_images = sharing.fingerprint([raw]) if cfg.Exp.share_learners else None
             images = to_model_input(raw.to(device))
             seniors = []
             for index in range(cfg.Model.num_learners):
                 def train_it():
                     return train_learner(index, seniors, images, cfg, device, run_dir, log)
                 if cfg.Exp.share_learners:
-                    learner = sharing.shared(cfg, index, sharing.key(cfg, index, seen, seniors), run_dir, log,
-                                             train_it)
+                    learner_key = sharing.key(cfg, index, training_images, seniors)
+                    learner = sharing.shared(cfg, index, learner_key, run_dir, log, train_it)
                 else:
                     learner = train_it()
                 seniors.append(learner.eval().requires_grad_(False))  # frozen
