@@ -329,7 +329,8 @@ def study_markdown(entries) -> str:
     rows = []
     for name, members in groups.items():
         row = pooled(members)
-        rows.append([name, f"{row['runs']} ({len(row['datasets'])} sets; seeds {', '.join(map(str, row['seeds']))})",
+        seeds = ("seed " if len(row["seeds"]) == 1 else "seeds ") + ", ".join(map(str, row["seeds"]))
+        rows.append([name, f"{row['runs']} ({len(row['datasets'])} sets; {seeds})",
                      *(number(row[score, metric]) for metric in METRICS for score in SCORE_ORDER),
                      number(row["junior_rank"], 2), number(row["junior_cka"]), number(row["junior_seconds"], 0)])
     lines += markdown_table(header, rows)
