@@ -63,7 +63,7 @@ def shared(cfg, index, learner_key, run_dir, log, train_learner):
             report = {**(state["report"] or {}), "shared_from": state["trained_in"]}
             checkpoint.save({**state, "config": cfg.to_dict(), "report": report}, own)
         learner = train_learner()
-        if not finished(copy, cfg):
+        if state is None and not finished(copy, cfg):  # a copy taken is there already
             state = checkpoint.load(own)
             checkpoint.save({**state, "trained_in": str((state["report"] or {}).get("shared_from", run_dir))}, copy)
     return learner
