@@ -5,6 +5,4 @@ set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 start=$SECONDS
 run_config cfgs/Demo_AE.yaml "$@"
-out=$("$PY" -c 'import sys; from utils import config; print(config.load(sys.argv[1], sys.argv[2:]).run_dir)' \
-    cfgs/Demo_AE.yaml "$@")
-echo "demo finished in $((SECONDS - start)) s; outputs in $out (tensorboard --logdir $(dirname "$out"))"
+echo "demo finished in $((SECONDS - start)) s (eval.py's last line above names the run folder and its TensorBoard logs)"
