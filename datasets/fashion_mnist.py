@@ -47,6 +47,19 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 # The files make_local_set writes, and may remove when a rerun no longer lists them.
 LOCAL_NAME = re.compile(rf"(train|test)_\d{{5}}(_({'|'.join(defects.KINDS)}))?\.png")
+SET_NAME = re.compile(r"FMNIST_(local_)?c(\d)")
+
+
+def set_name(normal_class, anomalies="semantic") -> str:
+    """The folder, and data set, name of the one-class set of `normal_class`: FMNIST_c<class>, or
+    FMNIST_local_c<class> with local defects ("local"). Both have the same training images."""
+    return f"FMNIST_{'local_' if anomalies == 'local' else ''}c{normal_class}"
+
+
+def parse_set_name(name):
+    """(normal class, "semantic" or "local") of a name set_name writes; None for any other name."""
+    match = SET_NAME.fullmatch(name)
+    return (int(match[2]), "local" if match[1] else "semantic") if match else None
 
 
 def read_idx(path) -> np.ndarray:
@@ -140,7 +153,7 @@ def make_one_class(out_dir, normal_class, seed=0, source=SOURCE) -> Path:
     _check_class(normal_class)
     splits = {split: load_split(source, split) for split in FILES}
     chosen = select(splits["train"][1], splits["test"][1], normal_class, seed)
-    folder = Path(out_dir) / f"FMNIST_c{normal_class}"
+    folder = Path(out_dir) / set_name(normal_class)
     images = _make_folder(folder / "images")
     data = {"train": {}, "test": {}}
     for (section, label), indices in chosen.items():
@@ -165,7 +178,7 @@ def make_local_set(out_dir, normal_class, seed=0, source=SOURCE) -> Path:
     _check_class(normal_class)
     (train_pixels, train_labels), (test_pixels, test_labels) = (load_split(source, split) for split in FILES)
     normal, defective, kinds = select_local(test_labels, normal_class, seed)
-    folder = Path(out_dir) / f"FMNIST_local_c{normal_class}"
+    folder = Path(out_dir) / set_name(normal_class, "local")
     images, masks = _make_folder(folder / "images"), _make_folder(folder / "masks")
     donors = train_pixels[train_labels != normal_class]
     names = []

@@ -46,6 +46,7 @@ from scipy import stats  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from datasets.fashion_mnist import parse_set_name, set_name  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
 from utils.runlock import is_locked  # noqa: E402
@@ -78,7 +79,8 @@ def display_order(name: str) -> tuple:
 def training_set(dataset: str) -> str:
     """The data set whose training images a data set has: FMNIST_local_cC trains on FMNIST_cC's (byte-identical)
     images; any other set on its own."""
-    return dataset.replace("_local_", "_", 1)
+    parsed = parse_set_name(dataset)
+    return set_name(parsed[0]) if parsed else dataset
 
 
 def unit(run) -> tuple:
@@ -88,8 +90,9 @@ def unit(run) -> tuple:
 
 
 def anomaly_kind(dataset: str) -> str:
-    """"local" for a set of local defects (with pixel masks), "semantic" for one whose anomalies are other classes."""
-    return "local" if "_local_" in dataset else "semantic"
+    """"local" for a set of local defects (FMNIST_local_cC, with pixel masks), "semantic" for any other set."""
+    parsed = parse_set_name(dataset)
+    return parsed[1] if parsed else "semantic"
 
 
 KINDS = (None, "semantic", "local")  # paired_difference's filter: all sets, or those of one anomaly_kind
@@ -345,7 +348,7 @@ def study_markdown(entries) -> str:
         lines += markdown_table(["candidate", *(f"{score} {METRICS[metric]}" for metric in METRICS
                                                 for score in SCORE_ORDER)], rows)
         lines += ["", f"Image AUC by kind of anomaly, against {reference}: semantic sets, local-defect sets "
-                  '("_local_" in the name); one set per unit.', ""]
+                  "(FMNIST_local_c<class>); one set per unit.", ""]
         rows = [[name, *(format_difference(paired_difference(groups, name, reference, score, "auc", kind))
                          for score in ("dsu", "rec") for kind in ("semantic", "local"))]
                 for name in groups if name != reference]

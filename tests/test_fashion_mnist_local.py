@@ -13,7 +13,7 @@ from PIL import Image
 
 from datasets import defects, fashion_mnist, prepare
 from datasets.defects import KINDS, MIN_MEAN_CHANGE, MIN_PIXELS, SUPPORT_LEVEL, THRESHOLD, draw_defect
-from datasets.fashion_mnist import make_local_set, make_one_class, select, select_local
+from datasets.fashion_mnist import make_local_set, make_one_class, parse_set_name, select, select_local, set_name
 from datasets.medad import load_images, load_masks, read_split
 from tests.test_fashion_mnist import write_source
 from utils.errors import UserError
@@ -68,10 +68,19 @@ def lists(folder):
     return data["train"]["0"], data["test"]["0"], data["test"]["1"]
 
 
+def test_set_names_are_written_and_read_back_by_one_pair_of_functions():
+    """The study pairs a local set with its semantic twin by these names (scripts/rar_study.py)."""
+    assert (set_name(4), set_name(4, "local")) == ("FMNIST_c4", "FMNIST_local_c4")
+    assert [parse_set_name(set_name(c, kind)) for c in (0, 9) for kind in ("semantic", "local")] == \
+        [(0, "semantic"), (0, "local"), (9, "semantic"), (9, "local")]
+    assert [parse_set_name(name) for name in ("MNIST_c1", "FMNIST_local_c10", "FMNIST_c4_extra", "FMNIST_local")] \
+        == [None] * 4
+
+
 def test_split_keeps_every_test_image_once(source, local_set, tmp_path):
     _, arrays = source
     train, normal, defective = lists(local_set)
-    assert local_set.name == f"FMNIST_local_c{NORMAL}"
+    assert local_set.name == set_name(NORMAL, "local") == f"FMNIST_local_c{NORMAL}"
     class_test = np.flatnonzero(arrays["test"][1] == NORMAL).tolist()
     assert sorted(map(index_of, normal + defective)) == class_test  # none dropped, none doubled
     assert (len(normal), len(defective)) == (6, 6) and not {*map(index_of, normal)} & {*map(index_of, defective)}

@@ -185,7 +185,7 @@ def test_a_semantic_set_and_its_local_twin_of_one_seed_are_one_unit():
 
 
 def test_kind_restricts_differences_to_semantic_or_local_sets():
-    """Image AUC by kind of anomaly: sets with "_local_" in the name, or the others; each has one set per unit."""
+    """Image AUC by kind of anomaly: FMNIST_local_cC sets, or the others; each has one set per unit."""
     rng = np.random.default_rng(4)
     candidate = "gradient_cosine, Lambda 0.1 + precise BN"
     shift = {"FMNIST_c4": 0.05, "FMNIST_c6": 0.05, "FMNIST_local_c4": -0.03, "FMNIST_local_c6": -0.03}
