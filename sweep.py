@@ -9,10 +9,11 @@ Workers take the next unstarted cell from a counter in a torch.distributed TCPSt
 left. Worker i trains on GPU (local rank i) % (GPUs on its node), or on the CPU; several workers may share a GPU,
 which is how small runs fill it. A cell is locked while it runs, skipped when it is done or locked by another
 launcher, resumed from its checkpoints when it was interrupted, and recorded with its one-line error when it fails
-(the others go on). SIGTERM or SIGUSR1 (pre-emption) stops a worker's cell at the end of an epoch with a
-checkpoint; the worker takes no further cell and exits with 128 + the signal's number. Rerunning the same command
-finishes the grid. When every cell is done the grid folder gets summary.md and summary.csv: mean ± std over seeds,
-one row per data set, backbone and variant.
+(the others go on). A cell that needs a learner another run is training (Exp.share_learners) is put back, and its
+worker takes it again when the counter has no cell left, waiting then if it must. SIGTERM or SIGUSR1 (pre-emption)
+stops a worker's cell at the end of an epoch with a checkpoint; the worker takes no further cell and exits with
+128 + the signal's number. Rerunning the same command finishes the grid. When every cell is done the grid folder
+gets summary.md and summary.csv: mean ± std over seeds, one row per data set, backbone and variant.
 """
 import argparse
 import ctypes
@@ -29,7 +30,7 @@ import torch.distributed as dist
 import eval as evaluate
 import train
 from utils import grid as grids
-from utils import runlock, stop
+from utils import runlock, sharing, stop
 from utils.errors import Interrupted, UserError, cli
 from utils.runtime import pick_device, set_tf32
 from utils.summary import markdown_wide, summarize, widen, write_summary
@@ -103,9 +104,9 @@ def worker_device(cfg) -> torch.device:
     return pick_device(cfg.Exp.device)
 
 
-def run_cell(cell):
+def run_cell(cell, wait=True):
     """Train and evaluate one cell unless it is done or locked: (status, seconds, its results or the error line or
-    the stop signal's line)."""
+    the stop signal's line). wait=False: "deferred" instead of waiting for a shared learner in training."""
     if grids.is_done(cell):
         return "already done", 0.0, None
     lock = runlock.RunLock(cell.run_dir)
@@ -118,11 +119,13 @@ def run_cell(cell):
         grids.clear_error(cell)
         device = worker_device(cell.cfg)
         set_tf32(cell.cfg.Exp.tf32)
-        train.train(cell.cfg, device, echo=False)
+        train.train(cell.cfg, device, echo=False, wait_for_shared=wait)
         results = evaluate.evaluate(cell.cfg, device, echo=False)
         return "done", time.monotonic() - began, results
     except Interrupted as err:  # not a failure: the next launch resumes the cell
         return "interrupted", time.monotonic() - began, str(err)
+    except sharing.Busy as err:  # not a failure: taken again later
+        return "deferred", time.monotonic() - began, str(err)
     except UserError as err:
         line, details = str(err), ""
     except torch.cuda.OutOfMemoryError:
@@ -148,6 +151,8 @@ def progress(cell, total, status, seconds, info, counts=None) -> str:
         status = f"FAILED after {seconds:.1f} s: {info}"
     elif status == "interrupted":
         status = f"interrupted after {seconds:.1f} s: {info}"
+    elif status == "deferred":
+        status = f"put back after {seconds:.1f} s: {info}; taken again when no other cell is left"
     line = f"cell {cell.index} of {total} {cell.name}: {status}"
     if counts is None:
         return line
@@ -203,13 +208,23 @@ def run_shared(grid) -> int:
         print(f"grid {grid.name}: {len(grid.cells)} cells in {grid.folder}, {coordinator.world_size} worker(s)",
               flush=True)
     kind = {"done": "done", "already done": "done", "failed": "failed", "running elsewhere": "elsewhere"}
-    while not stop.requested() and (index := coordinator.next_cell()) < len(grid.cells):
-        cell = grid.cells[index]
-        status, seconds, info = run_cell(cell)
-        if status in kind:  # an interrupted cell counts as left
+
+    def take(cell, wait):
+        status, seconds, info = run_cell(cell, wait=wait)
+        if status in kind:  # an interrupted or deferred cell counts as left
             coordinator.count(kind[status])
         counts = tuple(coordinator.count(name, 0) for name in ("done", "failed", "elsewhere"))
         print(progress(cell, len(grid.cells), status, seconds, info, counts), flush=True)
+        return status
+
+    deferred = []  # cells whose shared learner another run was training: this worker's, taken again at the end
+    while not stop.requested() and (index := coordinator.next_cell()) < len(grid.cells):
+        if take(grid.cells[index], wait=False) == "deferred":
+            deferred.append(grid.cells[index])
+    for cell in deferred:
+        if stop.requested():
+            break
+        take(cell, wait=True)
     coordinator.finish()
     return report(grid) if coordinator.rank == 0 else 0
 

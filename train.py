@@ -165,10 +165,12 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
     return learner
 
 
-def train(cfg, device, echo=True):
+def train(cfg, device, echo=True, wait_for_shared=True):
     """Train (or resume, or skip) every learner of the run `cfg` describes; returns its run folder.
 
     echo=False writes the log to the run folder only (no stdout, no progress bar), as the grid runner wants.
+    wait_for_shared=False: raise sharing.Busy instead of waiting when another run is training a learner this one
+    would take from Exp.share_learners (the learners finished so far stay, and the next call resumes).
     """
     split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
     run_dir = make_run_dir(cfg.run_dir)
@@ -188,7 +190,7 @@ def train(cfg, device, echo=True):
                     return train_learner(index, seniors, images, cfg, device, run_dir, log)
                 if cfg.Exp.share_learners:
                     learner_key = sharing.key(cfg, index, training_images, seniors)
-                    learner = sharing.shared(cfg, index, learner_key, run_dir, log, train_it)
+                    learner = sharing.shared(cfg, index, learner_key, run_dir, log, train_it, wait=wait_for_shared)
                 else:
                     learner = train_it()
                 seniors.append(learner.eval().requires_grad_(False))  # frozen

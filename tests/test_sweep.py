@@ -1,6 +1,7 @@
 """The grid runner: grid files, torchrun workers, Slurm-style single cells, failures, locks, kill and rerun."""
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import signal
@@ -13,7 +14,9 @@ import pytest
 import yaml
 
 import sweep
+from datasets.medad import dataset_dir, load_images, read_split
 from tests.conftest import REPO, write_config
+from utils import checkpoint, sharing
 from utils import grid as grids
 from utils import runlock
 from utils.errors import UserError
@@ -101,6 +104,43 @@ def test_a_cell_locked_by_another_launcher_is_skipped(two_configs, tmp_path, cap
     finally:
         lock.release()
     assert grids.state(cells[0]) == "not started"
+
+
+def test_a_cell_whose_shared_learner_is_in_training_is_put_back_and_taken_again_at_the_end(
+        two_configs, tmp_path, monkeypatch, capsys):
+    """Exp.share_learners: instead of idling while another run trains the learner a cell would take, the worker
+    runs the next cell and comes back to it when the counter has no cell left."""
+    shared = tmp_path / "shared"
+    grid_file = write_grid(tmp_path / "grid.yaml", two_configs[:1], overrides={"Exp.share_learners": str(shared)})
+    cells = grids.load(grid_file).cells
+    cfg = cells[0].cfg  # seed 1; seed 2's learner 0 has another key
+    split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
+    images = sharing.fingerprint([load_images(split.directory, split.train, cfg.Data.img_size, None)])
+    (shared / sharing.key(cfg, 0, images, [])).mkdir(parents=True)
+    other_run = open(shared / sharing.key(cfg, 0, images, []) / ".lock", "a")  # as a run training learner 0 holds it
+    fcntl.flock(other_run, fcntl.LOCK_EX)
+    calls, run_cell = [], sweep.run_cell
+
+    def recorded(cell, wait=True):
+        calls.append((cell.index, wait))
+        if calls == [(0, True)]:
+            pytest.fail("the first try of a cell waits for the shared learner (here: for ever)")
+        if cell.index == 0 and wait:  # taken again: nothing of it trained meanwhile; the other run finishes now
+            assert not checkpoint.learner_path(cell.run_dir, 0).exists()
+            other_run.close()
+        return run_cell(cell, wait=wait)
+
+    monkeypatch.setattr(sweep, "run_cell", recorded)
+    try:
+        assert sweep.main(["--grid", str(grid_file)]) == 0
+    finally:
+        other_run.close()
+    out = capsys.readouterr().out
+    assert calls == [(0, False), (1, False), (0, True)]
+    assert out.index(f"{cells[0].name}: put back after") < out.index(f"{cells[1].name}: done in") < \
+        out.index(f"{cells[0].name}: done in")
+    assert all(grids.state(cell) == "done" for cell in cells) and "all 2 cells done" in out
+    assert "learner 0: another run is training it" in (cells[0].run_dir / "train.log").read_text()
 
 
 def workers_of(grid_file) -> list:

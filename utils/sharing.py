@@ -6,6 +6,8 @@ and no learner sees the test set or the data set's name, so a study of repulsion
 share their training images (a class's semantic and local-defect sets), trains each learner once. The key of
 learner k hashes exactly those inputs: the settings, a fingerprint of the decoded training images, and of each
 senior's weights; a copy is taken only under the same key, and its checkpoint's report says which run trained it.
+A run whose learner another run is training waits for it, or, with wait=False (the grid runner's first try of a
+cell), raises Busy at once so that its worker can take another cell meanwhile.
 """
 import fcntl
 import hashlib
@@ -18,6 +20,10 @@ from utils import checkpoint, config
 
 JUNIOR_ONLY = ("Solver.Lambda", "Solver.spread", "Model.repulsion")  # settings learner 0 never uses
 NOT_SEEN = ("Data.dataset",)  # training sees the images (fingerprinted), not the folder's name or its test set
+
+
+class Busy(Exception):
+    """Another run holds the lock of a learner this run would take: it is training it now."""
 
 
 def fingerprint(tensors) -> str:
@@ -48,15 +54,19 @@ def finished(path, cfg):
     return state if state["epoch"] >= cfg.Solver.num_epoch else None
 
 
-def shared(cfg, index, learner_key, run_dir, log, train_learner):
+def shared(cfg, index, learner_key, run_dir, log, train_learner, wait=True):
     """Learner `index` of the run: the shared copy when a run with the same key left one, else train_learner()
     (which trains, resumes or skips it in run_dir) and a copy left for the others. A lock per key makes a run wait
-    while another trains that learner."""
+    while another trains that learner; with wait=False it raises Busy instead."""
     folder = Path(cfg.Exp.share_learners) / learner_key
     folder.mkdir(parents=True, exist_ok=True)
     copy, own = folder / f"learner_{index}.pt", checkpoint.learner_path(run_dir, index)
     with open(folder / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process ends
+        try:  # the lock goes when the file closes, or when the process ends
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            log.info(f"learner {index}: another run is training it; this run stops here and is resumed later")
+            raise Busy(f"learner {index} is being trained by another run (shared folder {folder})") from None
         state = None if finished(own, cfg) else finished(copy, cfg)
         if state:
             log.info(f"learner {index}: taken from {copy}, trained in {state['trained_in']} with the same inputs")
