@@ -16,7 +16,7 @@ from tqdm import tqdm
 import models
 from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, read_split, to_model_input
-from utils import checkpoint, config, diagnostics, runlock, seeding, sharing, stop
+from utils import checkpoint, config, diagnostics, perturb, runlock, seeding, sharing, stop
 from utils.cka import GRADIENT_SIMILARITIES, participation_ratio, repulsion
 from utils.ensemble import features_of, input_gradients_of
 from utils.errors import UserError, cli
@@ -43,17 +43,21 @@ def prepare_run(cfg, run_dir):
         stale.unlink()
 
 
-def training_loss(learner, x, senior_terms, Lambda, kind="linear_cka", spread=0.0):
+def training_loss(learner, x, senior_terms, Lambda, kind="linear_cka", spread=0.0, x_repel=None):
     """The backbone's own loss plus, for a junior, Lambda x its mean similarity (Model.repulsion; linear CKA as
     published) to its seniors' tapped features, or to their input gradients (GRADIENT_SIMILARITIES), and
-    `spread` / the participation ratio of its features (Solver.spread, anti-collapse)."""
+    `spread` / the participation ratio of its features (Solver.spread, anti-collapse). With x_repel (Model.repel_on
+    =pasted) the similarity is measured on those images, through a second forward pass, and senior_terms must be the
+    seniors' on them too; the reconstruction loss and `spread` stay on x."""
     by_gradient = senior_terms and kind in GRADIENT_SIMILARITIES
     if by_gradient:
         x = x.detach().requires_grad_(True)
+        x_repel = None if x_repel is None else x_repel.detach().requires_grad_(True)
     out = learner(x)
     loss, terms = learner.loss(out, x)
     if senior_terms:
-        junior = input_gradient(learner, out, x, create_graph=True) if by_gradient else out["features"]
+        at, out_at = (x, out) if x_repel is None else (x_repel, learner(x_repel))
+        junior = input_gradient(learner, out_at, at, create_graph=True) if by_gradient else out_at["features"]
         mean_similarity, per_senior = repulsion(junior, senior_terms, kind)
         loss = loss + Lambda * mean_similarity
         terms = {**terms, "repulsion": mean_similarity, **{f"cka_senior{j}": c for j, c in enumerate(per_senior)}}
@@ -101,14 +105,18 @@ def captures(cfg, device) -> bool:
 def loss_of_batches(learner, seniors, images, cfg):
     """batch_loss(batch indices) -> (loss, terms) on images[batch]. With Exp.fast the seniors' features (or input
     gradients) are computed once for the whole training set: seniors are frozen, in eval mode, and there is no
-    augmentation, so they never change."""
+    augmentation, so they never change. With Model.repel_on=pasted a junior is compared with its seniors on the
+    run's one pasted copy of the training set (utils/perturb.py), batch for batch."""
     senior_terms = input_gradients_of if cfg.Model.repulsion in GRADIENT_SIMILARITIES else features_of
-    cache = [senior_terms(senior, images) for senior in seniors] if cfg.Exp.fast else None
+    repel = perturb.self_pasted(images, cfg.Solver.seed) if seniors and cfg.Model.repel_on == "pasted" else None
+    cache = [senior_terms(senior, images if repel is None else repel) for senior in seniors] if cfg.Exp.fast else None
 
     def batch_loss(batch):
         x = images[batch]
-        seniors_now = [part[batch] for part in cache] if cache else [senior_terms(senior, x) for senior in seniors]
-        return training_loss(learner, x, seniors_now, cfg.Solver.Lambda, cfg.Model.repulsion, cfg.Solver.spread)
+        on = x if repel is None else repel[batch]  # the images the junior is compared with its seniors on
+        seniors_now = [part[batch] for part in cache] if cache else [senior_terms(senior, on) for senior in seniors]
+        return training_loss(learner, x, seniors_now, cfg.Solver.Lambda, cfg.Model.repulsion, cfg.Solver.spread,
+                             x_repel=None if repel is None else on)
 
     return batch_loss
 

@@ -67,9 +67,11 @@ def label(run) -> str:
     if run["Lambda"] == 0:
         return PLAIN + suffix
     repulsion, spread = run.get("repulsion", "linear_cka"), run.get("spread", 0.0)
-    if (repulsion, run["Lambda"], spread) == ("linear_cka", 1, 0):
+    repel_on = run.get("repel_on", "training")
+    if (repulsion, run["Lambda"], spread, repel_on) == ("linear_cka", 1, 0, "training"):
         return PUBLISHED + suffix
-    return f"{repulsion}, Lambda {run['Lambda']:g}" + (f", spread {spread:g}" if spread else "") + suffix
+    return (f"{repulsion}, Lambda {run['Lambda']:g}" + (f", spread {spread:g}" if spread else "")
+            + (f", on {repel_on} images" if repel_on != "training" else "") + suffix)
 
 
 def display_order(name: str) -> tuple:

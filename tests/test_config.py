@@ -112,9 +112,11 @@ def test_repulsion_and_precise_bn_defaults_are_the_published_behaviour():
 
 @pytest.mark.parametrize("overrides", [["Model.repulsion=cca"], ["Model.repulsion=debiased_cca", "Solver.bs=18"],
                                        ["Model.repulsion=rbf_cka", "Model.layer=0"],
-                                       ["Model.repulsion=debiased_cka", "Solver.bs=4"], ["Solver.precise_bn=true"]])
+                                       ["Model.repulsion=debiased_cka", "Solver.bs=4"], ["Solver.precise_bn=true"],
+                                       ["Model.repel_on=pasted"]])
 def test_new_options_load(overrides):
     cfg = config.load(CFGS / "RSNA_AE.yaml", overrides)
+    assert cfg.Model.repel_on == ("pasted" if "Model.repel_on=pasted" in overrides else "training")
     assert cfg.Model.repulsion == (overrides[0].split("=")[1] if "repulsion" in overrides[0] else "linear_cka")
     assert cfg.Solver.precise_bn is ("Solver.precise_bn=true" in overrides)
 
@@ -127,6 +129,7 @@ def test_new_options_load(overrides):
     (["Model.repulsion=debiased_cca", "Solver.bs=17"], "fewer dimensions than Solver.bs - 1 (16)"),
     (["Model.repulsion=debiased_cka", "Solver.bs=3"], "needs Solver.bs of at least 4"),
     (["Solver.precise_bn=1"], "config Solver.precise_bn must be bool, got int 1"),
+    (["Model.repel_on=paste"], "unknown config Model.repel_on 'paste'; did you mean 'pasted'?"),
 ])
 def test_bad_repulsion_settings_name_the_key(overrides, message):
     with pytest.raises(UserError) as err:
@@ -137,7 +140,7 @@ def test_bad_repulsion_settings_name_the_key(overrides, message):
 def test_new_keys_are_part_of_the_run_identity():
     from utils import checkpoint
     base = config.load(CFGS / "RSNA_AE.yaml").to_dict()
-    for override in ("Model.repulsion=cca", "Solver.precise_bn=true"):
+    for override in ("Model.repulsion=cca", "Solver.precise_bn=true", "Model.repel_on=pasted"):
         other = config.load(CFGS / "RSNA_AE.yaml", [override]).to_dict()
         with pytest.raises(UserError, match=override.split("=")[0]):
             checkpoint.check_same_experiment(base, other, "run folder x")
@@ -163,6 +166,7 @@ def test_one_definition_of_an_experiment_serves_checkpoints_results_grids_and_su
     base = config.load(CFGS / "RSNA_AE.yaml")
     changed = {"Model.network": "MemAE", "Model.mp": 2, "Model.ls": 8, "Model.layer": 3, "Model.mem_dim": 9,
                "Model.shrink_thres": 0.1, "Model.entropy_loss_weight": 0.1, "Model.repulsion": "cca",
+               "Model.repel_on": "pasted",
                "Data.dataset": "vin", "Data.img_size": 32, "Solver.bs": 32, "Solver.lr": 0.1,
                "Solver.weight_decay": 0.1, "Solver.num_epoch": 3, "Solver.Lambda": 0.5, "Solver.spread": 0.5,
                "Solver.precise_bn": True, "Model.num_learners": 5, "Solver.seed": 99, "Data.root": "/elsewhere"}

@@ -43,13 +43,15 @@ def entry(name, dataset, seed, rec=0.5, unc=0.5, dsu=0.5, pixel=None, rng=None):
             "train_seconds": {}}
 
 
-def test_labels_name_the_nine_candidates_of_the_screen_in_order():
+def test_labels_name_the_eleven_candidates_of_the_screen_in_order():
     cells = grids.load(SCREEN).cells
     labels = [study.label(config.run_settings(cell.cfg)) for cell in cells]
     ordered = sorted(set(labels), key=study.display_order)
     assert ordered == [PUBLISHED, PUBLISHED + " + precise BN", PLAIN, PLAIN_PBN,
-                       "debiased_cca, Lambda 1 + precise BN", "gradient_cosine, Lambda 0.1 + precise BN",
+                       "debiased_cca, Lambda 1 + precise BN", "debiased_cca, Lambda 1, on pasted images + precise BN",
+                       "gradient_cosine, Lambda 0.1 + precise BN",
                        "linear_cka, Lambda 0.01 + precise BN", "linear_cka, Lambda 0.1 + precise BN",
+                       "linear_cka, Lambda 1, on pasted images + precise BN",
                        "linear_cka, Lambda 1, spread 1 + precise BN"]
     assert all(labels.count(name) == 6 for name in ordered)
     # Lambda 0 repels nothing whatever the kind and spread; runs from before "spread" existed count as spread 0

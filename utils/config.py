@@ -17,6 +17,7 @@ NETWORKS = ("AE", "AE-U", "MemAE")
 # does not import torch; a test checks that the two agree).
 REPULSIONS = ("linear_cka", "cca", "debiased_cka", "rbf_cka", "debiased_cca", "gradient_cosine")
 WHITENED = ("cca", "debiased_cca")  # need fewer feature dimensions than a batch has samples, minus one
+REPEL_ON = ("training", "pasted")  # Model.repel_on
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Model:
     entropy_loss_weight: float = 0.0002  # MemAE: weight of the attention entropy loss
     repulsion: str = "linear_cka"  # RAR similarity (REPULSIONS, utils/cka.py); linear_cka is the published one;
     # gradient_cosine compares input gradients of the reconstruction error instead of tapped features
+    repel_on: str = "training"  # juniors only: the images the repulsion is measured on: the training batch
+    # (published) or "pasted", the same batch with a rectangle of each image pasted elsewhere in it (utils/perturb.py)
 
 
 @dataclass
@@ -119,6 +122,8 @@ def _check(cfg: Config) -> Config:
         raise UserError(f"config Model.repulsion={cfg.Model.repulsion} whitens the features, which needs fewer "
                         f"dimensions than Solver.bs - 1 ({cfg.Solver.bs - 1}); only the latent z is that narrow: "
                         "use Model.layer=4 with Model.ls below it, or a CKA repulsion")
+    if cfg.Model.repel_on not in REPEL_ON:
+        raise UserError(unknown("config Model.repel_on", cfg.Model.repel_on, REPEL_ON))
     if cfg.Solver.spread < 0:
         raise UserError(f"config Solver.spread must be 0 or positive, got {cfg.Solver.spread}")
     if cfg.Model.repulsion.startswith("debiased") and cfg.Solver.bs < 4:

@@ -18,7 +18,7 @@ import torch
 
 from utils import checkpoint, config
 
-JUNIOR_ONLY = ("Solver.Lambda", "Solver.spread", "Model.repulsion")  # settings learner 0 never uses
+JUNIOR_ONLY = ("Solver.Lambda", "Solver.spread", "Model.repulsion", "Model.repel_on")  # learner 0 never uses them
 NOT_SEEN = ("Data.dataset",)  # training sees the images (fingerprinted), not the folder's name or its test set
 
 
@@ -38,9 +38,12 @@ def fingerprint(tensors) -> str:
 
 def key(cfg, index: int, images: str, seniors) -> str:
     """What learner `index` depends on, hashed: the experiment's settings but those it never sees, the training
-    images' fingerprint and its seniors' weights."""
+    images' fingerprint and its seniors' weights. Only settings away from their defaults enter, so a setting added
+    to the project later, at its default, leaves every key as it was."""
     unseen = (*config.GROWS, *NOT_SEEN, *(JUNIOR_ONLY if index == 0 else ()))
-    settings = config.experiment(cfg, without=unseen)
+    defaults = config.experiment(config.Config())
+    settings = {name: value for name, value in config.experiment(cfg, without=unseen).items()
+                if value != defaults[name]}
     settings.update(learner=index, training_images=images,
                     seniors=[fingerprint(senior.state_dict().values()) for senior in seniors])
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
