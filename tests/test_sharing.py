@@ -1,8 +1,10 @@
 """Exp.share_learners: runs whose learner k would come out the same train it once, and each of them still holds
 exactly the learners it would have trained itself."""
+import fcntl
 import json
 import re
 import shutil
+import threading
 
 import numpy as np
 import torch
@@ -132,3 +134,14 @@ def test_the_key_holds_what_a_learner_sees_and_nothing_else(tiny_root, tmp_path)
     with torch.no_grad():
         next(senior.parameters()).view(-1)[0] += 1e-6
     assert sharing.key(cfg, 1, images, [senior]) != key
+
+
+def test_a_lock_freed_within_the_grace_is_taken_and_one_held_longer_is_not(tmp_path):
+    """A grid's first try of a cell waits BUSY_AFTER_S for a learner's lock: long enough for another run to write
+    its copy, far shorter than training it."""
+    path = tmp_path / ".lock"
+    with open(path, "a") as holder, open(path, "a") as waiter:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert not sharing.take_lock_within(waiter, 0.2)
+        threading.Timer(0.3, holder.close).start()  # closing the file releases its lock
+        assert sharing.take_lock_within(waiter, 10)

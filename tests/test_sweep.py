@@ -120,6 +120,7 @@ def test_a_cell_whose_shared_learner_is_in_training_is_put_back_and_taken_again_
     other_run = open(shared / sharing.key(cfg, 0, images, []) / ".lock", "a")  # as a run training learner 0 holds it
     fcntl.flock(other_run, fcntl.LOCK_EX)
     calls, run_cell = [], sweep.run_cell
+    monkeypatch.setattr(sharing, "BUSY_AFTER_S", 0.6)  # the grace a copy being written gets (30 s)
 
     def recorded(cell, wait=True):
         calls.append((cell.index, wait))

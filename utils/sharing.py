@@ -12,6 +12,7 @@ cell), raises Busy at once so that its worker can take another cell meanwhile.
 import fcntl
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +21,22 @@ from utils import checkpoint, config
 
 JUNIOR_ONLY = ("Solver.Lambda", "Solver.spread", "Model.repulsion", "Model.repel_on")  # learner 0 never uses them
 NOT_SEEN = ("Data.dataset",)  # training sees the images (fingerprinted), not the folder's name or its test set
+
+
+BUSY_AFTER_S = 30.0  # wait=False: how long a lock may stay taken (a copy being written takes about a second)
+
+
+def take_lock_within(lock, seconds) -> bool:
+    """Take the exclusive lock on the open file `lock` if it comes free within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
 
 
 class Busy(Exception):
@@ -65,11 +82,11 @@ def shared(cfg, index, learner_key, run_dir, log, train_learner, wait=True):
     folder.mkdir(parents=True, exist_ok=True)
     copy, own = folder / f"learner_{index}.pt", checkpoint.learner_path(run_dir, index)
     with open(folder / ".lock", "a") as lock:
-        try:  # the lock goes when the file closes, or when the process ends
-            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+        if wait:  # the lock goes when the file closes, or when the process ends
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        elif not take_lock_within(lock, BUSY_AFTER_S):
             log.info(f"learner {index}: another run is training it; this run stops here and is resumed later")
-            raise Busy(f"learner {index} is being trained by another run (shared folder {folder})") from None
+            raise Busy(f"learner {index} is being trained by another run (shared folder {folder})")
         state = None if finished(own, cfg) else finished(copy, cfg)
         if state:
             log.info(f"learner {index}: taken from {copy}, trained in {state['trained_in']} with the same inputs")
