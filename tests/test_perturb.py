@@ -7,7 +7,7 @@ from datasets.medad import load_images, read_split, to_model_input
 from tests.conftest import write_config
 from tests.test_pipeline import assert_same_weights, weights
 from utils import checkpoint, config, ensemble
-from utils.cka import linear_cka
+from utils.cka import gradient_cosine, linear_cka
 from utils.perturb import rectangles, self_pasted
 
 
@@ -78,3 +78,20 @@ def test_a_junior_is_compared_with_its_seniors_on_the_pasted_copy(tiny_root, tmp
     assert terms["loss"].item() == pytest.approx((junior.loss(out, x)[0] + 0.5 * expected).item(), rel=1e-5)
     on_training = linear_cka(out["features"], ensemble.features_of(senior, x))
     assert abs(on_training.item() - expected.item()) > 1e-4  # the pasted images, not the training batch
+
+
+def test_gradient_repulsion_on_pasted_images_compares_the_input_gradients_there(tiny_root, tmp_path):
+    cfg = config.load(write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run"))
+    senior, junior = (train.new_learner(cfg, index, torch.device("cpu"))[0] for index in (0, 1))
+    senior.eval()
+    split = read_split(tiny_root / "tiny")
+    x = to_model_input(load_images(split.directory, split.train[:8], 32))
+    on = self_pasted(x, 3)
+    senior_gradient = ensemble.input_gradients_of(senior, on)
+    junior.train()
+    _, terms = train.training_loss(junior, x, [senior_gradient], 0.5, "gradient_cosine", x_repel=on)
+    on_in = on.clone().requires_grad_(True)
+    own = torch.autograd.grad(junior.score_error(junior(on_in), on_in).flatten(1).mean(dim=1).sum(), on_in)[0]
+    assert terms["repulsion"].item() == pytest.approx(gradient_cosine(own, senior_gradient).item(), rel=1e-5)
+    _, at_training = train.training_loss(junior, x, [ensemble.input_gradients_of(senior, x)], 0.5, "gradient_cosine")
+    assert abs(at_training["repulsion"].item() - terms["repulsion"].item()) > 1e-4
