@@ -108,7 +108,8 @@ def loss_of_batches(learner, seniors, images, cfg):
     augmentation, so they never change. With Model.repel_on=pasted a junior is compared with its seniors on the
     run's one pasted copy of the training set (utils/perturb.py), batch for batch."""
     senior_terms = input_gradients_of if cfg.Model.repulsion in GRADIENT_SIMILARITIES else features_of
-    repel = perturb.self_pasted(images, cfg.Solver.seed) if seniors and cfg.Model.repel_on == "pasted" else None
+    pasted = seniors and cfg.Solver.Lambda and cfg.Model.repel_on == "pasted"  # Lambda 0: a plain ensemble, exactly
+    repel = perturb.self_pasted(images, cfg.Solver.seed) if pasted else None
     cache = [senior_terms(senior, images if repel is None else repel) for senior in seniors] if cfg.Exp.fast else None
 
     def batch_loss(batch):

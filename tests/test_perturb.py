@@ -95,3 +95,12 @@ def test_gradient_repulsion_on_pasted_images_compares_the_input_gradients_there(
     assert terms["repulsion"].item() == pytest.approx(gradient_cosine(own, senior_gradient).item(), rel=1e-5)
     _, at_training = train.training_loss(junior, x, [ensemble.input_gradients_of(senior, x)], 0.5, "gradient_cosine")
     assert abs(at_training["repulsion"].item() - terms["repulsion"].item()) > 1e-4
+
+
+def test_lambda_0_on_pasted_images_is_the_plain_ensemble_exactly(tiny_root, tmp_path):
+    """Nothing is repelled, so no second forward pass moves the junior's BatchNorm statistics either."""
+    for name, repel_on in (("pasted", "pasted"), ("plain", "training")):
+        train.main(["--config", str(write_config(tmp_path / f"{name}.yaml", tiny_root, tmp_path / name,
+                                                 Model={"repel_on": repel_on},
+                                                 Solver={"num_epoch": 1, "Lambda": 0.0}))])
+    assert_same_weights(weights(tmp_path / "pasted", 1), weights(tmp_path / "plain", 1))
