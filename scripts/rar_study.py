@@ -222,6 +222,20 @@ def juniors_shape(diagnostics) -> tuple:
     return float(np.mean(diagnostics["effective_rank"][1:])), float(np.mean(pairs))
 
 
+def taken_tags(entry) -> set:
+    """Tags ("learnerK") of the run's learners taken from the shared folder: trained by another run, so their
+    curves and seconds belong to that run, and any this run logged under the tag are of an attempt the copy
+    replaced (a run stopped part-way through a learner that a twin then finished)."""
+    reports = entry["results"].get("diagnostics", {}).get("learners", [])
+    return {f"learner{index}" for index, report in enumerate(reports) if (report or {}).get("shared_from")}
+
+
+def juniors_trained_here(entry) -> bool:
+    """Whether the run trained its juniors itself, so that their seconds are its own."""
+    juniors = {tag for tag in entry.get("train_seconds", {}) if tag != "learner0"}
+    return bool(juniors) and not juniors & taken_tags(entry)
+
+
 def pooled(entries) -> dict:
     """Table a's row of one candidate: means over its runs (pixel AUROC over those with masks)."""
     results = [entry["results"] for entry in entries]
@@ -234,7 +248,7 @@ def pooled(entries) -> dict:
     row["junior_rank"] = mean_or_none([rank for rank, _ in shapes])
     row["junior_cka"] = mean_or_none([cka for _, cka in shapes])
     row["junior_seconds"] = mean_or_none([sum(seconds for tag, seconds in entry["train_seconds"].items()
-                                              if tag != "learner0") for entry in entries if entry.get("train_seconds")])
+                                              if tag != "learner0") for entry in entries if juniors_trained_here(entry)])
     return row
 
 
@@ -385,11 +399,13 @@ def study_markdown(entries) -> str:
 # ---------------------------------------------------------------- the figure
 
 def junior_curves(entries) -> dict:
-    """Per candidate: the effective rank per epoch of each junior of each run (learner 0 is no junior)."""
+    """Per candidate: the effective rank per epoch of each junior each run trained itself (learner 0 is no junior;
+    taken_tags says why a shared learner is left out)."""
     curves = defaultdict(list)
     for entry in entries:
+        taken = taken_tags(entry)
         for tag, curve in entry["rank_curves"].items():
-            if tag != "learner0" and curve:
+            if tag != "learner0" and tag not in taken and curve:
                 curves[label(entry["results"]["run"])].append(curve)
     return dict(curves)
 

@@ -43,6 +43,21 @@ def entry(name, dataset, seed, rec=0.5, unc=0.5, dsu=0.5, pixel=None, rng=None):
             "train_seconds": {}}
 
 
+def test_curves_and_seconds_of_learners_taken_from_the_shared_folder_are_left_out():
+    """A run stopped part-way through learner 1, whose twin then finished it: the run holds the twin's copy, and the
+    9 epochs it logged itself are of an attempt the copy replaced."""
+    stopped = entry(PUBLISHED, "FMNIST_c9", 1)
+    stopped["results"]["diagnostics"]["learners"] = [{"shared_from": "runs/a"}, {"shared_from": "runs/b"}, {}]
+    stopped["rank_curves"] = {"learner0": [5.0] * 30, "learner1": [2.0] * 9, "learner2": [1.0] * 30}
+    stopped["train_seconds"] = {"learner1": 90.0, "learner2": 300.0}
+    whole = entry(PUBLISHED, "FMNIST_c4", 1)
+    whole["rank_curves"] = {"learner0": [5.0] * 30, "learner1": [3.0] * 30, "learner2": [4.0] * 30}
+    whole["train_seconds"] = {"learner0": 100.0, "learner1": 200.0, "learner2": 250.0}
+    assert study.taken_tags(stopped) == {"learner0", "learner1"} and study.taken_tags(whole) == set()
+    assert study.junior_curves([stopped, whole]) == {PUBLISHED: [[1.0] * 30, [3.0] * 30, [4.0] * 30]}
+    assert study.pooled([stopped, whole])["junior_seconds"] == 450.0  # the whole run's juniors only
+
+
 def test_labels_name_the_eleven_candidates_of_the_screen_in_order():
     cells = grids.load(SCREEN).cells
     labels = [study.label(config.run_settings(cell.cfg)) for cell in cells]
