@@ -303,9 +303,11 @@ def test_screen_ranking_orders_candidates_by_their_worst_dsu_difference_and_pick
     assert study.confirmed(ranking) == ["gradient_cosine, Lambda 0.1 + precise BN",
                                         "debiased_cca, Lambda 1 + precise BN"]  # the third is below 0
     assert study.confirmed([("a", 0.06, 0), ("b", 0.01, 0), ("c", 0.001, 0), ("d", 0.0005, 0)]) == ["a", "b", "c"]
+    entries += [entry(name, "FMNIST_c4", 2, rec=0.6, dsu=0.5) for name in references]  # the confirmation's runs
+    entries.append(entry("linear_cka, Lambda 0.1 + precise BN", "FMNIST_c4", 2, rec=0.6, dsu=0.9))
     table = study.study_markdown(entries)
     assert "| gradient_cosine, Lambda 0.1 + precise BN | +0.060 | +0.020 | yes |" in table
-    assert "| linear_cka, Lambda 0.1 + precise BN | -0.010 | +0.020 | no |" in table
+    assert "| linear_cka, Lambda 0.1 + precise BN | -0.010 | +0.020 | no |" in table  # seed 2 changes nothing
 
 
 def test_a_run_repeated_in_a_second_grid_counts_once(tmp_path, capsys):
