@@ -145,3 +145,17 @@ def test_a_lock_freed_within_the_grace_is_taken_and_one_held_longer_is_not(tmp_p
         assert not sharing.take_lock_within(waiter, 0.2)
         threading.Timer(0.3, holder.close).start()  # closing the file releases its lock
         assert sharing.take_lock_within(waiter, 10)
+
+
+def test_a_setting_at_its_default_leaves_every_key_as_it_was(tiny_root, tmp_path, monkeypatch):
+    """A setting added to the project later, at its default, must not re-key the learners already shared."""
+    cfg = config.load(write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"Lambda": 0.5}))
+    images = sharing.fingerprint([torch.zeros(4, 1, 8, 8, dtype=torch.uint8)])
+    before = [sharing.key(cfg, index, images, []) for index in (0, 1)]
+    experiment = config.experiment
+
+    def with_a_new_setting(settings, without=()):  # as if the project had gained Model.new with default 0
+        return {**experiment(settings, without), "Model.new": 0}
+
+    monkeypatch.setattr(config, "experiment", with_a_new_setting)
+    assert [sharing.key(cfg, index, images, []) for index in (0, 1)] == before

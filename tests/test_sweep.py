@@ -116,8 +116,9 @@ def test_a_cell_whose_shared_learner_is_in_training_is_put_back_and_taken_again_
     cfg = cells[0].cfg  # seed 1; seed 2's learner 0 has another key
     split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
     images = sharing.fingerprint([load_images(split.directory, split.train, cfg.Data.img_size, None)])
-    (shared / sharing.key(cfg, 0, images, [])).mkdir(parents=True)
-    other_run = open(shared / sharing.key(cfg, 0, images, []) / ".lock", "a")  # as a run training learner 0 holds it
+    folder = shared / sharing.key(cfg, 0, images, [])
+    folder.mkdir(parents=True)
+    other_run = open(folder / ".lock", "a")  # as a run training learner 0 holds it
     fcntl.flock(other_run, fcntl.LOCK_EX)
     calls, run_cell = [], sweep.run_cell
     monkeypatch.setattr(sharing, "BUSY_AFTER_S", 0.6)  # the grace a copy being written gets (30 s)

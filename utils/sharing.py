@@ -7,7 +7,7 @@ share their training images (a class's semantic and local-defect sets), trains e
 learner k hashes exactly those inputs: the settings, a fingerprint of the decoded training images, and of each
 senior's weights; a copy is taken only under the same key, and its checkpoint's report says which run trained it.
 A run whose learner another run is training waits for it, or, with wait=False (the grid runner's first try of a
-cell), raises Busy at once so that its worker can take another cell meanwhile.
+cell), raises Busy when the lock stays taken for BUSY_AFTER_S, so that its worker can take another cell meanwhile.
 """
 import fcntl
 import hashlib
