@@ -310,6 +310,28 @@ def test_screen_ranking_orders_candidates_by_their_worst_dsu_difference_and_pick
     assert "| linear_cka, Lambda 0.1 + precise BN | -0.010 | +0.020 | no |" in table  # seed 2 changes nothing
 
 
+def test_table_f_judges_the_confirmed_candidates_on_the_confirmation_seeds_alone():
+    """Chosen for their seed-1 runs, judged without them: a candidate that won on seed 1 and loses on seeds 2 and 3
+    shows the loss (pooled with seed 1 it would be +0.027), one that wins on both passes."""
+    lucky, steady = "linear_cka, Lambda 0.1 + precise BN", "linear_cka, Lambda 1, spread 1 + precise BN"
+    wiggle = {("FMNIST_c4", 2): 0.002, ("FMNIST_c6", 2): -0.002, ("FMNIST_c4", 3): 0.001, ("FMNIST_c6", 3): -0.001}
+    entries = []
+    for dataset in ("FMNIST_c4", "FMNIST_c6"):
+        for seed in (1, 2, 3):
+            entries += [entry(name, dataset, seed, rec=0.6, dsu=0.70) for name in (PUBLISHED, PLAIN, PLAIN_PBN)]
+            noise = wiggle.get((dataset, seed), 0.0)
+            entries.append(entry(lucky, dataset, seed, rec=0.6, dsu=0.80 if seed == 1 else 0.69 + noise))
+            entries.append(entry(steady, dataset, seed, rec=0.6, dsu=0.75 if seed == 1 else 0.73 + noise))
+    table = study.study_markdown(entries)
+    section = table.split("## f.")[1]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| linear")}
+    assert set(rows) == {lucky, steady}
+    assert rows[lucky].count("-0.010 [") == 3 and rows[lucky].count("(n=4 units)") == 4
+    assert "dsu vs " + PLAIN + ": interval reaches" in rows[lucky]
+    assert rows[steady].count("+0.030 [") == 3 and rows[steady].endswith("| passes |")
+    assert "+0.027" in table.split("## c.")[0]  # table b pools seed 1 with the others
+
+
 def test_a_run_repeated_in_a_second_grid_counts_once(tmp_path, capsys):
     for grid, dsu in (("rar_confirm", 0.9), ("rar_screen", 0.1)):
         path = tmp_path / grid / "FMNIST_c4_AE_s1.json"
