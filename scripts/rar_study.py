@@ -6,10 +6,11 @@
 
 Run folders are not in git; the archive is. First, every evaluated run under the --runs grid folders (those that
 exist) is archived as <archive>/<grid folder>/<run folder>.json: {"results": its results.json, "rank_curves":
-{"learnerK": effective rank per epoch}, "train_seconds": {"learnerK": sum of its epochs' epoch_s}}, the last two
-from its metrics.jsonl. A file is rewritten only when the run's results.json differs from the archived one, so a
-restored run (no metrics.jsonl) keeps its archived curves. Then the tables (<archive>/study.md, also printed) and
-the figure are computed from the archive alone:
+{"learnerK": effective rank per epoch}, "train_seconds": {"learnerK": sum of its epochs' epoch_s}, "score_spread":
+{score: {"normal_sd", "shift"}}}, the middle two from its metrics.jsonl, the last from its scores.csv. A file is
+rewritten only when the run's results.json differs from the archived one (or, to add it, the archived one has no
+score_spread and the run folder has a scores.csv), so a restored run (no metrics.jsonl) keeps its archived curves.
+Then the tables (<archive>/study.md, also printed) and the figure are computed from the archive alone:
   a. per candidate, pooled over data sets and seeds: image AUC of rec, unc, dsu; pixel AUROC on the sets with masks;
      the juniors' effective rank and linear CKA with their seniors (test set), and the juniors' training seconds;
   b. per candidate against each reference (published, Lambda 0, Lambda 0 + precise BN): runs matched on (data set,
@@ -25,7 +26,9 @@ the figure are computed from the archive alone:
      worst mean dsu image-AUC difference against the three references; the first two go to the confirmation grid
      with more seeds, and the third as well if its worst difference is above 0;
   f. the candidates table e chose, against the references on the confirmation's seeds alone (not the screen's, on
-     which they were chosen), with the decision's conditions on those runs.
+     which they were chosen), with the decision's conditions on those runs;
+  g. per candidate, how each score spreads over the normal test images (sd of log score) and how far the abnormal
+     ones lie above them (shift of its mean), from the runs' scores.csv.
 The figure draws the juniors' effective rank over the epochs (probe of training images), one line per candidate.
 
 --restore rewrites each archived run's own results.json (the bytes eval.py wrote) into its folder under each
@@ -33,6 +36,7 @@ GRID_FOLDER that lacks one, so that the grid runner counts the cell as done (it 
 settings are the cell's) instead of training it again. Nothing else of the run comes back.
 """
 import argparse
+import csv
 import json
 import re
 import sys
@@ -129,11 +133,32 @@ def per_epoch(records, key) -> dict:
     return {tag: learners[tag] for tag in sorted(learners, key=lambda tag: int(tag.removeprefix("learner")))}
 
 
-def archive_entry(results, records) -> dict:
+def score_spread(path) -> dict:
+    """From a run's scores.csv: per score, the standard deviation of log(score) over the normal test images
+    ("normal_sd") and the mean of log(score) over the abnormal ones minus that over the normal ones ("shift"); {}
+    when the file is missing (a restored run) or holds not both kinds of image."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        labels = np.array([int(row["label"]) for row in rows])
+        spread = {}
+        for score in SCORE_ORDER:
+            logs = np.log(np.maximum([float(row[score]) for row in rows], np.finfo(np.float64).tiny))
+            normal, abnormal = logs[labels == 0], logs[labels == 1]
+            if len(normal) < 2 or not len(abnormal):
+                return {}
+            spread[score] = {"normal_sd": float(normal.std(ddof=1)), "shift": float(abnormal.mean() - normal.mean())}
+        return spread
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def archive_entry(results, records, spread) -> dict:
     return {"results": results,
             "rank_curves": {tag: [epochs[e] for e in sorted(epochs)]
                             for tag, epochs in per_epoch(records, "effective_rank").items()},
-            "train_seconds": {tag: sum(epochs.values()) for tag, epochs in per_epoch(records, "epoch_s").items()}}
+            "train_seconds": {tag: sum(epochs.values()) for tag, epochs in per_epoch(records, "epoch_s").items()},
+            "score_spread": spread}
 
 
 def write_text(path, text) -> None:
@@ -150,13 +175,22 @@ def archive_runs(folders, archive) -> list:
         for results in collect(folder):
             source = Path(results.pop("source"))
             path = Path(archive) / folder.name / f"{source.parent.name}.json"
+            spread = score_spread(source.parent / "scores.csv")
             try:
-                if json.dumps(json.loads(path.read_text())["results"]) == json.dumps(results):
-                    continue  # archived already (a restored run lands here: its metrics.jsonl is gone)
-            except (OSError, ValueError, KeyError, TypeError):
+                entry = json.loads(path.read_text())
+                if json.dumps(entry["results"]) == json.dumps(results):
+                    # archived already (a restored run lands here: its metrics.jsonl and scores.csv are gone); an
+                    # entry archived before score_spread existed gets it, and keeps its curves
+                    if entry.get("score_spread") or not spread:
+                        continue
+                    entry["score_spread"] = spread
+                    write_text(path, json.dumps(entry, indent=2) + "\n")
+                    written.append(path)
+                    continue
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 pass  # not archived yet, or unreadable: write it
-            write_text(path, json.dumps(archive_entry(results, read_records(source.parent / "metrics.jsonl")),
-                                        indent=2) + "\n")
+            entry = archive_entry(results, read_records(source.parent / "metrics.jsonl"), spread)
+            write_text(path, json.dumps(entry, indent=2) + "\n")
             written.append(path)
     return written
 
@@ -412,6 +446,27 @@ def study_markdown(entries) -> str:
                   for reference in REFERENCES),
           format_difference(paired_difference(fresh, name, PUBLISHED, "rec", "auc")),
           "; ".join(failed_conditions(fresh, name)) or "passes"] for name in chosen])
+    lines += ["", "## g. How each score spreads over the normal test images", "",
+              "From each run's scores.csv, on log(score): sd = its standard deviation over the normal test images, "
+              "shift = its mean over the abnormal ones minus that over the normal ones, d' = shift / sd (a run's "
+              "own, then the mean over runs). A repulsion can move the abnormal images' scores further up (shift) "
+              "and still separate them less, when it spreads the normal images' scores more (sd).", ""]
+    header = ["candidate", "runs", *(f"{score} {part}" for score in ("dsu", "unc") for part in ("sd", "shift", "d'")),
+              "rec d'"]
+    rows = []
+    for name, members in groups.items():
+        spreads = [entry["score_spread"] for entry in members if entry.get("score_spread")]
+        if not spreads:
+            continue
+        cells = []
+        for score, parts in (("dsu", ("normal_sd", "shift", None)), ("unc", ("normal_sd", "shift", None)),
+                             ("rec", (None,))):
+            for part in parts:
+                values = [spread[score]["shift"] / spread[score]["normal_sd"] if part is None else spread[score][part]
+                          for spread in spreads]
+                cells.append(number(mean_or_none(values), 2))
+        rows.append([name, str(len(spreads)), *cells])
+    lines += markdown_table(header, rows)
     return "\n".join(lines) + "\n"
 
 

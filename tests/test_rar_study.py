@@ -124,6 +124,56 @@ def test_archive_then_restore_gives_each_run_its_own_results_json(tmp_path, caps
     assert {path: path.read_bytes() for path in files} == before  # restored runs have no metrics.jsonl
 
 
+def write_scores(path, labels, scores):
+    lines = ["file,label,rec,unc,dsu"] + [f"test_{i:05d}.png,{label},{rec},{unc},{dsu}"
+                                          for i, (label, (rec, unc, dsu)) in enumerate(zip(labels, scores))]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_score_spread_is_read_from_scores_csv_and_added_to_entries_archived_without_it(tmp_path):
+    """sd of log score over the normal images and the abnormal mean's shift, against numpy; an entry archived before
+    the field existed gets it from the run folder and keeps its curves; table g shows d' = shift / sd."""
+    rng = np.random.default_rng(5)
+    labels = [0] * 6 + [1] * 4
+    scores = rng.uniform(0.01, 2.0, size=(10, 3))
+    run_dir = tmp_path / "runs" / "rar_screen" / "FMNIST_c4_AE_s1"
+    run_dir.mkdir(parents=True)
+    write_json(results_of({**entry(PUBLISHED, "FMNIST_c4", 1)["results"]["run"], "out_dir": str(run_dir)},
+                          {"rec": 0.6, "unc": 0.6, "dsu": 0.6}, rng), run_dir / "results.json")
+    write_scores(run_dir / "scores.csv", labels, scores)
+    spread = study.score_spread(run_dir / "scores.csv")
+    logs, normal = np.log(scores), np.array(labels) == 0
+    for column, score in enumerate(("rec", "unc", "dsu")):
+        assert spread[score]["normal_sd"] == pytest.approx(np.std(logs[normal, column], ddof=1))
+        assert spread[score]["shift"] == pytest.approx(logs[~normal, column].mean() - logs[normal, column].mean())
+    assert study.score_spread(tmp_path / "missing.csv") == {}
+    write_scores(tmp_path / "normal_only.csv", [0, 0, 0], scores[:3])
+    assert study.score_spread(tmp_path / "normal_only.csv") == {}
+
+    archive = tmp_path / "archive"
+    results = json.loads((run_dir / "results.json").read_text())
+    old = {"results": results, "rank_curves": {"learner1": [1.0, 2.0]}, "train_seconds": {"learner1": 5.0}}
+    path = archive / "rar_screen" / "FMNIST_c4_AE_s1.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(old))
+    assert study.archive_runs([run_dir.parent], archive) == [path]  # no metrics.jsonl: the curves must stay
+    assert json.loads(path.read_text()) == {**old, "score_spread": spread}
+    assert study.archive_runs([run_dir.parent], archive) == []  # has it now: left alone
+    (run_dir / "scores.csv").unlink()
+    path.write_text(json.dumps(old))
+    assert study.archive_runs([run_dir.parent], archive) == []  # nothing to add: left alone
+    assert json.loads(path.read_text()) == old
+
+    with_spread = {**old, "score_spread": spread}
+    table = study.study_markdown([with_spread, entry(PLAIN, "FMNIST_c4", 1)]).split("## g.")[1]
+    row = next(line for line in table.splitlines() if line.startswith("| " + PUBLISHED))
+    dsu, unc, rec = spread["dsu"], spread["unc"], spread["rec"]
+    assert row == (f"| {PUBLISHED} | 1 | {dsu['normal_sd']:.2f} | {dsu['shift']:.2f} | "
+                   f"{dsu['shift'] / dsu['normal_sd']:.2f} | {unc['normal_sd']:.2f} | {unc['shift']:.2f} | "
+                   f"{unc['shift'] / unc['normal_sd']:.2f} | {rec['shift'] / rec['normal_sd']:.2f} |")
+    assert PLAIN not in table  # no scores.csv of its own: no row
+
+
 def t_interval(values):
     """Mean and 95% t interval of independent values, by SciPy's own interval (not the script's formula)."""
     mean = float(np.mean(values))
