@@ -378,6 +378,50 @@ def number(value, digits=3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def confirmation_section(groups, chosen) -> list:
+    """Table f: the chosen candidates against the references on the runs of other seeds than the screen's."""
+    fresh = {name: [entry for entry in members if entry["results"]["run"]["seed"] != SCREEN_SEED]
+             for name, members in groups.items()}
+    lines = ["", "## f. The confirmed candidates on the confirmation's seeds alone", "",
+             f"The runs of other seeds than the screen's ({SCREEN_SEED}): the screen chose these candidates because "
+             "they did well on its seed, so the pooled tables above favour them a little; these do not. dsu and "
+             "rec image AUC, candidate - reference, as in b; the decision's conditions (d) on these runs alone.", ""]
+    return lines + markdown_table(
+        ["candidate", *(f"dsu vs {reference}" for reference in REFERENCES), f"rec vs {PUBLISHED}", "decision (d)"],
+        [[name, *(format_difference(paired_difference(fresh, name, reference, "dsu", "auc"))
+                  for reference in REFERENCES),
+          format_difference(paired_difference(fresh, name, PUBLISHED, "rec", "auc")),
+          "; ".join(failed_conditions(fresh, name)) or "passes"] for name in chosen])
+
+
+def separation(spread) -> float | None:
+    """d' of one score of one run: the shift of log(score) over the normal images' sd; None if that sd is 0."""
+    return spread["shift"] / spread["normal_sd"] if spread["normal_sd"] > 0 else None
+
+
+def spread_section(groups) -> list:
+    """Table g: per candidate, the mean over its runs with a score_spread of sd, shift and d' of log(score)."""
+    lines = ["", "## g. How each score spreads over the normal test images", "",
+             "From each run's scores.csv, on log(score): sd = its standard deviation over the normal test images, "
+             "shift = its mean over the abnormal ones minus that over the normal ones, d' = shift / sd (a run's "
+             "own, then the mean over runs). A repulsion can move the abnormal images' scores further up (shift) "
+             "and still separate them less, when it spreads the normal images' scores more (sd).", ""]
+    columns = [("dsu", "normal_sd"), ("dsu", "shift"), ("dsu", None), ("unc", "normal_sd"), ("unc", "shift"),
+               ("unc", None), ("rec", None)]
+    rows = []
+    for name, members in groups.items():
+        spreads = [entry["score_spread"] for entry in members if entry.get("score_spread")]
+        if not spreads:
+            continue
+        cells = []
+        for score, part in columns:
+            values = [separation(spread[score]) if part is None else spread[score][part] for spread in spreads]
+            cells.append(number(mean_or_none([value for value in values if value is not None]), 2))
+        rows.append([name, str(len(spreads)), *cells])
+    header = ["candidate", "runs", "dsu sd", "dsu shift", "dsu d'", "unc sd", "unc shift", "unc d'", "rec d'"]
+    return lines + markdown_table(header, rows)
+
+
 def study_markdown(entries) -> str:
     groups = by_candidate(entries)
     lines = [f"# The RAR study: {len(entries)} archived runs", "",
@@ -434,39 +478,7 @@ def study_markdown(entries) -> str:
     lines += markdown_table(["candidate", "worst mean dsu difference", f"rec vs {PUBLISHED}", "to confirmation"],
                             [[name, f"{worst:+.3f}", f"{rec:+.3f}", "yes" if name in chosen else "no"]
                              for name, worst, rec in ranking])
-    fresh = {name: [entry for entry in members if entry["results"]["run"]["seed"] != SCREEN_SEED]
-             for name, members in groups.items()}
-    lines += ["", "## f. The confirmed candidates on the confirmation's seeds alone", "",
-              f"The runs of other seeds than the screen's ({SCREEN_SEED}): the screen chose these candidates because "
-              "they did well on its seed, so the pooled tables above favour them a little; these do not. dsu and "
-              "rec image AUC, candidate - reference, as in b; the decision's conditions (d) on these runs alone.", ""]
-    lines += markdown_table(
-        ["candidate", *(f"dsu vs {reference}" for reference in REFERENCES), f"rec vs {PUBLISHED}", "decision (d)"],
-        [[name, *(format_difference(paired_difference(fresh, name, reference, "dsu", "auc"))
-                  for reference in REFERENCES),
-          format_difference(paired_difference(fresh, name, PUBLISHED, "rec", "auc")),
-          "; ".join(failed_conditions(fresh, name)) or "passes"] for name in chosen])
-    lines += ["", "## g. How each score spreads over the normal test images", "",
-              "From each run's scores.csv, on log(score): sd = its standard deviation over the normal test images, "
-              "shift = its mean over the abnormal ones minus that over the normal ones, d' = shift / sd (a run's "
-              "own, then the mean over runs). A repulsion can move the abnormal images' scores further up (shift) "
-              "and still separate them less, when it spreads the normal images' scores more (sd).", ""]
-    header = ["candidate", "runs", *(f"{score} {part}" for score in ("dsu", "unc") for part in ("sd", "shift", "d'")),
-              "rec d'"]
-    rows = []
-    for name, members in groups.items():
-        spreads = [entry["score_spread"] for entry in members if entry.get("score_spread")]
-        if not spreads:
-            continue
-        cells = []
-        for score, parts in (("dsu", ("normal_sd", "shift", None)), ("unc", ("normal_sd", "shift", None)),
-                             ("rec", (None,))):
-            for part in parts:
-                values = [spread[score]["shift"] / spread[score]["normal_sd"] if part is None else spread[score][part]
-                          for spread in spreads]
-                cells.append(number(mean_or_none(values), 2))
-        rows.append([name, str(len(spreads)), *cells])
-    lines += markdown_table(header, rows)
+    lines += confirmation_section(groups, chosen) + spread_section(groups)
     return "\n".join(lines) + "\n"
 
 
