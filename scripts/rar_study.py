@@ -384,7 +384,7 @@ def confirmation_section(groups, chosen) -> list:
              for name, members in groups.items()}
     lines = ["", "## f. The confirmed candidates on the confirmation's seeds alone", "",
              f"The runs of other seeds than the screen's ({SCREEN_SEED}): the screen chose these candidates because "
-             "they did well on its seed, so the pooled tables above favour them a little; these do not. dsu and "
+             "they did well on its seed, so the pooled tables above can favour them; these cannot. dsu and "
              "rec image AUC, candidate - reference, as in b; the decision's conditions (d) on these runs alone.", ""]
     return lines + markdown_table(
         ["candidate", *(f"dsu vs {reference}" for reference in REFERENCES), f"rec vs {PUBLISHED}", "decision (d)"],
