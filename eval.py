@@ -21,7 +21,7 @@ from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
 from utils import config, runlock, stop
 from utils import ensemble
-from utils.atomic import atomic_write_text
+from utils.atomic import atomic_write, atomic_write_text
 from utils.cka import SIMILARITIES, pairwise_similarity, spectrum
 from utils.diagnostics import warnings_of
 from utils.ensemble import load_learners, score_dataset
@@ -67,7 +67,7 @@ def write_json(obj, path):
 
 
 def write_scores_csv(path, files, labels, scores):
-    with open(path, "w", newline="") as handle:
+    with atomic_write(path) as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "label", *SCORES])
         for row, (name, label) in enumerate(zip(files, labels)):
@@ -172,8 +172,8 @@ def _evaluate(cfg, run_dir, device, echo):
         results = metrics_table(labels, scores, maps, masks)
         results["run"] = {**config.run_settings(cfg), "split": describe(split.lists).label, "out_dir": str(run_dir)}
         results["diagnostics"] = learner_diagnostics(learners, images, cfg, device)
-        write_json(results, run_dir / "results.json")
         write_scores_csv(run_dir / "scores.csv", split.test, labels, scores)
+        write_json(results, run_dir / "results.json")  # after scores.csv: results.json marks the run evaluated
         log.info(f"{len(labels)} test images ({int(labels.sum())} abnormal); wrote {run_dir / 'results.json'}")
         if echo:
             print(format_table(results))

@@ -66,6 +66,39 @@ def test_train_then_eval(tiny_root, tmp_path, network, capsys):
     assert "dsu" in printed and "auc" in printed
 
 
+def test_eval_writes_results_json_last_so_that_it_marks_complete_outputs(tiny_root, tmp_path, monkeypatch):
+    """results.json is what marks a run evaluated (grids count it done): an eval stopped while writing it leaves a
+    whole scores.csv and no results.json, and a scores.csv is replaced whole or not at all."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
+    train.main(["--config", str(cfg)])
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "write_json", stopped)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--config", str(cfg)])
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert len((tmp_path / "run" / "scores.csv").read_text().splitlines()) == 17
+
+    class Cut:
+        def __init__(self, handle):
+            self.rows = 0
+
+        def writerow(self, row):
+            self.rows += 1
+            if self.rows == 5:
+                raise KeyboardInterrupt
+
+    before = (tmp_path / "run" / "scores.csv").read_bytes()
+    monkeypatch.setattr(evaluate.csv, "writer", Cut)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.write_scores_csv(tmp_path / "run" / "scores.csv", ["a.png"] * 8, [0] * 8,
+                                  {name: [0.5] * 8 for name in ("rec", "unc", "dsu")})
+    assert (tmp_path / "run" / "scores.csv").read_bytes() == before
+    assert sorted(path.name for path in (tmp_path / "run").iterdir() if path.name.endswith(".tmp")) == []
+
+
 def test_eval_uses_checkpoints_alone(tiny_root, tmp_path):
     """Scores come from the stored weights: evaluating twice gives identical CSVs."""
     cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
