@@ -175,21 +175,22 @@ def archive_runs(folders, archive) -> list:
         for results in collect(folder):
             source = Path(results.pop("source"))
             path = Path(archive) / folder.name / f"{source.parent.name}.json"
-            spread = score_spread(source.parent / "scores.csv")
             try:
                 entry = json.loads(path.read_text())
-                if json.dumps(entry["results"]) == json.dumps(results):
-                    # archived already (a restored run lands here: its metrics.jsonl and scores.csv are gone); an
-                    # entry archived before score_spread existed gets it, and keeps its curves
-                    if entry.get("score_spread") or not spread:
-                        continue
-                    entry["score_spread"] = spread
-                    write_text(path, json.dumps(entry, indent=2) + "\n")
-                    written.append(path)
+                archived = json.dumps(entry["results"]) == json.dumps(results)
+            except (OSError, ValueError, KeyError, TypeError):
+                archived = False  # not archived yet, or unreadable: write it
+            if archived:
+                # a restored run lands here (its metrics.jsonl and scores.csv are gone); an entry archived before
+                # score_spread existed gets it, and keeps its curves
+                if entry.get("score_spread"):
                     continue
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                pass  # not archived yet, or unreadable: write it
-            entry = archive_entry(results, read_records(source.parent / "metrics.jsonl"), spread)
+                entry["score_spread"] = score_spread(source.parent / "scores.csv")
+                if not entry["score_spread"]:
+                    continue
+            else:
+                entry = archive_entry(results, read_records(source.parent / "metrics.jsonl"),
+                                      score_spread(source.parent / "scores.csv"))
             write_text(path, json.dumps(entry, indent=2) + "\n")
             written.append(path)
     return written
@@ -346,12 +347,17 @@ def failed_conditions(groups, candidate) -> list:
     return failures
 
 
+def of_seeds(groups, keep) -> dict:
+    """The groups with only the runs whose seed `keep` accepts (the screen's, or the confirmation's)."""
+    return {name: [entry for entry in entries if keep(entry["results"]["run"]["seed"])]
+            for name, entries in groups.items()}
+
+
 def screen_ranking(groups) -> list:
     """Table e: [(candidate, its worst mean dsu difference against the references, its mean rec difference against
     the published setting)], best first, from the screen's runs (seed SCREEN_SEED) alone, so that the confirmation's
     runs never change which candidates it chose; candidates without a pair with every reference are left out."""
-    groups = {name: [entry for entry in entries if entry["results"]["run"]["seed"] == SCREEN_SEED]
-              for name, entries in groups.items()}
+    groups = of_seeds(groups, lambda seed: seed == SCREEN_SEED)
     ranking = []
     for name in groups:
         if name in BASELINES:
@@ -380,8 +386,7 @@ def number(value, digits=3) -> str:
 
 def confirmation_section(groups, chosen) -> list:
     """Table f: the chosen candidates against the references on the runs of other seeds than the screen's."""
-    fresh = {name: [entry for entry in members if entry["results"]["run"]["seed"] != SCREEN_SEED]
-             for name, members in groups.items()}
+    fresh = of_seeds(groups, lambda seed: seed != SCREEN_SEED)
     lines = ["", "## f. The confirmed candidates on the confirmation's seeds alone", "",
              f"The runs of other seeds than the screen's ({SCREEN_SEED}): the screen chose these candidates because "
              "they did well on its seed, so the pooled tables above can favour them; these cannot. dsu and "
