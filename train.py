@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 import models
 from datasets.benchmark import describe
-from datasets.medad import dataset_dir, load_images, read_split, to_model_input
+from datasets.medad import dataset_dir, hold_out, load_images, read_split, to_model_input
 from utils import checkpoint, config, diagnostics, perturb, runlock, seeding, sharing, stop
 from utils.cka import GRADIENT_SIMILARITIES, participation_ratio, repulsion
 from utils.ensemble import features_of, input_gradients_of
@@ -182,6 +182,7 @@ def train(cfg, device, echo=True, wait_for_shared=True):
     would take from Exp.share_learners (the learners finished so far stay, and the next call resumes).
     """
     split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
+    files, reference = hold_out(split.train, cfg.Data.holdout, cfg.Solver.seed, cfg.Solver.bs)
     run_dir = make_run_dir(cfg.run_dir)
     with runlock.hold(run_dir), stop.deferred():  # SIGTERM or SIGUSR1: stop at the end of the epoch (utils/stop.py)
         prepare_run(cfg, run_dir)
@@ -190,7 +191,10 @@ def train(cfg, device, echo=True, wait_for_shared=True):
             log.info(f"run folder {run_dir}; device {device}; {cfg.Model.num_learners} x {cfg.Model.network} on "
                      f"{cfg.Data.dataset} ({len(split.train)} normal training images)")
             log.info(f"split: {describe(split.lists)}")
-            raw = load_images(split.directory, split.train, cfg.Data.img_size, cfg.Exp.workers or None)
+            if reference:
+                log.info(f"holding out {len(reference)} of {len(split.train)} normal training images as the normal "
+                         f"reference (Data.holdout={cfg.Data.holdout}); training on {len(files)}")
+            raw = load_images(split.directory, files, cfg.Data.img_size, cfg.Exp.workers or None)
             training_images = sharing.fingerprint([raw]) if cfg.Exp.share_learners else None
             images = to_model_input(raw.to(device))
             seniors = []

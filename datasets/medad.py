@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from utils import seeding
 from utils.errors import UserError, closest
 
 FOLDERS = {"rsna": "RSNA", "vin": "VinCXR", "brain": "BrainTumor", "lag": "LAG"}
@@ -29,6 +30,8 @@ LISTS = {("train", "0"): "normal training files",
          ("test", "1"): "abnormal test files"}
 IGNORED = {("train", "unlabeled")}
 SHOWN = 5  # how many file names an error message lists
+MIN_TRAIN_BATCHES = 2  # Data.holdout may not leave fewer training images than this many batches of Solver.bs
+MIN_REFERENCE = 4  # a held-out reference is split in two halves, and a spread needs two images
 
 
 def dataset_dir(root, dataset) -> Path:
@@ -164,6 +167,22 @@ def read_split(directory) -> Split:
     return Split(directory=directory, train=list(train), test=normal + abnormal,
                  test_labels=[0] * len(normal) + [1] * len(abnormal),
                  has_masks=(directory / "masks").is_dir())
+
+
+def hold_out(files, share, seed, batch_size) -> tuple[list, list]:
+    """(training files, reference files): round(share x n) of the normal training files, drawn by `seed`, are held
+    out of training as the normal reference; both lists keep data.json's order. share 0 holds out nothing."""
+    count = round(share * len(files))
+    if share and count < MIN_REFERENCE:
+        raise UserError(f"Data.holdout={share} holds out {count} of {len(files)} normal training images; a reference "
+                        f"needs at least {MIN_REFERENCE}: raise Data.holdout or set it to 0")
+    if share and len(files) - count < MIN_TRAIN_BATCHES * batch_size:
+        raise UserError(f"Data.holdout={share} leaves {len(files) - count} of {len(files)} normal training images to "
+                        f"train on, fewer than {MIN_TRAIN_BATCHES} batches of Solver.bs={batch_size}; lower "
+                        "Data.holdout")
+    held = set(torch.randperm(len(files), generator=seeding.generator(seed, 0, "holdout"))[:count].tolist())
+    return ([name for i, name in enumerate(files) if i not in held],
+            [name for i, name in enumerate(files) if i in held])
 
 
 def open_gray(path) -> Image.Image:

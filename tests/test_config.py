@@ -167,7 +167,7 @@ def test_one_definition_of_an_experiment_serves_checkpoints_results_grids_and_su
     changed = {"Model.network": "MemAE", "Model.mp": 2, "Model.ls": 8, "Model.layer": 3, "Model.mem_dim": 9,
                "Model.shrink_thres": 0.1, "Model.entropy_loss_weight": 0.1, "Model.repulsion": "cca",
                "Model.repel_on": "pasted",
-               "Data.dataset": "vin", "Data.img_size": 32, "Solver.bs": 32, "Solver.lr": 0.1,
+               "Data.dataset": "vin", "Data.img_size": 32, "Data.holdout": 0.1, "Solver.bs": 32, "Solver.lr": 0.1,
                "Solver.weight_decay": 0.1, "Solver.num_epoch": 3, "Solver.Lambda": 0.5, "Solver.spread": 0.5,
                "Solver.precise_bn": True, "Model.num_learners": 5, "Solver.seed": 99, "Data.root": "/elsewhere"}
     assert set(changed) == {f"{section}.{key}" for section in config.EXPERIMENT_SECTIONS

@@ -267,3 +267,19 @@ def test_demo_root_that_is_a_file_is_a_user_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(UserError, match="cannot create data root"):
         dataset_dir(blocker, "demo")
+
+
+def test_hold_out_draws_a_seeded_share_and_refuses_too_few():
+    from datasets.medad import hold_out
+    files = [f"{i:03d}.png" for i in range(100)]
+    train, reference = hold_out(files, 0.1, seed=1, batch_size=16)
+    assert len(reference) == 10 and len(train) == 90
+    assert sorted(train + reference) == files and not set(train) & set(reference)
+    assert train == sorted(train) and reference == sorted(reference)  # data.json's order kept
+    assert hold_out(files, 0.1, seed=1, batch_size=16) == (train, reference)
+    assert hold_out(files, 0.1, seed=2, batch_size=16)[1] != reference
+    assert hold_out(files, 0.0, seed=1, batch_size=16) == (files, [])
+    with pytest.raises(UserError, match="holds out 2 of 100 .* at least 4"):
+        hold_out(files, 0.02, seed=1, batch_size=16)
+    with pytest.raises(UserError, match="leaves 50 of 100 .* fewer than 2 batches of Solver.bs=32"):
+        hold_out(files, 0.5, seed=1, batch_size=32)

@@ -18,6 +18,7 @@ NETWORKS = ("AE", "AE-U", "MemAE")
 REPULSIONS = ("linear_cka", "cca", "debiased_cka", "rbf_cka", "debiased_cca", "gradient_cosine")
 WHITENED = ("cca", "debiased_cca")  # need fewer feature dimensions than a batch has samples, minus one
 REPEL_ON = ("training", "pasted")  # Model.repel_on
+MAX_HOLDOUT = 0.5  # Data.holdout: at most half of the normal images leave training
 
 
 @dataclass
@@ -53,6 +54,8 @@ class Data:
     root: str = "./Med-AD"  # folder holding the data sets
     dataset: str = "rsna"  # rsna | vin | brain | lag | demo, or any folder name under root
     img_size: int = 64  # S; a multiple of 16
+    holdout: float = 0.0  # share of the normal training images kept out of training as the normal reference
+    # (seeded by Solver.seed); 0 trains on every normal image, as published, and refers to the training images
 
 
 @dataclass
@@ -122,6 +125,9 @@ def _check(cfg: Config) -> Config:
         raise UserError(f"config Model.repulsion={cfg.Model.repulsion} whitens the features, which needs fewer "
                         f"dimensions than Solver.bs - 1 ({cfg.Solver.bs - 1}); only the latent z is that narrow: "
                         "use Model.layer=4 with Model.ls below it, or a CKA repulsion")
+    if not 0 <= cfg.Data.holdout <= MAX_HOLDOUT:
+        raise UserError(f"config Data.holdout must be between 0 and {MAX_HOLDOUT} (a share of the normal training "
+                        f"images), got {cfg.Data.holdout}")
     if cfg.Model.repel_on not in REPEL_ON:
         raise UserError(unknown("config Model.repel_on", cfg.Model.repel_on, REPEL_ON))
     if cfg.Solver.spread < 0:
