@@ -1,5 +1,5 @@
-"""Score the test set with a trained D2UE ensemble: rec, unc and dsu, with image- and (where masks exist) pixel-level
-metrics.
+"""Score the test set with a trained D2UE ensemble: rec, unc and dsu, and the same referred to normal images (the
+run's reference, made here once if it is missing or stale), with image- and (where masks exist) pixel-level metrics.
 
     python eval.py --config cfgs/RSNA_AE.yaml [Section.key=value ...]
     python eval.py --summary runs        # mean ± std over seeds of every results.json under runs/
@@ -29,10 +29,12 @@ from utils.errors import UserError, cli
 from utils.figures import anomaly_grid, roc_pr_curves, score_histograms, similarity_heatmap
 from utils.metrics import chi_square_distance, image_metrics, pixel_metrics_of_maps
 from utils.runtime import RunLog, setup
-from utils.scores import SCORES
+from utils.reference import ensure as ensure_reference, p_values
+from utils.scores import IMAGE_SCORES, MAPS, SCORES, referred_scores
 from utils.summary import write_summary
 
 SHOWN_PER_CLASS = 4  # TensorBoard shows the first 4 normal and first 4 abnormal test images: the same in every run
+LEVEL = 0.05  # fpr05 / tpr05: the shares of normal / abnormal test images whose p-value is at most this
 
 
 def parse_args(argv=None):
@@ -48,16 +50,21 @@ def parse_args(argv=None):
     return args
 
 
-def metrics_table(labels, scores, maps, masks) -> dict:
-    """Per score: image AUC and AP, the chi-square distance between the normal and abnormal score histograms, and,
-    given masks, pixel AUROC, AP and best Dice (normal images have no mask file and count as all-zero masks)."""
+def metrics_table(labels, scores, maps, masks, p=None) -> dict:
+    """Per image score: image AUC and AP, the chi-square distance between the normal and abnormal score histograms,
+    given p-values the shares of normal (fpr05) and abnormal (tpr05) images flagged at level LEVEL, and, given masks,
+    each map's pixel AUROC, AP and best Dice (normal images have no mask file and count as all-zero masks)."""
     results = {}
-    for name in SCORES:
+    for name in scores:
         results[name] = image_metrics(labels, scores[name])
         results[name]["chi2"] = chi_square_distance(scores[name][labels == 0], scores[name][labels == 1])
+        if p is not None:
+            results[name]["fpr05"] = float(np.mean(p[name][labels == 0] <= LEVEL))
+            results[name]["tpr05"] = float(np.mean(p[name][labels == 1] <= LEVEL))
     if masks is not None:
-        pixel = pixel_metrics_of_maps(masks.numpy(), {name: maps[name].numpy() for name in SCORES})
-        for name in SCORES:
+        shown = [name for name in MAPS if name in maps]
+        pixel = pixel_metrics_of_maps(masks.numpy(), {name: maps[name].numpy() for name in shown})
+        for name in shown:
             results[name].update(pixel[name])
     return results
 
@@ -69,16 +76,20 @@ def write_json(obj, path):
 def write_scores_csv(path, files, labels, scores):
     with atomic_write(path) as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "label", *SCORES])
+        writer.writerow(["file", "label", *scores])
         for row, (name, label) in enumerate(zip(files, labels)):
-            writer.writerow([name, label, *(f"{scores[s][row]:.8g}" for s in SCORES)])
+            writer.writerow([name, label, *(f"{values[row]:.8g}" for values in scores.values())])
 
 
-def format_table(results) -> str:
-    widths = {key: max(9, len(key)) for key in results[SCORES[0]]}
-    lines = ["score  " + "  ".join(f"{key:>{width}}" for key, width in widths.items())]
-    for name in SCORES:
-        lines.append(f"{name:<5}  " + "  ".join(f"{results[name][key]:>{width}.4f}" for key, width in widths.items()))
+def format_table(results, names) -> str:
+    keys = list(dict.fromkeys(key for name in names for key in results[name]))
+    widths = {key: max(9, len(key)) for key in keys}
+    first = max(len(name) for name in names)
+    lines = [f"{'score':<{first}}  " + "  ".join(f"{key:>{width}}" for key, width in widths.items())]
+    for name in names:
+        lines.append(f"{name:<{first}}  " + "  ".join(
+            f"{results[name][key]:>{width}.4f}" if key in results[name] else f"{'-':>{width}}"
+            for key, width in widths.items()))
     return "\n".join(lines)
 
 
@@ -94,7 +105,7 @@ def write_figures(run_dir, images_u8, maps, scores, labels, masks):
 def log_metrics(log, cfg, results, step):
     """Metrics as scalars eval/<score>_<metric>, and the run's hyper-parameters for the HParams dashboard."""
     from torch.utils.tensorboard.summary import hparams
-    metrics = {f"{name}_{key}": value for name in SCORES for key, value in results[name].items()}
+    metrics = {f"{name}_{key}": value for name in IMAGE_SCORES for key, value in results[name].items()}
     log.scalars("eval", metrics, step)
     # add_hparams would write the metrics again, into a sub-run; write only its summaries, beside the scalars.
     for summary in hparams(config.hyperparameters(cfg), {f"eval/{key}": value for key, value in metrics.items()}):
@@ -110,7 +121,7 @@ def log_images(writer, images_u8, maps, labels, masks, step):
     writer.add_images("test_images/reconstruction", ((maps["x_hat"][shown] + 1) / 2).clamp(0, 1), step)
     if masks is not None:
         writer.add_images("test_images/mask", masks[shown].float(), step)
-    for name in SCORES:
+    for name in MAPS:
         values = maps[name][shown]
         writer.add_images(f"test_images/{name}_map",
                           (values - values.min()) / (values.max() - values.min()).clamp_min(1e-12), step)
@@ -164,20 +175,26 @@ def _evaluate(cfg, run_dir, device, echo):
     try:
         images = load_images(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
         labels = np.asarray(split.test_labels)
-        maps, scores = score_dataset(learners, images, cfg.Exp.score_batch, device)
+        maps, _ = score_dataset(learners, images, cfg.Exp.score_batch, device)
+        reference = ensure_reference(run_dir, cfg, learners, device, log)
+        referred, scores = referred_scores(maps, reference["statistics"], reference["image_statistics"])
+        maps.update(referred)
         scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
         masks = None
         if split.has_masks:  # a data set without a masks/ folder simply gets no pixel metrics
             masks = load_masks(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
-        results = metrics_table(labels, scores, maps, masks)
+        results = metrics_table(labels, scores, maps, masks, p_values(scores, reference))
         results["run"] = {**config.run_settings(cfg), "split": describe(split.lists).label, "out_dir": str(run_dir)}
+        results["reference"] = {"in_sample": reference["in_sample"], "fit": len(reference["fit_files"]),
+                                "calibration": len(reference["calibration_files"]),
+                                "definition": reference["definition"], "made_s": reference["seconds"]}
         results["diagnostics"] = learner_diagnostics(learners, images, cfg, device)
         write_scores_csv(run_dir / "scores.csv", split.test, labels, scores)
         write_json(results, run_dir / "results.json")  # after scores.csv: results.json marks the run evaluated
         log.info(f"{len(labels)} test images ({int(labels.sum())} abnormal); wrote {run_dir / 'results.json'}")
         if echo:
-            print(format_table(results))
-        write_figures(run_dir, images, maps, scores, labels, masks)
+            print(format_table(results, IMAGE_SCORES))
+        write_figures(run_dir, images, maps, {name: scores[name] for name in SCORES}, labels, masks)
         log_metrics(log, cfg, results, step=cfg.Solver.num_epoch)
         log_images(log.tensorboard, images, maps, labels, masks, step=cfg.Solver.num_epoch)
         log_diagnostics(log, results["diagnostics"], run_dir, step=cfg.Solver.num_epoch)

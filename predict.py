@@ -1,13 +1,16 @@
 """Score new images with a trained D2UE ensemble: no labels, the run's own preprocessing.
 
-    python predict.py --run runs/demo_AE IMAGES... [--out DIR] [--device auto]
+    python predict.py --run runs/demo_AE IMAGES... [--out DIR] [--device auto] [--fpr 0.05 --score dsu]
 
 IMAGES are files or folders (searched recursively; hidden files are skipped): PNG, JPEG, BMP, TIFF, and DICOM
 (.dcm, .dicom). A DICOM goes through the preparation rule of datasets.dicom (dicom_to_array), then,
 like every other image, the loader's grayscale / bilinear resize to the run's img_size, exactly as in training.
-Writes <out>/predictions.csv (file, rec, unc, dsu; image score = mean of the pixel map) and
+Writes <out>/predictions.csv (file, every score of utils/scores.py, and, when the run's normal reference is held
+out of training, each score's p-value: the share of reference images scoring at least as high) and
 <out>/overlays/<name>_dsu.png (dsu heat maps on one shared colour scale, so overlays compare by colour) and prints
-the most anomalous images. Default out: <run>/predict. Scores are relative: compare them with the run's scores.csv.
+the most anomalous images. --fpr A flags the images whose p-value of --score is at most A: on normal images, a
+share of at most A is flagged (in expectation). Default out: <run>/predict. The run needs its reference
+(reference.pt; train.py and eval.py make it).
 """
 import argparse
 import csv
@@ -23,11 +26,13 @@ from PIL import Image
 from datasets.benchmark import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from datasets.dicom import dicom_to_array
 from datasets.medad import open_gray, resize_gray, to_model_input
+from utils.atomic import atomic_write
 from utils.ensemble import load_run, score_dataset
 from utils.errors import UserError, cli
 from utils.figures import overlay
+from utils.reference import load as load_reference, p_values
 from utils.runtime import pick_device
-from utils.scores import SCORES
+from utils.scores import IMAGE_SCORES, SCORES, referred_scores
 
 SHOWN = 10  # rows of the printed table
 OVERLAY_PERCENTILE = 99  # the shared colour scale of the overlays tops out at this percentile of all dsu pixels
@@ -39,7 +44,22 @@ def parse_args(argv=None):
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--out", help="output folder (default: <run>/predict)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--fpr", type=float, help="flag the images whose p-value is at most this false-alarm rate")
+    parser.add_argument("--score", default="dsu", choices=IMAGE_SCORES, help="the score --fpr and the table use")
     return parser.parse_args(argv)
+
+
+def check_level(level, reference):
+    """--fpr needs a held-out reference with enough calibration images: no p-value is below 1 / (n + 1)."""
+    if reference["in_sample"]:
+        raise UserError("this run's normal reference is its training images (Data.holdout=0), so its p-values would "
+                        "be in-sample and too small; --fpr needs a run trained with Data.holdout, e.g. 0.1")
+    count = len(reference["calibration_files"])
+    if not 0 < level < 1:
+        raise UserError(f"--fpr must be between 0 and 1, got {level}")
+    if level < 1 / (count + 1):
+        raise UserError(f"--fpr {level} is below 1 / (n + 1) = {1 / (count + 1):.4g} for this reference's "
+                        f"{count} calibration images, so no image could be flagged; raise --fpr or Data.holdout")
 
 
 def find_images(arguments) -> list[Path]:
@@ -115,20 +135,26 @@ def overlay_names(paths) -> list[str]:
     return [f"{name}_dsu.png" for name in names]
 
 
-def write_predictions(path, paths, scores):
-    with open(path, "w", newline="") as handle:
+def write_predictions(path, paths, scores, p=None, flagged=None):
+    """One row per image: every score, then each score's p-value (p_<score>) and the --fpr flag, when given."""
+    columns = {**scores, **{f"p_{name}": values for name, values in (p or {}).items()}}
+    with atomic_write(path) as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", *SCORES])
+        writer.writerow(["file", *columns, *(["flagged"] if flagged is not None else [])])
         for row, file in enumerate(paths):
-            writer.writerow([str(file), *(f"{scores[name][row]:.8g}" for name in SCORES)])
+            writer.writerow([str(file), *(f"{values[row]:.8g}" for values in columns.values()),
+                             *([int(flagged[row])] if flagged is not None else [])])
 
 
-def format_top(paths, scores, shown=SHOWN) -> str:
-    order = np.argsort(-scores["dsu"], kind="stable")[:shown]
+def format_top(paths, scores, by, p=None, shown=SHOWN) -> str:
+    """The `shown` highest images by score `by`: the published scores, `by`, and its p-value when there is one."""
+    names = list(dict.fromkeys([*SCORES, by]))
+    order = np.argsort(-scores[by], kind="stable")[:shown]
     width = max(len(str(paths[i])) for i in order)
-    lines = [f"{'file':<{width}}  " + "  ".join(f"{name:>10}" for name in SCORES)]
+    lines = [f"{'file':<{width}}  " + "  ".join(f"{name:>10}" for name in names) + ("  p-value" if p else "")]
     for i in order:
-        lines.append(f"{str(paths[i]):<{width}}  " + "  ".join(f"{scores[name][i]:>10.4g}" for name in SCORES))
+        lines.append(f"{str(paths[i]):<{width}}  " + "  ".join(f"{scores[name][i]:>10.4g}" for name in names)
+                     + (f"  {p[by][i]:>7.4f}" if p else ""))
     return "\n".join(lines)
 
 
@@ -137,14 +163,20 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     cfg, learners = load_run(args.run, device)
+    reference = load_reference(args.run, learners)
+    if args.fpr is not None:
+        check_level(args.fpr, reference)
     paths = find_images(args.images)
     images = load_files(paths, cfg.Data.img_size)
-    maps, scores = score_dataset(learners, images, cfg.Exp.score_batch, device)
+    maps, _ = score_dataset(learners, images, cfg.Exp.score_batch, device)
+    _, scores = referred_scores(maps, reference["statistics"], reference["image_statistics"])
     scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
+    p = None if reference["in_sample"] else p_values(scores, reference)
+    flagged = None if args.fpr is None else p[args.score] <= args.fpr
 
     out = Path(args.out) if args.out else Path(args.run) / "predict"
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    write_predictions(out / "predictions.csv", paths, scores)
+    write_predictions(out / "predictions.csv", paths, scores, p, flagged)
     dsu_maps = maps["dsu"].numpy()[:, 0]
     vmax = float(np.percentile(dsu_maps, OVERLAY_PERCENTILE))
     pixels = to_model_input(images).numpy()[:, 0]
@@ -152,8 +184,14 @@ def main(argv=None):
         overlay(pixels[index], dsu_maps[index], out / "overlays" / name, vmax=vmax)
 
     print(f"scored {len(paths)} image(s) with {len(learners)} learners ({cfg.Model.network}, {cfg.Data.img_size} px);"
-          f" highest dsu first:")
-    print(format_top(paths, scores))
+          f" highest {args.score} first:")
+    print(format_top(paths, scores, args.score, p))
+    if p is None:
+        print("no p-values: this run's normal reference is its training images (in-sample); train with "
+              "Data.holdout (e.g. 0.1) for p-values and --fpr")
+    if flagged is not None:
+        print(f"flagged {int(flagged.sum())} of {len(paths)} image(s) at p <= {args.fpr} on {args.score} "
+              f"({len(reference['calibration_files'])} reference images calibrate it)")
     print(f"wrote {out / 'predictions.csv'} and {len(paths)} overlays in {out / 'overlays'} "
           f"(one colour scale: 0 to {vmax:.3g}, the {OVERLAY_PERCENTILE}th percentile of all dsu pixels)")
 

@@ -3,7 +3,7 @@
     python train.py --config cfgs/RSNA_AE.yaml [Section.key=value ...]
 
 Rerunning the same command resumes: finished learners are skipped and an interrupted learner continues from its
-last checkpoint. SIGTERM or SIGUSR1 (pre-emption) stops the run at the end of the current epoch with a checkpoint.
+last checkpoint. At the end the run's normal reference is made (utils/reference.py). SIGTERM or SIGUSR1 (pre-emption) stops the run at the end of the current epoch with a checkpoint.
 One command at a time works in a run folder; a second is refused. The test set is never touched here.
 """
 import argparse
@@ -21,6 +21,7 @@ from utils.cka import GRADIENT_SIMILARITIES, participation_ratio, repulsion
 from utils.ensemble import features_of, input_gradients_of
 from utils.errors import UserError, cli
 from utils.fast import adam, load_optimizer_state, make_step
+from utils.reference import ensure as ensure_reference
 from utils.runtime import RunLog, make_run_dir, setup
 from utils.scores import input_gradient
 
@@ -207,6 +208,7 @@ def train(cfg, device, echo=True, wait_for_shared=True):
                 else:
                     learner = train_it()
                 seniors.append(learner.eval().requires_grad_(False))  # frozen
+            ensure_reference(run_dir, cfg, seniors, device, log, images_u8=raw)
         finally:
             log.close()
     return run_dir

@@ -48,15 +48,16 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from datasets.fashion_mnist import parse_set_name, set_name  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
+from utils.intervals import mean_interval  # noqa: E402
 from utils.runlock import is_locked  # noqa: E402
-from utils.summary import SCORE_ORDER, collect  # noqa: E402
+from utils.scores import SCORES as SCORE_ORDER  # noqa: E402
+from utils.summary import collect  # noqa: E402
 
 PRECISE_BN = " + precise BN"
 PUBLISHED, PLAIN = "published (linear_cka, Lambda 1)", "Lambda 0 (plain ensemble)"
@@ -310,12 +311,8 @@ def paired_difference(groups, candidate, reference, score, metric, kind=None):
     units = defaultdict(list)
     for dataset, seed in pairs:
         units[unit({"dataset": dataset, "seed": seed})].append(ours[dataset, seed] - theirs[dataset, seed])
-    averages = np.array([np.mean(differences) for differences in units.values()])
-    n, mean = len(averages), float(averages.mean())
-    if n < 2:
-        return {"mean": mean, "low": None, "high": None, "n": n, "pairs": len(pairs)}
-    half = stats.t.ppf(0.975, n - 1) * averages.std(ddof=1) / np.sqrt(n)
-    return {"mean": mean, "low": float(mean - half), "high": float(mean + half), "n": n, "pairs": len(pairs)}
+    mean, low, high = mean_interval([np.mean(differences) for differences in units.values()])
+    return {"mean": mean, "low": low, "high": high, "n": len(units), "pairs": len(pairs)}
 
 
 def format_difference(difference) -> str:

@@ -3,7 +3,7 @@ purposes, share a stream (seed + learner would give seed 2's learner 0 the weigh
 import numpy as np
 import torch
 
-PURPOSES = ("init", "shuffle", "precise_bn", "probe", "pasted", "holdout")  # append only: the index enters every stream
+PURPOSES = ("init", "shuffle", "precise_bn", "probe", "pasted", "holdout", "reference")  # append only: the index enters every stream
 
 
 def stream_seed(seed: int, learner: int, purpose: str, *more: int) -> int:

@@ -17,13 +17,16 @@ from utils import config
 from utils.atomic import atomic_write_text
 from utils.errors import UserError
 
-SCORE_ORDER = ["rec", "unc", "dsu"]
-METRICS = ["auc", "ap", "pixel_auroc", "pixel_ap", "pixel_best_dice"]
+from utils.scores import IMAGE_SCORES, SCORES
+
+SCORE_ORDER = list(IMAGE_SCORES)
+WIDE_SCORES = list(SCORES)  # the paper's table: the published three side by side
+METRICS = ["auc", "ap", "fpr05", "tpr05", "pixel_auroc", "pixel_ap", "pixel_best_dice"]
 REQUIRED_METRICS = ["auc", "ap"]
-NOT_SCORES = ("run", "source", "diagnostics")  # the other top-level entries of a results.json are scores
+NOT_SCORES = ("run", "source", "diagnostics", "reference")  # the other top-level entries of a results.json are scores
 NOT_IDENTITY = {*map(config.bare, config.REPLICATE), "out_dir"}  # replicates of one experiment, and where it ran
 SHOWN_ELSEWHERE = {"dataset", "network", "split"}  # identity keys with a place of their own in the table
-HEADERS = {"auc": "AUC", "ap": "AP", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP",
+HEADERS = {"auc": "AUC", "ap": "AP", "fpr05": "FPR at p<=0.05", "tpr05": "TPR at p<=0.05", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP",
            "pixel_best_dice": "pixel best Dice"}
 
 
@@ -131,20 +134,20 @@ def widen(rows) -> list:
 
 def _metric_columns(wide):
     columns = [f"{metric}_{stat}" for metric in METRICS for stat in ("mean", "std")]
-    return [f"{score}_{column}" for score in SCORE_ORDER for column in columns] if wide else columns
+    return [f"{score}_{column}" for score in WIDE_SCORES for column in columns] if wide else columns
 
 
 def markdown_wide(rows) -> str:
     """Wide rows as the paper's table: image AUC and AP of rec, unc and dsu as `mean ± std`."""
     show_config = any(row["config"] for row in rows)
     header = ["dataset", "network", *(["config"] if show_config else []), "seeds",
-              *(f"{score} {HEADERS[metric]}" for score in SCORE_ORDER for metric in REQUIRED_METRICS)]
+              *(f"{score} {HEADERS[metric]}" for score in WIDE_SCORES for metric in REQUIRED_METRICS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [str(row["dataset"]) + _split_mark(row["split"]), str(row["network"]),
                  *([row["config"]] if show_config else []),
                  f"{row['n_seeds']} ({', '.join(str(seed) for seed in row['seeds'])})"]
-        for score in SCORE_ORDER:
+        for score in WIDE_SCORES:
             for metric in REQUIRED_METRICS:
                 mean = row.get(f"{score}_{metric}_mean")
                 cells.append("-" if mean is None else f"{mean:.3f} ± {row[f'{score}_{metric}_std']:.3f}")

@@ -1,0 +1,308 @@
+"""The scoring study (README, "Scores referred to normal images"): every run of cfgs/grids/score_study.yaml scored
+with every score, form and reference on the same learners; the tables in <archive>/study.md.
+
+    python scripts/score_study.py --runs runs/score_study --archive studies/scores [--rar-archive studies/rar]
+
+For each evaluated run its learners score the test set once, and two references of the same size are made as
+utils/reference.py makes one (fit and calibration halves): the held-out normal images (Data.holdout) and, for the
+comparison, as many training images drawn by the run's seed (in-sample). Every form of FORMS refers the maps. Each
+image score's AUC and AP, the shares of normal and abnormal test images flagged at p <= 0.05, and on the local sets
+each map's pixel AUROC go into one record per run (<archive>/<run>.json); the tables are made from the archive alone.
+
+Rules fixed before the runs were read:
+- the form is chosen on seed 1 alone: the highest mean image AUC over the six referred scores (<s>_z, <s>_z_top1)
+  with the held-out reference, over seed 1's runs;
+- a new score (with that form and the held-out reference) is recommended when, on seeds 2 and 3, its image AUC
+  minus rec's has a 95% interval above zero over the units and a mean of at least zero on the semantic and on the
+  local sets; among several, the highest mean. A unit is one training (training set, seed, setting): a class's
+  semantic and local set share their learners, so their differences are averaged first.
+"""
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets.fashion_mnist import parse_set_name, set_name  # noqa: E402
+from datasets.medad import dataset_dir, load_images, load_masks, read_split  # noqa: E402
+from utils import reference as references  # noqa: E402
+from utils.atomic import atomic_write_text  # noqa: E402
+from utils.ensemble import load_run, score_dataset  # noqa: E402
+from utils.errors import UserError, cli  # noqa: E402
+from utils.intervals import mean_interval  # noqa: E402
+from utils.metrics import image_metrics  # noqa: E402
+from utils.runtime import pick_device  # noqa: E402
+from utils.scores import IMAGE_SCORES, MAPS, SCORES, Form, referred_scores  # noqa: E402
+
+FORMS = {"linear q0": Form(log=False, floor=0.0), "linear q0.1": Form(log=False, floor=0.1),
+         "linear q0.5": Form(log=False, floor=0.5), "log q0": Form(log=True, floor=0.0),
+         "log q0.1": Form(log=True, floor=0.1), "log q0.5": Form(log=True, floor=0.5)}
+REFERENCES = ("held_out", "in_sample")
+LEVEL = 0.05
+CHOOSING_SEEDS, CONFIRMING_SEEDS = (1,), (2, 3)
+NEW = tuple(name for name in IMAGE_SCORES if name not in SCORES)
+CHOSEN_ON = [f"{name}_z" for name in SCORES] + [f"{name}_z_top1" for name in SCORES]
+SETTINGS = {(1.0, False): "published (Lambda 1)", (0.0, True): "Lambda 0 + precise BN"}
+
+
+# ---------------------------------------------------------------- scoring one run
+
+def score_references(learners, run_cfg, split, device) -> dict:
+    """{reference kind: (fit maps, calibration maps)}: the held-out reference and an in-sample one of its size."""
+    held, in_sample = references.reference_files(split.train, run_cfg)
+    if in_sample:
+        raise UserError(f"{run_cfg.run_dir} holds no images out (Data.holdout=0); the study needs a holdout")
+    train = [name for name in split.train if name not in set(held)]
+    drawn = torch.randperm(len(train), generator=torch.Generator().manual_seed(run_cfg.Solver.seed))[:len(held)]
+    chosen = {"held_out": held, "in_sample": [train[i] for i in sorted(drawn.tolist())]}
+    maps = {}
+    for kind, files in chosen.items():
+        images = load_images(split.directory, files, run_cfg.Data.img_size, run_cfg.Exp.workers or None)
+        fit_half, calibration_half = references.halves(len(files), run_cfg.Solver.seed)
+        maps[kind] = tuple(score_dataset(learners, images[half], run_cfg.Exp.score_batch, device)[0]
+                           for half in (fit_half, calibration_half))
+    return maps
+
+
+def pixel_auroc(masks, values) -> float:
+    return float(roc_auc_score(masks.reshape(-1), values.reshape(-1).double().numpy()))
+
+
+def score_run(run_dir, device) -> dict:
+    """The record of one evaluated run: every score, form and reference on its learners."""
+    began = time.perf_counter()
+    run_cfg, learners = load_run(run_dir, device)
+    split = read_split(dataset_dir(run_cfg.Data.root, run_cfg.Data.dataset))
+    images = load_images(split.directory, split.test, run_cfg.Data.img_size, run_cfg.Exp.workers or None)
+    labels = np.asarray(split.test_labels)
+    maps, _ = score_dataset(learners, images, run_cfg.Exp.score_batch, device)
+    masks = None
+    if split.has_masks:
+        masks = load_masks(split.directory, split.test, run_cfg.Data.img_size, run_cfg.Exp.workers or None).numpy()
+    raw_pixel = {name: pixel_auroc(masks, maps[name]) for name in SCORES} if masks is not None else {}
+    record = {"run": json.loads((Path(run_dir) / "results.json").read_text())["run"], "references": {}}
+    for kind, (fit_maps, calibration_maps) in score_references(learners, run_cfg, split, device).items():
+        forms = {}
+        for form_name, form in FORMS.items():
+            statistics, image_stats, calibration = references.fit(fit_maps, calibration_maps, form)
+            referred, scores = referred_scores(maps, statistics, image_stats)
+            scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
+            p = references.p_values(scores, {"calibration": calibration})
+            table = {}
+            for name in IMAGE_SCORES:
+                table[name] = {**image_metrics(labels, scores[name]),
+                               "fpr05": float(np.mean(p[name][labels == 0] <= LEVEL)),
+                               "tpr05": float(np.mean(p[name][labels == 1] <= LEVEL))}
+            if masks is not None:
+                for name in MAPS:
+                    table[name]["pixel_auroc"] = raw_pixel[name] if name in SCORES else pixel_auroc(masks,
+                                                                                                  referred[name])
+            forms[form_name] = table
+        record["references"][kind] = {"n": len(fit_maps["rec"]) + len(calibration_maps["rec"]), "forms": forms}
+    record["seconds"] = time.perf_counter() - began
+    return record
+
+
+def archive_runs(runs, archive, device) -> list:
+    """Score every evaluated run under `runs` not yet in the archive; returns the names archived now."""
+    archive.mkdir(parents=True, exist_ok=True)
+    done = []
+    for results in sorted(Path(runs).glob("*/results.json")):
+        target = archive / f"{results.parent.name}.json"
+        if target.is_file():
+            continue
+        record = score_run(results.parent, device)
+        atomic_write_text(target, json.dumps(record, indent=1))
+        print(f"archived {results.parent.name} ({record['seconds']:.0f} s)", file=sys.stderr)
+        done.append(results.parent.name)
+    return done
+
+
+# ---------------------------------------------------------------- tables
+
+def load_archive(archive) -> list:
+    return [json.loads(path.read_text()) for path in sorted(Path(archive).glob("*.json"))]
+
+
+def kind_of(dataset) -> str:
+    parsed = parse_set_name(dataset)
+    return parsed[1] if parsed else "semantic"
+
+
+def unit_of(run) -> tuple:
+    """(training set, seed, setting): a semantic set and its local twin share their learners."""
+    parsed = parse_set_name(run["dataset"])
+    return (set_name(parsed[0]) if parsed else run["dataset"], run["seed"], setting_of(run))
+
+
+def setting_of(run) -> str:
+    return SETTINGS.get((float(run["Lambda"]), bool(run.get("precise_bn", False))), f"Lambda {run['Lambda']}")
+
+
+def metric(record, reference, form, score, name="auc"):
+    return record["references"][reference]["forms"][form][score].get(name)
+
+
+def paired(records, value, seeds=None, kind=None):
+    """The mean over units of value(record) (None skips a record), with its 95% t interval and the unit count."""
+    units = defaultdict(list)
+    for record in records:
+        run = record["run"]
+        if (seeds is None or run["seed"] in seeds) and kind in (None, kind_of(run["dataset"])):
+            difference = value(record)
+            if difference is not None:
+                units[unit_of(run)].append(difference)
+    if not units:
+        return None
+    mean, low, high = mean_interval([np.mean(values) for values in units.values()])
+    return {"mean": mean, "low": low, "high": high, "n": len(units)}
+
+
+def shown(difference) -> str:
+    if difference is None:
+        return "-"
+    if difference["low"] is None:
+        return f"{difference['mean']:+.3f} (n={difference['n']})"
+    return f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}] (n={difference['n']})"
+
+
+def table(header, rows) -> list:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+
+
+def choose_form(records) -> tuple[str, list]:
+    """The form of the rule above, and the rows of its table."""
+    chosen = [record for record in records if record["run"]["seed"] in CHOOSING_SEEDS]
+    rows, best = [], None
+    for form in FORMS:
+        means = [np.mean([metric(r, "held_out", form, score) for r in chosen]) if chosen else np.nan
+                 for score in CHOSEN_ON]
+        average = float(np.mean(means))
+        rows.append([form, *(f"{m:.3f}" for m in means), f"**{average:.3f}**"])
+        if chosen and (best is None or average > best[1]):
+            best = (form, average)
+    return (best[0] if best else None), rows
+
+
+def difference_to(records, score, baseline, form, reference="held_out", seeds=None, kind=None, name="auc"):
+    def value(record):
+        ours, theirs = metric(record, reference, form, score, name), metric(record, reference, form, baseline, name)
+        return None if ours is None or theirs is None else ours - theirs
+    return paired(records, value, seeds, kind)
+
+
+def decision(records, form) -> tuple[str | None, list]:
+    rows, passing = [], []
+    for score in NEW:
+        pooled = difference_to(records, score, "rec", form, seeds=CONFIRMING_SEEDS)
+        semantic = difference_to(records, score, "rec", form, seeds=CONFIRMING_SEEDS, kind="semantic")
+        local = difference_to(records, score, "rec", form, seeds=CONFIRMING_SEEDS, kind="local")
+        every = difference_to(records, score, "rec", form)
+        passes = bool(pooled and pooled["low"] is not None and pooled["low"] > 0 and semantic and local
+                      and semantic["mean"] >= 0 and local["mean"] >= 0)
+        if passes:
+            passing.append((pooled["mean"], score))
+        rows.append([score, shown(pooled), shown(semantic), shown(local), shown(every), "yes" if passes else "no"])
+    return (max(passing)[1] if passing else None), rows
+
+
+def rar_archive_auc(rar_archive, run, score) -> float | None:
+    """The same run's image AUC without a holdout, from the RAR study's archive (same settings, seed, data set)."""
+    if rar_archive is None:
+        return None
+    name = f"{run['dataset']}_AE_precise_bn{str(bool(run.get('precise_bn'))).lower()}_Lambda{run['Lambda']:g}_s{run['seed']}"
+    for grid in ("rar_screen", "rar_confirm"):
+        path = Path(rar_archive) / grid / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())["results"][score]["auc"]
+    return None
+
+
+def study_markdown(records, rar_archive=None) -> str:
+    seeds = sorted({r["run"]["seed"] for r in records})
+    lines = ["# The scoring study", "",
+             f"{len(records)} runs archived (seeds {', '.join(map(str, seeds))}; "
+             f"{len({unit_of(r['run']) for r in records})} trainings). Made by scripts/score_study.py from the "
+             "archive alone; differences are means over units (training set, seed, setting) with 95% t intervals.", ""]
+    form, rows = choose_form(records)
+    lines += ["## a. The form, chosen on seed 1 (held-out reference): mean image AUC", "",
+              *table(["form", *CHOSEN_ON, "mean of the six"], rows), "",
+              f"Chosen: **{form}**." if form else "No run of seed 1 yet: no form chosen.", ""]
+    if form is None:
+        return "\n".join(lines)
+    best, rows = decision(records, form)
+    lines += [f"## b. The decision: each new score minus rec, image AUC ({form}, held-out reference)", "",
+              *table(["score", "seeds 2-3, all sets", "seeds 2-3, semantic", "seeds 2-3, local", "all seeds, all sets",
+                      "passes"], rows), "",
+              f"**Recommended: {best}.**" if best else "**No new score passes.**", ""]
+    rows = []
+    for score, baseline in (("dsu_z", "rec"), ("dsu_z", "dsu"), ("dsu_z_top1", "dsu"), ("dsu", "rec")):
+        rows.append([f"{score} - {baseline}", *(shown(difference_to(records, score, baseline, form, kind=kind))
+                                               for kind in (None, "semantic", "local"))])
+    lines += ["## c. dsu referred to normal images (all seeds)", "",
+              *table(["difference", "all sets", "semantic", "local"], rows), ""]
+    rows = []
+    for name in [n for n in IMAGE_SCORES]:
+        means = {setting: [metric(r, "held_out", form, name) for r in records if setting_of(r["run"]) == setting]
+                 for setting in SETTINGS.values()}
+        rows.append([name, *(f"{np.mean(values):.3f}" if values else "-" for values in means.values()),
+                     *(f"{np.mean([metric(r, 'held_out', form, name) for r in records if kind_of(r['run']['dataset']) == kind]):.3f}"
+                       for kind in ("semantic", "local"))])
+    lines += [f"## d. Mean image AUC per score ({form}, held-out reference, all seeds)", "",
+              *table(["score", *SETTINGS.values(), "semantic sets", "local sets"], rows), ""]
+    rows = []
+    for name in ("rec", "dsu", "rec_z", "dsu_z", "rec_z_top1", "dsu_z_top1", "fused"):
+        def held_minus_in(record, name=name):
+            return metric(record, "held_out", form, name) - metric(record, "in_sample", form, name)
+        fpr = {kind: np.mean([metric(r, kind, form, name, "fpr05") for r in records]) for kind in REFERENCES}
+        rows.append([name, shown(paired(records, held_minus_in)), f"{fpr['held_out']:.3f}", f"{fpr['in_sample']:.3f}"])
+    lines += [f"## e. Held-out against in-sample reference (same learners, same size; {form})", "",
+              *table(["score", "AUC held-out - in-sample", "normal test images flagged at p <= 0.05, held-out",
+                      "the same, in-sample"], rows), ""]
+    rows = []
+    for score in SCORES:
+        def holdout_cost(record, score=score):
+            without = rar_archive_auc(rar_archive, record["run"], score)
+            return None if without is None else metric(record, "held_out", form, score) - without
+        rows.append([score, *(shown(paired(records, holdout_cost, kind=kind)) for kind in (None, "semantic", "local"))])
+    lines += ["## f. What holding out 10% costs: image AUC with Data.holdout=0.1 minus the RAR study's runs without",
+              "", *table(["score", "all sets", "semantic", "local"], rows), ""]
+    local = [r for r in records if kind_of(r["run"]["dataset"]) == "local"]
+    rows = []
+    for form_name in FORMS:
+        rows.append([form_name, *(f"{np.mean([metric(r, 'held_out', form_name, name, 'pixel_auroc') for r in local]):.3f}"
+                                  if local else "-" for name in MAPS)])
+    lines += ["## g. Pixel AUROC on the local sets (held-out reference), raw maps and referred ones, per form", "",
+              *table(["form", *MAPS], rows), ""]
+    return "\n".join(lines)
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", help="the grid folder to score (runs/score_study)")
+    parser.add_argument("--archive", required=True, help="folder of the per-run records and study.md")
+    parser.add_argument("--rar-archive", default="studies/rar", help="the RAR study's archive, for table f")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    archive = Path(args.archive)
+    if args.runs:
+        archive_runs(args.runs, archive, pick_device(args.device))
+    records = load_archive(archive)
+    if not records:
+        raise UserError(f"no records in {archive}; pass --runs with evaluated runs")
+    rar = Path(args.rar_archive) if Path(args.rar_archive).is_dir() else None
+    atomic_write_text(archive / "study.md", study_markdown(records, rar))
+    print(f"{len(records)} runs in {archive}; tables in {archive / 'study.md'}")
+
+
+if __name__ == "__main__":
+    main()
