@@ -19,7 +19,7 @@ from PIL import Image
 
 from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
-from utils import config, runlock, stop
+from utils import checkpoint, config, runlock, stop
 from utils import ensemble
 from utils.atomic import atomic_write, atomic_write_text
 from utils.cka import SIMILARITIES, pairwise_similarity, spectrum
@@ -188,6 +188,8 @@ def _evaluate(cfg, run_dir, device, echo):
         results["reference"] = {"in_sample": reference["in_sample"], "fit": len(reference["fit_files"]),
                                 "calibration": len(reference["calibration_files"]),
                                 "definition": reference["definition"], "made_s": reference["seconds"]}
+        if checkpoint.imported_from(run_dir):  # scripts/import_published.py: trained by the published code
+            results["run"]["imported"] = True
         results["diagnostics"] = learner_diagnostics(learners, images, cfg, device)
         write_scores_csv(run_dir / "scores.csv", split.test, labels, scores)
         write_json(results, run_dir / "results.json")  # after scores.csv: results.json marks the run evaluated

@@ -186,6 +186,10 @@ def train(cfg, device, echo=True, wait_for_shared=True):
     files, reference = hold_out(split.train, cfg.Data.holdout, cfg.Solver.seed, cfg.Solver.bs)
     run_dir = make_run_dir(cfg.run_dir)
     with runlock.hold(run_dir), stop.deferred():  # SIGTERM or SIGUSR1: stop at the end of the epoch (utils/stop.py)
+        if checkpoint.imported_from(run_dir):  # weights alone: nothing to resume, and juniors here would mix two codes
+            raise UserError(f"run folder {run_dir} holds learners imported from the published release, without "
+                            "optimizer or RNG state: train.py cannot resume or extend it; score it with eval.py, or "
+                            "train into another Exp.out_dir")
         prepare_run(cfg, run_dir)
         log = RunLog(run_dir, "train", echo=echo)
         try:

@@ -45,3 +45,10 @@ def check_same_experiment(stored: dict, current: dict, where) -> None:
         if old[key] != new[key]:
             raise UserError(f"{where} was made with {key}={old[key]!r} but this config has {new[key]!r}; "
                             "use another Exp.out_dir or the original config")
+
+
+def imported_from(run_dir):
+    """The record of where a run's learners came from when scripts/import_published.py made its folder (all of its
+    learners are imported: the first one's checkpoint says it), else None."""
+    path = learner_path(run_dir, 0)
+    return load(path).get("imported") if path.is_file() else None

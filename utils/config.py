@@ -201,6 +201,11 @@ def _parse_override(item: str):
 
 def load(path, overrides=()) -> Config:
     """Read a YAML config file, apply overrides, validate."""
+    return from_dict(apply_overrides(read(path), overrides))
+
+
+def read(path) -> dict:
+    """A YAML config file's sections, unvalidated."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} not found")
@@ -212,7 +217,7 @@ def load(path, overrides=()) -> Config:
         raise UserError(f"config file {path} is not valid YAML{where}") from None
     if not isinstance(raw, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (Exp, Model, Data, Solver)")
-    return from_dict(apply_overrides(raw, overrides))
+    return raw
 
 
 # What makes two runs the same experiment, decided here once: checkpoints and run folders refuse a mix, results.json
