@@ -19,19 +19,19 @@ from PIL import Image
 
 from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
-from utils import checkpoint, config, runlock, stop
-from utils import ensemble
 from utils.atomic import atomic_write, atomic_write_text
-from utils.cka import SIMILARITIES, pairwise_similarity, spectrum
-from utils.diagnostics import warnings_of
-from utils.ensemble import load_learners, score_dataset
 from utils.errors import UserError, cli
-from utils.figures import anomaly_grid, roc_pr_curves, score_histograms, similarity_heatmap
-from utils.metrics import chi_square_distance, image_metrics, pixel_metrics_of_maps
-from utils.runtime import RunLog, setup
-from utils.reference import ensure as ensure_reference, p_values
-from utils.scores import IMAGE_SCORES, MAPS, SCORES, referred_scores
-from utils.summary import write_summary
+from utils.grid.summary import write_summary
+from utils.method import ensemble
+from utils.method.cka import SIMILARITIES, pairwise_similarity, spectrum
+from utils.method.diagnostics import warnings_of
+from utils.method.ensemble import load_learners, score_dataset
+from utils.method.reference import ensure as ensure_reference, p_values
+from utils.method.scores import IMAGE_SCORES, MAPS, SCORES, referred_scores
+from utils.report.figures import anomaly_grid, roc_pr_curves, score_histograms, similarity_heatmap
+from utils.report.metrics import chi_square_distance, image_metrics, pixel_metrics_of_maps
+from utils.run import checkpoint, config, runlock, stop
+from utils.run.runtime import RunLog, setup
 
 SHOWN_PER_CLASS = 4  # TensorBoard shows the first 4 normal and first 4 abnormal test images: the same in every run
 LEVEL = 0.05  # fpr05 / tpr05: the shares of normal / abnormal test images whose p-value is at most this

@@ -5,7 +5,7 @@
 IMAGES are files or folders (searched recursively; hidden files are skipped): PNG, JPEG, BMP, TIFF, and DICOM
 (.dcm, .dicom). A DICOM goes through the preparation rule of datasets.dicom (dicom_to_array), then,
 like every other image, the loader's grayscale / bilinear resize to the run's img_size, exactly as in training.
-Writes <out>/predictions.csv (file, every score of utils/scores.py, and, when the run's normal reference is held
+Writes <out>/predictions.csv (file, every score of utils/method/scores.py, and, when the run's normal reference is held
 out of training, each score's p-value: the share of reference images scoring at least as high) and
 <out>/overlays/<name>_dsu.png (dsu heat maps on one shared colour scale, so overlays compare by colour) and prints
 the most anomalous images. --fpr A flags the images whose p-value of --score is at most A: on normal images, a
@@ -27,12 +27,12 @@ from datasets.benchmark import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from datasets.dicom import dicom_to_array
 from datasets.medad import open_gray, resize_gray, to_model_input
 from utils.atomic import atomic_write
-from utils.ensemble import load_run, score_dataset
 from utils.errors import UserError, cli
-from utils.figures import overlay
-from utils.reference import load as load_reference, p_values
-from utils.runtime import pick_device
-from utils.scores import IMAGE_SCORES, SCORES, referred_scores
+from utils.method.ensemble import load_run, score_dataset
+from utils.method.reference import load as load_reference, p_values
+from utils.method.scores import IMAGE_SCORES, SCORES, referred_scores
+from utils.report.figures import overlay
+from utils.run.runtime import pick_device
 
 SHOWN = 10  # rows of the printed table
 OVERLAY_PERCENTILE = 99  # the shared colour scale of the overlays tops out at this percentile of all dsu pixels

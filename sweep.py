@@ -29,11 +29,12 @@ import torch.distributed as dist
 
 import eval as evaluate
 import train
-from utils import grid as grids
-from utils import runlock, sharing, stop
 from utils.errors import Interrupted, UserError, cli
-from utils.runtime import pick_device, set_tf32
-from utils.summary import markdown_wide, summarize, widen, write_summary
+from utils.grid import grid as grids
+from utils.grid import sharing
+from utils.grid.summary import markdown_wide, summarize, widen, write_summary
+from utils.run import runlock, stop
+from utils.run.runtime import pick_device, set_tf32
 
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
 
@@ -51,7 +52,8 @@ def parse_args(argv=None):
 def follow_launcher() -> None:
     """torchrun starts each worker in a session of its own, so a launcher killed outright (kill -9 of the job's
     process group) would leave its workers training on alone. On Linux the kernel sends a worker SIGTERM when its
-    launcher dies instead: it stops at an epoch's end with a checkpoint (utils/stop.py), and the next launch resumes."""
+    launcher dies instead: it stops at an epoch's end with a checkpoint (utils/run/stop.py), and the next launch
+    resumes."""
     if not sys.platform.startswith("linux"):
         return
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -3,7 +3,7 @@
     python train.py --config cfgs/RSNA_AE.yaml [Section.key=value ...]
 
 Rerunning the same command resumes: finished learners are skipped and an interrupted learner continues from its
-last checkpoint. At the end the run's normal reference is made (utils/reference.py). SIGTERM or SIGUSR1 (pre-emption) stops the run at the end of the current epoch with a checkpoint.
+last checkpoint. At the end the run's normal reference is made (utils/method/reference.py). SIGTERM or SIGUSR1 (pre-emption) stops the run at the end of the current epoch with a checkpoint.
 One command at a time works in a run folder; a second is refused. The test set is never touched here.
 """
 import argparse
@@ -16,14 +16,17 @@ from tqdm import tqdm
 import models
 from datasets.benchmark import describe
 from datasets.medad import dataset_dir, hold_out, load_images, read_split, to_model_input
-from utils import checkpoint, config, diagnostics, perturb, runlock, seeding, sharing, stop
-from utils.cka import GRADIENT_SIMILARITIES, participation_ratio, repulsion
-from utils.ensemble import features_of, input_gradients_of
+from utils import seeding
 from utils.errors import UserError, cli
-from utils.fast import adam, load_optimizer_state, make_step
-from utils.reference import ensure as ensure_reference
-from utils.runtime import RunLog, make_run_dir, setup
-from utils.scores import input_gradient
+from utils.grid import sharing
+from utils.method import diagnostics, perturb
+from utils.method.cka import GRADIENT_SIMILARITIES, participation_ratio, repulsion
+from utils.method.ensemble import features_of, input_gradients_of
+from utils.method.reference import ensure as ensure_reference
+from utils.method.scores import input_gradient
+from utils.run import checkpoint, config, runlock, stop
+from utils.run.fast import adam, load_optimizer_state, make_step
+from utils.run.runtime import RunLog, make_run_dir, setup
 
 
 def parse_args(argv=None):
@@ -99,7 +102,7 @@ def resume(index, cfg, device, path, log):
 
 
 def captures(cfg, device) -> bool:
-    """Whether the training step is captured as a CUDA graph (utils/fast.py)."""
+    """Whether the training step is captured as a CUDA graph (utils/run/fast.py)."""
     return cfg.Exp.fast and device.type == "cuda"
 
 
@@ -107,7 +110,7 @@ def loss_of_batches(learner, seniors, images, cfg):
     """batch_loss(batch indices) -> (loss, terms) on images[batch]. With Exp.fast the seniors' features (or input
     gradients) are computed once for the whole training set: seniors are frozen, in eval mode, and there is no
     augmentation, so they never change. With Model.repel_on=pasted a junior is compared with its seniors on the
-    run's one pasted copy of the training set (utils/perturb.py), batch for batch."""
+    run's one pasted copy of the training set (utils/method/perturb.py), batch for batch."""
     senior_terms = input_gradients_of if cfg.Model.repulsion in GRADIENT_SIMILARITIES else features_of
     pasted = seniors and cfg.Solver.Lambda and cfg.Model.repel_on == "pasted"  # Lambda 0: a plain ensemble, exactly
     repel = perturb.self_pasted(images, cfg.Solver.seed) if pasted else None
@@ -185,7 +188,7 @@ def train(cfg, device, echo=True, wait_for_shared=True):
     split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
     files, reference = hold_out(split.train, cfg.Data.holdout, cfg.Solver.seed, cfg.Solver.bs)
     run_dir = make_run_dir(cfg.run_dir)
-    with runlock.hold(run_dir), stop.deferred():  # SIGTERM or SIGUSR1: stop at the end of the epoch (utils/stop.py)
+    with runlock.hold(run_dir), stop.deferred():  # SIGTERM or SIGUSR1: stop at the end of the epoch (utils/run/stop.py)
         if checkpoint.imported_from(run_dir):  # weights alone: nothing to resume, and juniors here would mix two codes
             raise UserError(f"run folder {run_dir} holds learners imported from the published release, without "
                             "optimizer or RNG state: train.py cannot resume or extend it; score it with eval.py, or "

@@ -40,12 +40,13 @@ import models  # noqa: E402
 import train  # noqa: E402
 from datasets.demo import LESIONS, make_image  # noqa: E402
 from datasets.medad import to_model_input  # noqa: E402
-from utils import config, seeding  # noqa: E402
-from utils.ensemble import score_dataset  # noqa: E402
+from utils import seeding  # noqa: E402
 from utils.errors import cli  # noqa: E402
-from utils.metrics import image_metrics  # noqa: E402
-from utils.runtime import RunLog, pick_device, set_tf32  # noqa: E402
-from utils.scores import SCORES, image_scores, score_maps  # noqa: E402
+from utils.method.ensemble import score_dataset  # noqa: E402
+from utils.method.scores import SCORES, image_scores, score_maps  # noqa: E402
+from utils.report.metrics import image_metrics  # noqa: E402
+from utils.run import config  # noqa: E402
+from utils.run.runtime import RunLog, pick_device, set_tf32  # noqa: E402
 
 FULL_EPOCHS = 250  # a published run trains every learner this long
 
@@ -154,7 +155,8 @@ def naive_train(index, seniors, train_images, cfg, device, epochs, workers=0):
 
 
 def naive_scores(learners, test_images, device, workers=0):
-    """rec, unc and dsu of each image, one image at a time, written out from the formulas in utils/scores.py's docstring."""
+    """rec, unc and dsu of each image, one image at a time, written out from the formulas in utils/method/scores.py's
+    docstring."""
     scores = {name: [] for name in SCORES}
     for x in DataLoader(NaiveImages(test_images), batch_size=1, num_workers=workers):
         x = x.to(device)

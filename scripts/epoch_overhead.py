@@ -21,9 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 import train  # noqa: E402
-from utils import checkpoint, config, diagnostics  # noqa: E402
 from utils.errors import cli  # noqa: E402
-from utils.runtime import RunLog, pick_device  # noqa: E402
+from utils.method import diagnostics  # noqa: E402
+from utils.run import checkpoint, config  # noqa: E402
+from utils.run.runtime import RunLog, pick_device  # noqa: E402
 
 TRAIN_SIZES = {"rsna": 3851, "vin": 4000, "brain": 1000, "lag": 1500, "demo": 400}  # normal training images
 

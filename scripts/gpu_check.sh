@@ -47,7 +47,7 @@ print(", ".join(s + " AUC " + format(r[s]["auc"], ".4f") for s in ("rec", "unc",
 }
 
 # DEVICE resolved as train.py, eval.py and bench.py resolve it: a bad value stops here, in one line.
-resolved=$("$PY" -c 'import sys; from utils.errors import cli; from utils.runtime import pick_device
+resolved=$("$PY" -c 'import sys; from utils.errors import cli; from utils.run.runtime import pick_device
 cli(lambda: print(pick_device(sys.argv[1])))()' "$DEVICE") || exit $?
 note "# gpu_check $(date -u +%FT%TZ): $("$PY" -c 'import torch; print(f"torch {torch.__version__}, " + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"))'), $(nproc) cores, DEVICE=$DEVICE -> $resolved"
 for stage in "$@"; do

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from utils.errors import cli  # noqa: E402
-from utils.published_run import import_published  # noqa: E402
+from utils.run.published_run import import_published  # noqa: E402
 
 
 def parse_args(argv=None):

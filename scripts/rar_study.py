@@ -54,10 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from datasets.fashion_mnist import parse_set_name, set_name  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
-from utils.intervals import mean_interval  # noqa: E402
-from utils.runlock import is_locked  # noqa: E402
-from utils.scores import SCORES as SCORE_ORDER  # noqa: E402
-from utils.summary import collect  # noqa: E402
+from utils.grid.summary import collect  # noqa: E402
+from utils.method.scores import SCORES as SCORE_ORDER  # noqa: E402
+from utils.report.intervals import mean_interval  # noqa: E402
+from utils.run.runlock import is_locked  # noqa: E402
 
 PRECISE_BN = " + precise BN"
 PUBLISHED, PLAIN = "published (linear_cka, Lambda 1)", "Lambda 0 (plain ensemble)"

@@ -4,7 +4,7 @@
 
 overview.png   the method: RAR training of the K learners, then rec / unc / dsu scoring
 rar_tsne.png   t-SNE of every learner's tapped features on the run's test images, and their pairwise linear CKA
-maps.png       anomaly maps of the most and least anomalous test images (utils.figures.anomaly_grid)
+maps.png       anomaly maps of the most and least anomalous test images (utils.report.figures.anomaly_grid)
 """
 import argparse
 import sys
@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input  # noqa: E402
 from models import TAPS  # noqa: E402
-from utils.cka import pairwise_similarity  # noqa: E402
-from utils.ensemble import features_of, load_run, score_dataset  # noqa: E402
 from utils.errors import cli  # noqa: E402
-from utils.figures import anomaly_grid  # noqa: E402
-from utils.runtime import pick_device  # noqa: E402
-from utils.scores import SCORES  # noqa: E402
+from utils.method.cka import pairwise_similarity  # noqa: E402
+from utils.method.ensemble import features_of, load_run, score_dataset  # noqa: E402
+from utils.method.scores import SCORES  # noqa: E402
+from utils.report.figures import anomaly_grid  # noqa: E402
+from utils.run.runtime import pick_device  # noqa: E402
 
 DPI = 150
 SEED = 0

@@ -4,7 +4,7 @@ with every score, form and reference on the same learners; the tables in <archiv
     python scripts/score_study.py --runs runs/score_study --archive studies/scores [--rar-archive studies/rar]
 
 For each evaluated run its learners score the test set once, and two references of the same size are made as
-utils/reference.py makes one (fit and calibration halves): the held-out normal images (Data.holdout) and, for the
+utils/method/reference.py makes one (fit and calibration halves): the held-out normal images (Data.holdout) and, for the
 comparison, as many training images drawn by the run's seed (in-sample). Every form of FORMS refers the maps. Each
 image score's AUC and AP, the shares of normal and abnormal test images flagged at p <= 0.05, and on the local sets
 each map's pixel AUROC go into one record per run (<archive>/<run>.json); the tables are made from the archive alone.
@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.fashion_mnist import parse_set_name, set_name  # noqa: E402
 from datasets.medad import dataset_dir, load_images, load_masks, read_split  # noqa: E402
-from utils import reference as references  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
-from utils.ensemble import load_run, score_dataset  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
-from utils.intervals import mean_interval  # noqa: E402
-from utils.metrics import image_metrics  # noqa: E402
-from utils.runtime import pick_device  # noqa: E402
-from utils.scores import IMAGE_SCORES, MAPS, SCORES, Form, referred_scores  # noqa: E402
+from utils.method import reference as references  # noqa: E402
+from utils.method.ensemble import load_run, score_dataset  # noqa: E402
+from utils.method.scores import IMAGE_SCORES, MAPS, SCORES, Form, referred_scores  # noqa: E402
+from utils.report.intervals import mean_interval  # noqa: E402
+from utils.report.metrics import image_metrics  # noqa: E402
+from utils.run.runtime import pick_device  # noqa: E402
 
 FORMS = {"linear q0": Form(log=False, floor=0.0), "linear q0.1": Form(log=False, floor=0.1),
          "linear q0.5": Form(log=False, floor=0.5), "log q0": Form(log=True, floor=0.0),

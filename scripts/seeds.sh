@@ -20,7 +20,7 @@ setup_python requirements.txt
 # The parent of the run folders; refuse an out_dir without {seed}, where every seed would share one folder.
 parent=$("$PY" - "$cfg" "$@" <<'PYTHON'
 import sys
-from utils import config
+from utils.run import config
 from utils.errors import UserError
 try:
     first, second = (config.load(sys.argv[1], [*sys.argv[2:], f"Solver.seed={seed}"]).run_dir for seed in (1, 2))

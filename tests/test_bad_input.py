@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tests.conftest import run_cli, write_config
-from utils import checkpoint
 from utils.errors import UserError
+from utils.run import checkpoint
 
 
 def fails_cleanly(result, *fragments):

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import models
-from utils.batchnorm import eval_and_train_errors, eval_mode_much_worse, eval_mode_warning, recompute_bn_stats
 from utils.errors import UserError
+from utils.method.batchnorm import eval_and_train_errors, eval_mode_much_worse, eval_mode_warning, recompute_bn_stats
 
 NETWORKS = list(models.MODELS)
 SIZE = 16  # the smallest image size the backbones take: the encoder ends at 1 x 1

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.cka import (CCA_RIDGE, SIMILARITIES, cca, debiased_cca, debiased_cka, gradient_cosine, linear_cka,
+from utils.method.cka import (CCA_RIDGE, SIMILARITIES, cca, debiased_cca, debiased_cka, gradient_cosine, linear_cka,
                        pairwise_similarity, participation_ratio, rbf_cka, repulsion, spectrum)
 
 

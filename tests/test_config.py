@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from utils import config
 from utils.errors import UserError
+from utils.run import config
 
 CFGS = Path(__file__).resolve().parents[1] / "cfgs"
 
@@ -101,7 +101,7 @@ def test_readme_documents_every_key():
 
 
 def test_repulsion_names_match_the_registry():
-    from utils.cka import REPULSIONS
+    from utils.method.cka import REPULSIONS
     assert config.REPULSIONS == tuple(REPULSIONS)
 
 
@@ -138,7 +138,7 @@ def test_bad_repulsion_settings_name_the_key(overrides, message):
 
 
 def test_new_keys_are_part_of_the_run_identity():
-    from utils import checkpoint
+    from utils.run import checkpoint
     base = config.load(CFGS / "RSNA_AE.yaml").to_dict()
     for override in ("Model.repulsion=cca", "Solver.precise_bn=true", "Model.repel_on=pasted"):
         other = config.load(CFGS / "RSNA_AE.yaml", [override]).to_dict()
@@ -149,7 +149,7 @@ def test_new_keys_are_part_of_the_run_identity():
 def test_checkpoints_from_before_the_new_keys_still_match():
     """A config stored before Model.repulsion and Solver.precise_bn existed means their defaults (the published
     behaviour), so such runs resume and evaluate; with another value they are refused."""
-    from utils import checkpoint
+    from utils.run import checkpoint
     stored = config.load(CFGS / "RSNA_AE.yaml").to_dict()
     del stored["Model"]["repulsion"], stored["Solver"]["precise_bn"]
     checkpoint.check_same_experiment(stored, config.load(CFGS / "RSNA_AE.yaml").to_dict(), "checkpoint x")
@@ -161,8 +161,8 @@ def test_checkpoints_from_before_the_new_keys_still_match():
 def test_one_definition_of_an_experiment_serves_checkpoints_results_grids_and_summaries():
     """Every Model, Data and Solver setting but where the data sit identifies the experiment, in every place that
     asks; K may grow in a run folder, and the seed separates replicates only."""
-    from utils import checkpoint
-    from utils.summary import _identity
+    from utils.run import checkpoint
+    from utils.grid.summary import _identity
     base = config.load(CFGS / "RSNA_AE.yaml")
     changed = {"Model.network": "MemAE", "Model.mp": 2, "Model.ls": 8, "Model.layer": 3, "Model.mem_dim": 9,
                "Model.shrink_thres": 0.1, "Model.entropy_loss_weight": 0.1, "Model.repulsion": "cca",

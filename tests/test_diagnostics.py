@@ -10,10 +10,12 @@ import eval as evaluate
 import train
 from datasets.medad import load_images, read_split, to_model_input
 from tests.conftest import write_config
-from utils import checkpoint, config, diagnostics, ensemble, seeding
-from utils.batchnorm import eval_and_train_errors, recompute_bn_stats
-from utils.cka import SIMILARITIES, gradient_cosine, pairwise_similarity, participation_ratio, spectrum
-from utils.summary import summarize
+from utils import seeding
+from utils.grid.summary import summarize
+from utils.method import diagnostics, ensemble
+from utils.method.batchnorm import eval_and_train_errors, recompute_bn_stats
+from utils.method.cka import SIMILARITIES, gradient_cosine, pairwise_similarity, participation_ratio, spectrum
+from utils.run import checkpoint, config
 
 
 def records(run_dir, tag):
@@ -175,7 +177,7 @@ def test_a_step_that_could_not_be_captured_is_a_warning_in_the_log_the_results_a
         tiny_root, tmp_path, monkeypatch, capsys):
     """make_step's fallback reason goes where the eval/train BatchNorm warning goes."""
     import sweep
-    from utils import fast
+    from utils.run import fast
     real = fast.make_step
 
     def falls_back(*args, **kwargs):  # as make_step falls back: one warning line, logged when it happens

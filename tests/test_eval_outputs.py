@@ -16,8 +16,9 @@ import eval as evaluate
 import train
 from datasets.medad import load_images, load_masks, read_split
 from tests.conftest import REPO, write_config
-from utils import config, ensemble
-from utils.metrics import pixel_metrics_of_maps
+from utils.method import ensemble
+from utils.report.metrics import pixel_metrics_of_maps
+from utils.run import config
 
 PIXEL_KEYS = {"pixel_auroc", "pixel_ap", "pixel_best_dice"}
 SCORES = ("rec", "unc", "dsu")
@@ -136,8 +137,8 @@ def test_seeds_script_refuses_shared_run_folder(tiny_root, tmp_path):
 SCORING_MEMORY = """
 import resource, sys
 import torch
-from utils import ensemble
 import models
+from utils.method import ensemble
 torch.set_num_threads(1)
 learners = []
 for seed in range(2):

@@ -12,9 +12,10 @@ import models
 import train
 from datasets.medad import to_model_input
 from tests.conftest import REPO, load_script, run_cli, write_config
-from utils import checkpoint, config, diagnostics, ensemble, fast
-from utils.cka import linear_cka
-from utils.scores import image_scores, score_maps
+from utils.method import diagnostics, ensemble
+from utils.method.cka import linear_cka
+from utils.method.scores import image_scores, score_maps
+from utils.run import checkpoint, config, fast
 
 SIZE, BS, LAMBDA = 32, 8, 1.0
 

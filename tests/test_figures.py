@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import figures
 from utils.errors import UserError
-from utils.figures import anomaly_grid, overlay, roc_pr_curves, score_histograms, select_extremes
-from utils.metrics import chi_square_distance
+from utils.report import figures
+from utils.report.figures import anomaly_grid, overlay, roc_pr_curves, score_histograms, select_extremes
+from utils.report.metrics import chi_square_distance
 
 
 def _png_size(path):

@@ -55,7 +55,7 @@ def test_unknown_stage_is_one_line(tmp_path):
 
 
 def test_a_device_this_machine_lacks_stops_before_any_stage_in_one_line(tmp_path):
-    """DEVICE=cuda takes the path a GPU run takes (utils.runtime.pick_device); here it has no GPU to find."""
+    """DEVICE=cuda takes the path a GPU run takes (utils.run.runtime.pick_device); here it has no GPU to find."""
     env = {**SMALL, "DEVICE": "cuda", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "e2e"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120, env={**os.environ, **env, "PYTHON": sys.executable,

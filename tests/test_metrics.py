@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from utils import metrics
 from utils.errors import UserError
-from utils.metrics import chi_square_distance, image_metrics
+from utils.report import metrics
+from utils.report.metrics import chi_square_distance, image_metrics
 
 
 def pixel_metrics(masks, maps, **options) -> dict:

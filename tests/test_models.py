@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import models
-from utils.config import Model
+from utils.run.config import Model
 
 NETWORKS = list(models.MODELS)
 

@@ -6,9 +6,10 @@ import train
 from datasets.medad import load_images, read_split, to_model_input
 from tests.conftest import write_config
 from tests.test_pipeline import assert_same_weights, weights
-from utils import checkpoint, config, ensemble
-from utils.cka import gradient_cosine, linear_cka
-from utils.perturb import rectangles, self_pasted
+from utils.method import ensemble
+from utils.method.cka import gradient_cosine, linear_cka
+from utils.method.perturb import rectangles, self_pasted
+from utils.run import checkpoint, config
 
 
 def images_of(n=16, size=32, seed=0):

@@ -13,8 +13,9 @@ import torch
 import eval as evaluate
 import train
 from tests.conftest import REPO, run_cli, write_config
-from utils import checkpoint, config, ensemble
 from utils.errors import UserError
+from utils.method import ensemble
+from utils.run import checkpoint, config
 
 
 def weights(run_dir, index):
@@ -238,8 +239,8 @@ def test_sigterm_saves_at_the_epoch_end_and_resume_equals_uninterrupted_run(tiny
 
 STOPPED_AT_ONCE = """
 import os, signal, time
-from utils import stop
 from utils.errors import cli
+from utils.run import stop
 
 @cli
 def main():

@@ -17,9 +17,9 @@ import predict
 from datasets.medad import to_model_input
 from models import published
 from tests.conftest import load_script, run_cli, write_config
-from utils import checkpoint, config
-from utils.ensemble import load_learners, score_dataset
-from utils.published_run import import_published
+from utils.method.ensemble import load_learners, score_dataset
+from utils.run import checkpoint, config
+from utils.run.published_run import import_published
 
 FIXTURES = Path(__file__).parent / "published_release"
 BACKBONES = ("AE", "AE-U", "MemAE")

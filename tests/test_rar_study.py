@@ -8,8 +8,9 @@ from scipy import stats
 
 from eval import write_json
 from tests.conftest import REPO, load_script
-from utils import config, grid as grids
 from utils.errors import UserError
+from utils.grid import grid as grids
+from utils.run import config
 
 study = load_script("rar_study")
 SCREEN = REPO / "cfgs" / "grids" / "rar_screen.yaml"

@@ -1,6 +1,6 @@
-"""Scores referred to normal images (utils/scores.py, utils/reference.py): the referred maps, the poolings and the
-fused score against hand computations, the p-values' false-alarm guarantee, a reference that follows its learners,
-and the published three untouched."""
+"""Scores referred to normal images (utils/method/scores.py, utils/method/reference.py): the referred maps, the
+poolings and the fused score against hand computations, the p-values' false-alarm guarantee, a reference that
+follows its learners, and the published three untouched."""
 import csv
 import json
 import shutil
@@ -15,9 +15,10 @@ import predict
 import train
 from datasets.medad import load_images, read_split, to_model_input
 from tests.conftest import run_cli, write_config
-from utils import config, reference as references
-from utils.ensemble import load_learners
-from utils.scores import IMAGE_SCORES, SCORES, Form, image_scores, reference_statistics, referred_map, \
+from utils.method import reference as references
+from utils.method.ensemble import load_learners
+from utils.run import config
+from utils.method.scores import IMAGE_SCORES, SCORES, Form, image_scores, reference_statistics, referred_map, \
     referred_scores, score_maps, top_mean
 from tests.test_scores import ensemble
 

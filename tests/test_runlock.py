@@ -10,12 +10,12 @@ import pytest
 
 import eval as evaluate
 from tests.conftest import REPO, run_cli, write_config
-from utils import runlock
+from utils.run import runlock
 
 PROBE = """
 import sys
 from pathlib import Path
-from utils.runlock import is_locked
+from utils.run.runlock import is_locked
 run_dir, stop = Path(sys.argv[1]), Path(sys.argv[2])
 seen = [0, 0]
 print("ready", flush=True)

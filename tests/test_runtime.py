@@ -5,7 +5,7 @@ import torch
 from torch.cuda._utils import _get_device_index
 
 from utils.errors import UserError
-from utils.runtime import pick_device
+from utils.run.runtime import pick_device
 
 
 @pytest.fixture

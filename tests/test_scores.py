@@ -1,10 +1,11 @@
-"""The three scores: batched maps equal per-image computations and the formulas of the paper (see utils/scores.py)."""
+"""The three scores: batched maps equal per-image computations and the formulas of the paper (see
+utils/method/scores.py)."""
 import pytest
 import torch
 
 import models
-from utils.config import Model
-from utils.scores import SCORES, image_scores, score_maps
+from utils.method.scores import SCORES, image_scores, score_maps
+from utils.run.config import Model
 
 NETWORKS = list(models.MODELS)
 

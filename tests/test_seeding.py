@@ -6,7 +6,8 @@ import torch
 
 import train
 from tests.conftest import write_config
-from utils import config, seeding
+from utils import seeding
+from utils.run import config
 
 
 def conv_weights(learner):

@@ -14,7 +14,8 @@ import eval as evaluate
 import train
 from tests.conftest import write_config
 from tests.test_pipeline import assert_same_weights, weights
-from utils import config, sharing
+from utils.grid import sharing
+from utils.run import config
 
 
 def run(root, tmp_path, name, shared=None, dataset="tiny", **solver):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import eval as evaluate
-from utils import summary
 from utils.errors import UserError
+from utils.grid import summary
 
 
 def _write_run(root, name, seed, lr, auc_shift, with_pixels=False):

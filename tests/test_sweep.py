@@ -16,10 +16,11 @@ import yaml
 import sweep
 from datasets.medad import dataset_dir, load_images, read_split
 from tests.conftest import REPO, write_config
-from utils import checkpoint, sharing
-from utils import grid as grids
-from utils import runlock
 from utils.errors import UserError
+from utils.grid import sharing
+from utils.grid import grid as grids
+from utils.run import checkpoint
+from utils.run import runlock
 
 
 def write_grid(path, configs, seeds=(1, 2), out_dir=None, **extra):

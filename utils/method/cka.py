@@ -14,7 +14,7 @@ the junior; an unrelated junior collapsed to one direction against an unrelated 
 
 Every similarity takes x (n x p) and y (n x q), rows = samples (wider tensors are flattened per sample), returns a
 0-dim tensor that is differentiable with respect to both, and uses tensor operations only: no host sync and no
-branching on values, so it runs inside a captured CUDA graph (utils/fast.py).
+branching on values, so it runs inside a captured CUDA graph (utils/run/fast.py).
 """
 import torch
 
@@ -173,7 +173,7 @@ def gradient_cosine(junior: torch.Tensor, senior: torch.Tensor) -> torch.Tensor:
     return cosine.pow(2).mean()
 
 
-# Similarities of tapped features; Model.repulsion picks one of these or of GRADIENT_SIMILARITIES (utils/config.py
+# Similarities of tapped features; Model.repulsion picks one of these or of GRADIENT_SIMILARITIES (utils/run/config.py
 # lists the same names).
 SIMILARITIES = {"linear_cka": linear_cka, "cca": cca, "debiased_cka": debiased_cka, "rbf_cka": rbf_cka,
                 "debiased_cca": debiased_cca}

@@ -13,7 +13,7 @@ import yaml
 from utils.errors import UserError, unknown
 
 NETWORKS = ("AE", "AE-U", "MemAE")
-# The similarities RAR can repel with: the keys of utils.cka.REPULSIONS (kept here so that loading a config
+# The similarities RAR can repel with: the keys of utils.method.cka.REPULSIONS (kept here so that loading a config
 # does not import torch; a test checks that the two agree).
 REPULSIONS = ("linear_cka", "cca", "debiased_cka", "rbf_cka", "debiased_cca", "gradient_cosine")
 WHITENED = ("cca", "debiased_cca")  # need fewer feature dimensions than a batch has samples, minus one
@@ -30,7 +30,8 @@ class Exp:
     tf32: bool = False  # allow TF32 matmul/convolutions on Ampere+ GPUs (faster, less precise)
     score_batch: int = 0  # test-time batch size; 0 = chosen from memory
     workers: int = 0  # image decoding threads; 0 = all cores
-    share_learners: str = ""  # folder where runs share each learner that would come out the same (utils/sharing.py)
+    share_learners: str = ""  # folder where runs share each learner that would come out the same
+    # (utils/grid/sharing.py)
 
 
 @dataclass
@@ -43,10 +44,11 @@ class Model:
     mem_dim: int = 25  # MemAE: memory slots
     shrink_thres: float = 0.0025  # MemAE: hard-shrinkage threshold (the value every published run used)
     entropy_loss_weight: float = 0.0002  # MemAE: weight of the attention entropy loss
-    repulsion: str = "linear_cka"  # RAR similarity (REPULSIONS, utils/cka.py); linear_cka is the published one;
+    repulsion: str = "linear_cka"  # RAR similarity (REPULSIONS, utils/method/cka.py); linear_cka is the published one;
     # gradient_cosine compares input gradients of the reconstruction error instead of tapped features
     repel_on: str = "training"  # juniors only: the images the repulsion is measured on: the training batch
-    # (published) or "pasted", the same batch with a rectangle of each image pasted elsewhere in it (utils/perturb.py)
+    # (published) or "pasted", the same batch with a rectangle of each image pasted elsewhere in it
+    # (utils/method/perturb.py)
 
 
 @dataclass

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import config
 from utils.atomic import atomic_write_text
 from utils.errors import UserError
+from utils.run import config
 
-from utils.scores import IMAGE_SCORES, SCORES
+from utils.method.scores import IMAGE_SCORES, SCORES
 
 SCORE_ORDER = list(IMAGE_SCORES)
 WIDE_SCORES = list(SCORES)  # the paper's table: the published three side by side

@@ -8,9 +8,9 @@ import math
 import torch
 
 from utils import seeding
-from utils.batchnorm import eval_and_train_errors, eval_mode_warning, recompute_bn_stats
-from utils.cka import spectrum
 from utils.errors import UserError
+from utils.method.batchnorm import eval_and_train_errors, eval_mode_warning, recompute_bn_stats
+from utils.method.cka import spectrum
 
 PROBE_SIZE = 256  # training images on which each learner's feature shape and BatchNorm health are watched
 PROBE_SHARE = 0.02  # at most about this share of training time goes to the probe
@@ -81,7 +81,7 @@ def finish_learner(index, learner, images, probe, cfg, log, step_warning=None) -
     """After the last epoch: precise BatchNorm statistics if asked, then eval- against train-mode reconstruction
     error on the probe. Returns the report (kept in the checkpoint; eval.py copies it into results.json), whose
     "warnings" are eval mode much worse than train mode (logged here as one line) and `step_warning` (a training
-    step that could not be captured, logged by utils/fast.py when it happened)."""
+    step that could not be captured, logged by utils/run/fast.py when it happened)."""
     report = {}
     if cfg.Solver.precise_bn:
         report["eval_mse_before_precise_bn"] = eval_and_train_errors(learner, probe, cfg.Solver.bs)[0]

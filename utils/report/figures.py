@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from utils.errors import UserError  # noqa: E402
-from utils.metrics import chi_square_distance, finite_1d, image_metrics  # noqa: E402
+from utils.report.metrics import chi_square_distance, finite_1d, image_metrics  # noqa: E402
 
 DPI = 100
 NORMAL_COLOR, ABNORMAL_COLOR = "tab:blue", "tab:red"

@@ -3,7 +3,7 @@ the run folder (reference.pt).
 
 The reference images are the normal training images held out by Data.holdout or, without a holdout, the training
 images themselves (in-sample: fitted images score lower than new normal ones, so its p-values are not offered).
-They are split in two seeded halves: the fit half gives every statistic the new scores use (utils/scores.py), the
+They are split in two seeded halves: the fit half gives every statistic the new scores use (utils/method/scores.py), the
 calibration half only its image scores, so that a new normal image and a calibration image are scored by the same
 function and the p-value (1 + #{calibration >= score}) / (n + 1) is exact (split conformal). Test images never
 enter. The reference records the learners' fingerprint and the scores' definition; eval.py makes it again when
@@ -18,11 +18,11 @@ import torch
 from datasets.medad import dataset_dir, hold_out, load_images, read_split
 from utils import seeding
 from utils.atomic import atomic_write
-from utils.ensemble import score_dataset
 from utils.errors import UserError
-from utils.scores import FORM, IMAGE_SCORES, LOG_EPS, SMOOTH, TOP_SHARE, image_scores, image_statistics, \
+from utils.method.ensemble import score_dataset
+from utils.method.scores import FORM, IMAGE_SCORES, LOG_EPS, SMOOTH, TOP_SHARE, image_scores, image_statistics, \
     reference_statistics, referred_scores
-from utils.sharing import fingerprint
+from utils.grid.sharing import fingerprint
 
 FILE = "reference.pt"
 FORMAT = "d2ue-reference-1"

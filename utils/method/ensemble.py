@@ -6,10 +6,10 @@ import torch
 
 import models
 from datasets.medad import to_model_input
-from utils import checkpoint, config
 from utils.errors import UserError
-from utils.runtime import set_tf32
-from utils.scores import SCORES, image_scores, input_gradient, score_maps
+from utils.method.scores import SCORES, image_scores, input_gradient, score_maps
+from utils.run import checkpoint, config
+from utils.run.runtime import set_tf32
 
 
 def load_learners(run_dir, cfg, device):

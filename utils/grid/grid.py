@@ -12,7 +12,7 @@ not one full product (e.g. every option with one setting, the baseline with anot
 
 Cells are ordered config, then variant, then seed, so an index names the same cell as long as the file is unchanged.
 Each cell has its own run folder, <grid folder>/<dataset>_<network>[_<variant>]_s<seed>, and its state is read
-from that folder alone: what results.json, the checkpoints, error.txt and its lock (utils/runlock.py) say. So any
+from that folder alone: what results.json, the checkpoints, error.txt and its lock (utils/run/runlock.py) say. So any
 number of launchers (torchrun workers, a Slurm array, a second shell) can share one grid folder.
 """
 import json
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from utils import checkpoint, config
 from utils.errors import UserError, unknown
-from utils.runlock import is_locked
+from utils.run import checkpoint, config
+from utils.run.runlock import is_locked
 
 KEYS = ("name", "out_dir", "configs", "seeds", "overrides", "vary")
 SET_BY_GRID = ("Solver.seed", "Exp.out_dir")  # each cell's own

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from utils import checkpoint, config
+from utils.run import checkpoint, config
 
 JUNIOR_ONLY = ("Solver.Lambda", "Solver.spread", "Model.repulsion", "Model.repel_on")  # learner 0 never uses them
 NOT_SEEN = ("Data.dataset",)  # training sees the images (fingerprinted), not the folder's name or its test set

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from utils import config
 from utils.atomic import atomic_write
 from utils.errors import UserError
+from utils.run import config
 
 FORMAT = "d2ue-learner-1"
 
@@ -38,7 +38,7 @@ def load(path) -> dict:
 
 
 def check_same_experiment(stored: dict, current: dict, where) -> None:
-    """Refuse to mix learners of two different experiments (utils/config.py decides what one is) in one run
+    """Refuse to mix learners of two different experiments (utils/run/config.py decides what one is) in one run
     folder."""
     old, new = config.experiment(stored, without=config.GROWS), config.experiment(current, without=config.GROWS)
     for key in old:

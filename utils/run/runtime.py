@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from utils import config
 from utils.errors import UserError
+from utils.run import config
 
 
 def pick_device(name: str) -> torch.device:

@@ -6,7 +6,7 @@ dsu: std_k(|x_hat_k - x| * d mean(error_k) / dx) / sqrt(v)   (input-space disagr
 v is the mean over learners of each learner's predicted pixel variance (1 for AE and MemAE, exp(log_var) for
 AE-U); error_k is the backbone's score_error. std and var are unbiased over the K learners.
 
-Beside the published three, every map referred to normal images (a run's reference, utils/reference.py):
+Beside the published three, every map referred to normal images (a run's reference, utils/method/reference.py):
 <s>_z:       mean over pixels of z = (t(map) - center) / max(spread, floor), per pixel, center and spread the mean
              and standard deviation of t(map) over the reference's fit half; t = log(map + eps) or the map itself
              (Form), floor a quantile of the reference's per-pixel spreads

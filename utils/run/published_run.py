@@ -8,9 +8,9 @@ from pathlib import Path
 
 import models
 from models import published
-from utils import checkpoint, config
 from utils.atomic import atomic_write_text
 from utils.errors import UserError
+from utils.run import checkpoint, config
 
 
 def read_config(path, overrides, log):
