@@ -1,8 +1,8 @@
 """The RAR study's analysis: which way of training the juniors (a "candidate") to recommend, from its grids' runs.
 
-    python scripts/rar_study.py [--runs runs/rar_screen runs/rar_confirm] [--archive images/rar_study]
+    python scripts/rar_study.py [--runs runs/rar_screen runs/rar_confirm] [--archive studies/rar]
                                 [--figure images/rar_rank.png]
-    python scripts/rar_study.py --restore runs/rar_screen runs/rar_confirm [--archive images/rar_study]
+    python scripts/rar_study.py --restore runs/rar_screen runs/rar_confirm [--archive studies/rar]
 
 Run folders are not in git; the archive is. First, every evaluated run under the --runs grid folders (those that
 exist) is archived as <archive>/<grid folder>/<run folder>.json: {"results": its results.json, "rank_curves":
@@ -529,7 +529,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=["runs/rar_screen", "runs/rar_confirm"],
                         help="grid folders whose runs are archived (missing ones are skipped)")
-    parser.add_argument("--archive", default="images/rar_study", help="the study's committed archive")
+    parser.add_argument("--archive", default="studies/rar", help="the study's committed archive")
     parser.add_argument("--figure", default="images/rar_rank.png", help="the effective-rank figure (PNG)")
     parser.add_argument("--restore", nargs="+", metavar="GRID_FOLDER",
                         help="only restore the archived results.json files into these grid folders")

@@ -2,10 +2,10 @@
 # The RAR study of the README ("What RAR does, and the options"). Prepares the six dev sets, one-class Fashion-MNIST
 # classes 4, 6 and 9 with semantic anomalies (FMNIST_c<C>) and with local defects (FMNIST_local_c<C>, with masks)
 # (needs Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist); restores the archived runs
-# (images/rar_study) into runs/rar_screen and runs/rar_confirm, so that their cells count as done; runs the grids
+# (studies/rar) into runs/rar_screen and runs/rar_confirm, so that their cells count as done; runs the grids
 # cfgs/grids/rar_screen.yaml and rar_confirm.yaml (GRIDS="..." picks others; a grid file not there yet is skipped)
 # with WORKERS torchrun workers (default 2); then archives every evaluated run and writes the tables
-# (images/rar_study/study.md) and images/rar_rank.png from the archive (scripts/rar_study.py).
+# (studies/rar/study.md) and images/rar_rank.png from the archive (scripts/rar_study.py).
 # Rerunning skips finished runs. Extra arguments go to every run, e.g. Exp.device=cpu.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
@@ -24,5 +24,5 @@ for grid in ${GRIDS:-rar_screen rar_confirm}; do
     "$PY" -m torch.distributed.run --standalone --nproc_per_node="${WORKERS:-2}" sweep.py \
         --grid "cfgs/grids/$grid.yaml" "$@"
 done
-"$PY" scripts/rar_study.py --runs runs/rar_screen runs/rar_confirm --archive images/rar_study \
+"$PY" scripts/rar_study.py --runs runs/rar_screen runs/rar_confirm --archive studies/rar \
     --figure images/rar_rank.png

@@ -1,7 +1,7 @@
 """The scoring study (README, "Scores referred to normal images"): every run of cfgs/grids/score_study.yaml scored
 with every score, form and reference on the same learners; the tables in <archive>/study.md.
 
-    python scripts/score_study.py --runs runs/score_study --archive studies/scores [--rar-archive studies/rar]
+    python scripts/score_study.py --runs runs/score_study [--archive studies/scores] [--rar-archive studies/rar]
 
 For each evaluated run its learners score the test set once, and two references of the same size are made as
 utils/method/reference.py makes one (fit and calibration halves): the held-out normal images (Data.holdout) and, for the
@@ -289,7 +289,7 @@ def study_markdown(records, rar_archive=None) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", help="the grid folder to score (runs/score_study)")
-    parser.add_argument("--archive", required=True, help="folder of the per-run records and study.md")
+    parser.add_argument("--archive", default="studies/scores", help="folder of the per-run records and study.md")
     parser.add_argument("--rar-archive", default="studies/rar", help="the RAR study's archive, for table f")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)

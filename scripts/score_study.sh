@@ -2,7 +2,7 @@
 # The scoring study of the README ("Scores referred to normal images"). Prepares the six dev sets (one-class
 # Fashion-MNIST classes 4, 6 and 9, semantic and local; needs Debian's dataset-fashion-mnist), runs the grid
 # cfgs/grids/score_study.yaml with WORKERS torchrun workers (default 2), then scores every finished run with every
-# score and form (scripts/score_study.py) and writes the tables to images/score_study/. Rerunning skips finished
+# score and form (scripts/score_study.py) and writes the tables to studies/scores/. Rerunning skips finished
 # runs. Extra arguments go to every run, e.g. Exp.device=cpu.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
@@ -15,5 +15,5 @@ done
 "$PY" -m torch.distributed.run --standalone --nproc_per_node="${WORKERS:-2}" sweep.py \
     --grid cfgs/grids/score_study.yaml "$@"
 if [ -f scripts/score_study.py ]; then
-    "$PY" scripts/score_study.py --runs runs/score_study --archive images/score_study
+    "$PY" scripts/score_study.py --runs runs/score_study --archive studies/scores
 fi
