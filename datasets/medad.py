@@ -39,7 +39,7 @@ def dataset_dir(root, dataset) -> Path:
     root = Path(root)
     directory = root / FOLDERS.get(dataset, dataset)
     if dataset == "demo" and not (directory / "data.json").is_file():
-        from datasets.demo import make_demo  # only the demo needs the generator
+        from datasets.prepare.demo import make_demo  # only the demo needs the generator
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as err:

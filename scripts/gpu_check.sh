@@ -36,7 +36,7 @@ make_data() {
     [ -f "$DATA/$DATASET/data.json" ] && return
     local began
     began=$(now_ms)
-    "$PY" -m datasets.demo "$DATA/$DATASET" --n-train "$N_TRAIN" --n-test "$N_TEST" --size "$SIZE" \
+    "$PY" -m datasets.prepare.demo "$DATA/$DATASET" --n-train "$N_TRAIN" --n-test "$N_TEST" --size "$SIZE" \
         --workers "$(nproc)" >/dev/null
     note "data: $N_TRAIN train, $N_TEST test, ${SIZE}x$SIZE PNGs written in $(seconds_since "$began") s ($DATA/$DATASET)"
 }

@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from datasets.fashion_mnist import parse_set_name, set_name  # noqa: E402
+from datasets.prepare.fashion_mnist import parse_set_name, set_name  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
 from utils.grid.summary import collect  # noqa: E402

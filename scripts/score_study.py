@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.fashion_mnist import parse_set_name, set_name  # noqa: E402
+from datasets.prepare.fashion_mnist import parse_set_name, set_name  # noqa: E402
 from datasets.medad import dataset_dir, load_images, load_masks, read_split  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from datasets.demo import make_demo
+from datasets.prepare.demo import make_demo
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from datasets import check
-from datasets.demo import make_demo
+from datasets.prepare.demo import make_demo
 
 REPO = Path(__file__).resolve().parents[1]
 

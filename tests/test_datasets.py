@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.demo import LESIONS, make_demo, make_image
+from datasets.prepare.demo import LESIONS, make_demo, make_image
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
 from tests.conftest import REPO
 from utils.errors import UserError
@@ -202,14 +202,14 @@ def test_demo_drawn_by_several_processes_is_the_same(demo, tmp_path):
 
 
 def test_demo_command_line_sizes(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "datasets.demo", str(tmp_path / "d"), "--n-train", "5",
+    result = subprocess.run([sys.executable, "-m", "datasets.prepare.demo", str(tmp_path / "d"), "--n-train", "5",
                              "--n-test", "3", "--size", "32"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     split = read_split(tmp_path / "d")
     assert (len(split.train), split.test_labels.count(0), split.test_labels.count(1)) == (5, 2, 1)
     assert Image.open(tmp_path / "d" / "images" / split.train[0]).size == (32, 32)
-    bad = subprocess.run([sys.executable, "-m", "datasets.demo", str(tmp_path / "e"), "--n-train", "0"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "datasets.prepare.demo", str(tmp_path / "e"), "--n-train", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --n-train must be at least 1, got 0"
 
 

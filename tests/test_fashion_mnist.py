@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import fashion_mnist
-from datasets.fashion_mnist import FILES, load_split, main, make_one_class, read_idx, select
+from datasets.prepare import fashion_mnist
+from datasets.prepare.fashion_mnist import FILES, load_split, main, make_one_class, read_idx, select
 from datasets.medad import load_images, read_split
 from tests.conftest import run_cli
 from utils.errors import UserError
@@ -149,7 +149,8 @@ def test_cli(fake_source, tmp_path, capsys):
 
 
 def test_cli_missing_source_is_one_line_without_traceback(tmp_path):
-    done = run_cli("-m", "datasets.fashion_mnist", "--class", "4", "--out", tmp_path, "--src", tmp_path / "none")
+    done = run_cli("-m", "datasets.prepare.fashion_mnist", "--class", "4", "--out", tmp_path, "--src",
+                   tmp_path / "none")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "apt-get install dataset-fashion-mnist" in done.stderr
 
@@ -165,8 +166,8 @@ def test_real_counts():
 
 
 def test_prepare_has_the_fmnist_target(fake_source, tmp_path):
-    """python -m datasets.prepare fmnist ... is the same as python -m datasets.fashion_mnist ..."""
-    from datasets import prepare
+    """python -m datasets.prepare fmnist ... is the same as python -m datasets.prepare.fashion_mnist ..."""
+    from datasets.prepare import __main__ as prepare
     source, _ = fake_source
     prepare.main(["fmnist", "--class", "6", "--out", str(tmp_path / "a"), "--src", str(source), "--seed", "3"])
     make_one_class(tmp_path / "b", 6, seed=3, source=source)

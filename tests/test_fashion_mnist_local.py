@@ -11,9 +11,11 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from datasets import defects, fashion_mnist, prepare
-from datasets.defects import KINDS, MIN_MEAN_CHANGE, MIN_PIXELS, SUPPORT_LEVEL, THRESHOLD, draw_defect
-from datasets.fashion_mnist import make_local_set, make_one_class, parse_set_name, select, select_local, set_name
+from datasets.prepare import __main__ as prepare
+from datasets.prepare import defects, fashion_mnist
+from datasets.prepare.defects import KINDS, MIN_MEAN_CHANGE, MIN_PIXELS, SUPPORT_LEVEL, THRESHOLD, draw_defect
+from datasets.prepare.fashion_mnist import (make_local_set, make_one_class, parse_set_name, select, select_local,
+                                            set_name)
 from datasets.medad import load_images, load_masks, read_split
 from tests.test_fashion_mnist import write_source
 from utils.errors import UserError

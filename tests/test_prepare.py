@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from datasets.dicom import dicom_to_array
-from datasets.prepare import prepare
+from datasets.prepare.convert import prepare
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

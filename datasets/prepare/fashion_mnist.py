@@ -1,7 +1,7 @@
 """Fashion-MNIST as a one-class anomaly detection set in the Med-AD layout: <out>/FMNIST_c<class>/images/*.png and
 <out>/FMNIST_c<class>/data.json.
 
-    python -m datasets.fashion_mnist --class 4 --out ./Med-AD [--anomalies local] [--seed 0]
+    python -m datasets.prepare.fashion_mnist --class 4 --out ./Med-AD [--anomalies local] [--seed 0]
                                      [--src /usr/share/datasets/fashion-mnist]
 
 Normal = one class. Train: its training images (6000). Test: its test images (1000) as normal, and as many test
@@ -11,8 +11,8 @@ test_00345.png), so a file's content never depends on the seed; only the lists i
 
 `--anomalies local` writes <out>/FMNIST_local_c<class> instead, with local defects, closer to a lesion in an organ:
 the same training images; the class's test images, half of them (drawn with default_rng(seed)) kept normal and the
-other half given one local defect each, a blob, a patch or a missing region (datasets/defects.py; the three kinds
-in turn, shuffled, so 167 / 167 / 166 of 500, but a kind that cannot show on an image gives way to the next), drawn
+other half given one local defect each, a blob, a patch or a missing region (datasets/prepare/defects.py; the three
+kinds in turn, shuffled, so 167 / 167 / 166 of 500, but a kind that cannot show on an image gives way to the next), drawn
 with default_rng([seed, index]). A defective image is images/test_<index>_<kind>.png and its mask
 masks/test_<index>_<kind>.png (255 = changed pixel, 0 elsewhere); normal images have no mask file, which the loader
 reads as an all-zero mask. Patches come from the training images of the other nine classes: foreign content, as a
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datasets import defects
+from datasets.prepare import defects
 from utils.atomic import atomic_write, atomic_write_text
 from utils.errors import UserError, cli
 
@@ -204,12 +204,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line like every other user error."""
 
     def error(self, message):
-        raise UserError(f"{message} (see python -m datasets.fashion_mnist --help)")
+        raise UserError(f"{message} (see python -m datasets.prepare.fashion_mnist --help)")
 
 
 @cli
 def main(argv=None):
-    parser = _Parser(prog="python -m datasets.fashion_mnist", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="python -m datasets.prepare.fashion_mnist", description=__doc__.split("\n")[0])
     parser.add_argument("--class", dest="normal_class", type=int, required=True, choices=range(len(CLASSES)),
                         metavar="0-9", help="the normal class: " + ", ".join(f"{i} {n}" for i, n in enumerate(CLASSES)))
     parser.add_argument("--out", required=True, help="Med-AD root; the set goes into <out>/FMNIST_c<class> "

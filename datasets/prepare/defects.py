@@ -1,5 +1,5 @@
 """Local defects drawn on a grayscale image, with the mask of the pixels they change: the anomalies of the
-Fashion-MNIST local dev sets (datasets/fashion_mnist.py), made to look like a lesion in an organ.
+Fashion-MNIST local dev sets (datasets/prepare/fashion_mnist.py), made to look like a lesion in an organ.
 
 Kinds (sizes in pixels, for 28 x 28 images):
   blob     a soft bright or dark ellipse with a Gaussian profile (standard deviations 1.5-3 and 0.5-1 times that,

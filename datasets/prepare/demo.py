@@ -8,7 +8,7 @@ Abnormal test images carry one lesion each (6-20 % of a lung), cycling through t
   texture  a patch of fine reticular texture
 Masks (255 = lesion) are written for the abnormal test images only.
 
-    python -m datasets.demo OUT_DIR [--n-train 3851 --n-test 2000 --size 512 --workers 16]   (RSNA-sized)
+    python -m datasets.prepare.demo OUT_DIR [--n-train 3851 --n-test 2000 --size 512 --workers 16]   (RSNA-sized)
 """
 import argparse
 import json
