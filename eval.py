@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from datasets.benchmark import describe
-from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
+from datasets.medad import dataset_dir, load_images, load_masks, read_split, reference_images
+from models import to_model_input
 from utils.atomic import atomic_write, atomic_write_text
 from utils.errors import UserError, cli
 from utils.grid.summary import write_summary
@@ -176,7 +177,7 @@ def _evaluate(cfg, run_dir, device, echo):
         images = load_images(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
         labels = np.asarray(split.test_labels)
         maps, _ = score_dataset(learners, images, cfg.Exp.score_batch, device)
-        reference = ensure_reference(run_dir, cfg, learners, device, log)
+        reference = ensure_reference(run_dir, cfg, learners, device, log, lambda: reference_images(split, cfg))
         referred, scores = referred_scores(maps, reference["statistics"], reference["image_statistics"])
         maps.update(referred)
         scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}

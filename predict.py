@@ -25,7 +25,8 @@ from PIL import Image
 
 from datasets.benchmark import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from datasets.dicom import dicom_to_array
-from datasets.medad import open_gray, resize_gray, to_model_input
+from datasets.medad import open_gray, resize_gray
+from models import to_model_input
 from utils.atomic import atomic_write
 from utils.errors import UserError, cli
 from utils.method.ensemble import load_run, score_dataset

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 import models
 from datasets.benchmark import describe
-from datasets.medad import dataset_dir, hold_out, load_images, read_split, to_model_input
+from datasets.medad import dataset_dir, hold_out, load_images, read_split, reference_images
+from models import to_model_input
 from utils import seeding
 from utils.errors import UserError, cli
 from utils.grid import sharing
@@ -215,7 +216,7 @@ def train(cfg, device, echo=True, wait_for_shared=True):
                 else:
                     learner = train_it()
                 seniors.append(learner.eval().requires_grad_(False))  # frozen
-            ensure_reference(run_dir, cfg, seniors, device, log, images_u8=raw)
+            ensure_reference(run_dir, cfg, seniors, device, log, lambda: reference_images(split, cfg, raw))
         finally:
             log.close()
     return run_dir

@@ -185,6 +185,22 @@ def hold_out(files, share, seed, batch_size) -> tuple[list, list]:
             [name for i, name in enumerate(files) if i in held])
 
 
+def reference_files(train_files, cfg) -> tuple[list, bool]:
+    """(files, in_sample) of a run's normal reference: the normal training files Data.holdout holds out, else every
+    training file (in-sample)."""
+    train, held = hold_out(train_files, cfg.Data.holdout, cfg.Solver.seed, cfg.Solver.bs)
+    return (held, False) if held else (train, True)
+
+
+def reference_images(split, cfg, train_images=None) -> tuple[list, bool, torch.Tensor]:
+    """(files, in_sample, uint8 images) of a run's normal reference; in-sample, `train_images` (the run's decoded
+    training images) when given."""
+    files, in_sample = reference_files(split.train, cfg)
+    if in_sample and train_images is not None:
+        return files, in_sample, train_images
+    return files, in_sample, load_images(split.directory, files, cfg.Data.img_size, cfg.Exp.workers or None)
+
+
 def open_gray(path) -> Image.Image:
     """Decode an image file to 8-bit grayscale; an unreadable file is a UserError naming it."""
     try:
@@ -235,8 +251,3 @@ def load_masks(directory, files, img_size, workers=None) -> torch.Tensor:
     if present:
         masks[present] = _load([paths[i] for i in present], img_size, Image.Resampling.NEAREST, workers, "masks") > 0
     return masks
-
-
-def to_model_input(images_u8) -> torch.Tensor:
-    """uint8 images -> float32 in [-1, 1], on the same device."""
-    return (images_u8.float() / 255 - 0.5) / 0.5

@@ -1,8 +1,8 @@
 """Backbone registry. Every backbone follows one contract:
 
-forward(x) -> dict with "x_hat" and "features" (the tapped feature RAR repels), optionally "log_var" or "att";
-loss(out, x) -> (loss, named terms); score_error(out, x) -> per-pixel error DSU differentiates;
-pixel_variance(out) -> per-pixel variance that normalises the scores.
+forward(x) -> dict with "x_hat" and "features" (the tapped feature RAR repels), optionally "log_var" or "att", where
+x = to_model_input(uint8 images); loss(out, x) -> (loss, named terms); score_error(out, x) -> per-pixel error DSU
+differentiates; pixel_variance(out) -> per-pixel variance that normalises the scores.
 """
 import inspect
 
@@ -28,6 +28,11 @@ def build(args: dict):
     return MODELS[args.pop("network")](**args)
 
 
+def to_model_input(images_u8) -> torch.Tensor:
+    """uint8 images -> float32 in [-1, 1], on the same device: what every backbone takes."""
+    return (images_u8.float() / 255 - 0.5) / 0.5
+
+
 def place(model, device):
     """Move a model to its device. On the CPU, channels-last weights let oneDNN pick faster convolutions; on CUDA the
     default layout is kept."""
@@ -36,4 +41,4 @@ def place(model, device):
     return model.to(device)
 
 
-__all__ = ["MODELS", "TAPS", "backbone_args", "build", "place"]
+__all__ = ["MODELS", "TAPS", "backbone_args", "build", "place", "to_model_input"]

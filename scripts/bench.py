@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
 import train  # noqa: E402
 from datasets.prepare.demo import LESIONS, make_image  # noqa: E402
-from datasets.medad import to_model_input  # noqa: E402
+from models import to_model_input  # noqa: E402
 from utils import seeding  # noqa: E402
 from utils.errors import cli  # noqa: E402
 from utils.method.ensemble import score_dataset  # noqa: E402

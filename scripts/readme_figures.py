@@ -22,7 +22,8 @@ from sklearn.manifold import TSNE  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input  # noqa: E402
+from datasets.medad import dataset_dir, load_images, load_masks, read_split  # noqa: E402
+from models import to_model_input  # noqa: E402
 from models import TAPS  # noqa: E402
 from utils.errors import cli  # noqa: E402
 from utils.method.cka import pairwise_similarity  # noqa: E402

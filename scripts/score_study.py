@@ -30,8 +30,8 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datasets.medad import dataset_dir, load_images, load_masks, read_split, reference_files  # noqa: E402
 from datasets.prepare.fashion_mnist import parse_set_name, set_name  # noqa: E402
-from datasets.medad import dataset_dir, load_images, load_masks, read_split  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
 from utils.method import reference as references  # noqa: E402
@@ -56,7 +56,7 @@ SETTINGS = {(1.0, False): "published (Lambda 1)", (0.0, True): "Lambda 0 + preci
 
 def score_references(learners, run_cfg, split, device) -> dict:
     """{reference kind: (fit maps, calibration maps)}: the held-out reference and an in-sample one of its size."""
-    held, in_sample = references.reference_files(split.train, run_cfg)
+    held, in_sample = reference_files(split.train, run_cfg)
     if in_sample:
         raise UserError(f"{run_cfg.run_dir} holds no images out (Data.holdout=0); the study needs a holdout")
     train = [name for name in split.train if name not in set(held)]

@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from datasets.medad import dataset_dir, load_images, load_masks, read_split
 from datasets.prepare.demo import LESIONS, make_demo, make_image
-from datasets.medad import dataset_dir, load_images, load_masks, read_split, to_model_input
+from models import to_model_input
 from tests.conftest import REPO
 from utils.errors import UserError
 

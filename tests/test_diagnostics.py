@@ -8,7 +8,8 @@ import torch
 
 import eval as evaluate
 import train
-from datasets.medad import load_images, read_split, to_model_input
+from datasets.medad import load_images, read_split
+from models import to_model_input
 from tests.conftest import write_config
 from utils import seeding
 from utils.grid.summary import summarize

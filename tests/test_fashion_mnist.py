@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets.medad import load_images, read_split
 from datasets.prepare import fashion_mnist
 from datasets.prepare.fashion_mnist import FILES, load_split, main, make_one_class, read_idx, select
-from datasets.medad import load_images, read_split
 from tests.conftest import run_cli
 from utils.errors import UserError
 

@@ -10,7 +10,7 @@ import torch
 
 import models
 import train
-from datasets.medad import to_model_input
+from models import to_model_input
 from tests.conftest import REPO, load_script, run_cli, write_config
 from utils.method import diagnostics, ensemble
 from utils.method.cka import linear_cka

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import train
-from datasets.medad import load_images, read_split, to_model_input
+from datasets.medad import load_images, read_split
+from models import to_model_input
 from tests.conftest import write_config
 from tests.test_pipeline import assert_same_weights, weights
 from utils.method import ensemble

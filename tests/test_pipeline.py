@@ -133,7 +133,8 @@ def test_fast_path_equals_eager_path(tiny_root, tmp_path):
 
 
 def test_cached_features_equal_fresh_ones(tiny_root, tmp_path):
-    from datasets.medad import load_images, read_split, to_model_input
+    from datasets.medad import load_images, read_split
+    from models import to_model_input
     cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
     train.main(["--config", str(cfg)])
     learner = ensemble.load_learners(tmp_path / "run", train.config.load(cfg), torch.device("cpu"))[0]

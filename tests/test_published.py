@@ -14,7 +14,7 @@ import yaml
 import eval as evaluate
 import models
 import predict
-from datasets.medad import to_model_input
+from models import to_model_input
 from models import published
 from tests.conftest import load_script, run_cli, write_config
 from utils.method.ensemble import load_learners, score_dataset

@@ -13,7 +13,8 @@ from scipy import stats
 import eval as evaluate
 import predict
 import train
-from datasets.medad import load_images, read_split, to_model_input
+from datasets.medad import load_images, read_split
+from models import to_model_input
 from tests.conftest import run_cli, write_config
 from utils.method import reference as references
 from utils.method.ensemble import load_learners

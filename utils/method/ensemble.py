@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 import models
-from datasets.medad import to_model_input
+from models import to_model_input
 from utils.errors import UserError
 from utils.method.scores import SCORES, image_scores, input_gradient, score_maps
 from utils.run import checkpoint, config

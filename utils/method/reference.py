@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.medad import dataset_dir, hold_out, load_images, read_split
 from utils import seeding
 from utils.atomic import atomic_write
 from utils.errors import UserError
@@ -30,12 +29,6 @@ FORMAT = "d2ue-reference-1"
 
 class NoReference(UserError):
     """The run folder has no usable reference: none yet, or one made with other learners or other scores."""
-
-
-def reference_files(train_files, cfg) -> tuple[list, bool]:
-    """(files, in_sample): the held-out normal training files, else every training file (in-sample)."""
-    train, held = hold_out(train_files, cfg.Data.holdout, cfg.Solver.seed, cfg.Solver.bs)
-    return (held, False) if held else (train, True)
 
 
 def halves(count: int, seed: int) -> tuple[list, list]:
@@ -103,18 +96,15 @@ def load(run_dir, learners, form=FORM) -> dict:
     return reference
 
 
-def ensure(run_dir, cfg, learners, device, log, images_u8=None) -> dict:
-    """The run's reference: loaded when it is there and current, else made (from `images_u8`, the training images,
-    when given and the reference is in-sample; otherwise read from the data set) and saved."""
+def ensure(run_dir, cfg, learners, device, log, source) -> dict:
+    """The run's reference: loaded when it is there and current, else made and saved; source() -> (files,
+    in_sample, uint8 images) gives the reference images (datasets.medad.reference_images), read only then."""
     try:
         return load(run_dir, learners)
     except NoReference as why:
         if (Path(run_dir) / FILE).is_file():
             log.info(f"making the normal reference again: {why}")
-    split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
-    files, in_sample = reference_files(split.train, cfg)
-    if images_u8 is None or not in_sample:
-        images_u8 = load_images(split.directory, files, cfg.Data.img_size, cfg.Exp.workers or None)
+    files, in_sample, images_u8 = source()
     reference = make(learners, images_u8, files, in_sample, cfg.Solver.seed, cfg.Exp.score_batch, device)
     save(reference, run_dir)
     kind = "the training images (in-sample)" if in_sample else f"held-out normal images (Data.holdout={cfg.Data.holdout})"

@@ -10,7 +10,7 @@ import models
 from models import published
 from utils.atomic import atomic_write_text
 from utils.errors import UserError
-from utils.run import checkpoint, config
+from utils.run import checkpoint, config, published_files
 
 
 def read_config(path, overrides, log):
@@ -39,7 +39,7 @@ def read_config(path, overrides, log):
 
 def learner_checkpoints(folder, cfg, log) -> list:
     """Model.num_learners learners of the published folder as our checkpoints, each tensor checked."""
-    files = published.learner_files(folder)
+    files = published_files.learner_files(folder)
     count = cfg.Model.num_learners
     if len(files) < count:
         raise UserError(f"{Path(folder) / 'train'} holds {len(files)} learners but Model.num_learners={count}; "
@@ -49,8 +49,8 @@ def learner_checkpoints(folder, cfg, log) -> list:
             f"{count}); the published evaluation scores all {len(files)}")
     states = []
     for index, path in enumerate(files[:count]):
-        state, sha256 = published.read_state(path)
-        learner = published.learner_from(state, cfg.Model, cfg.Data.img_size, path)
+        state, sha256 = published_files.read_state(path)
+        learner = published_files.learner_from(state, cfg.Model, cfg.Data.img_size, path)
         record = {"from": published.SOURCE, "file": str(path.resolve()), "sha256": sha256,
                   "keys": [[key, published.our_name(key)] for key in state]}
         states.append({"learner": index, "epoch": cfg.Solver.num_epoch,
