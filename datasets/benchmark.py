@@ -14,12 +14,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from datasets.medad import FOLDERS, LISTS
 from utils.errors import UserError
 
 SPLIT_FOLDER = Path(__file__).with_name("splits")
-BENCHMARKS = ("RSNA", "VinCXR", "BrainTumor", "LAG")  # data set folder names; datasets/splits/<NAME>.json
-# The three lists of data.json, in the order of the benchmark's size table, with the names messages use.
-KEYS = {("train", "0"): "train normal", ("test", "0"): "test normal", ("test", "1"): "test abnormal"}
+BENCHMARKS = tuple(FOLDERS.values())  # datasets/splits/<FOLDER>.json
 # The image files prepare and predict read; name_stem strips these suffixes.
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -45,7 +44,7 @@ def read_lists(path, what=None):
     if not isinstance(data, dict):
         raise UserError(f"{what} must be a JSON object shaped like data.json")
     lists = {}
-    for section, label in KEYS:
+    for section, label in LISTS:
         names = data.get(section, {}).get(label) if isinstance(data.get(section), dict) else None
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             raise UserError(f"{what} has no list of file names at [{section!r}][{label!r}]")
@@ -64,12 +63,12 @@ def load(name):
 def _placements(lists):
     """stem -> the sorted keys of the lists that hold it, and the first name it was listed under."""
     keys, names = {}, {}
-    for key in KEYS:
+    for key in LISTS:
         for name in lists.get(key, []):
             stem = name_stem(name)
             keys.setdefault(stem, set()).add(key)
             names.setdefault(stem, name)
-    return {stem: tuple(sorted(where, key=list(KEYS).index)) for stem, where in keys.items()}, names
+    return {stem: tuple(sorted(where, key=list(LISTS).index)) for stem, where in keys.items()}, names
 
 
 @functools.cache
@@ -78,7 +77,7 @@ def _benchmark_placements(name):
 
 
 def _where(keys):
-    return " + ".join(KEYS[key] for key in keys)
+    return " + ".join(LISTS[key][0] for key in keys)
 
 
 def _some(names):
@@ -134,7 +133,7 @@ def describe(lists) -> SplitMatch:
         if placements[stem] != expected[stem]:
             moved.setdefault((_where(expected[stem]), _where(placements[stem])), []).append(names[stem])
     repeated = set()
-    for key in KEYS:
+    for key in LISTS:
         counts = Counter(name_stem(name) for name in lists.get(key, []))
         repeated |= {names[stem] for stem, count in counts.items() if count > 1}
     return SplitMatch(

@@ -60,7 +60,7 @@ def check(directory) -> list[str]:
     """Print the summary of a data set folder and return its problems, one line each."""
     directory = Path(directory)
     lists, problems = parse_lists(read_data_json(directory), directory / "data.json")
-    for (section, key), what in LISTS.items():
+    for (section, key), (_, what) in LISTS.items():
         files = lists.get((section, key), [])
         print(f"{section}.\"{key}\" ({what}): {len(files)}")
         twice = sorted(name for name, count in Counter(files).items() if count > 1)

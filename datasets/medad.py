@@ -22,12 +22,13 @@ from tqdm import tqdm
 from utils import seeding
 from utils.errors import UserError, closest
 
-FOLDERS = {"rsna": "RSNA", "vin": "VinCXR", "brain": "BrainTumor", "lag": "LAG"}
+FOLDERS = {"rsna": "RSNA", "vin": "VinCXR", "brain": "BrainTumor", "lag": "LAG"}  # config name -> folder
 
-# (section, key) -> what the list holds; the order is the order of Split.test.
-LISTS = {("train", "0"): "normal training files",
-         ("test", "0"): "normal test files",
-         ("test", "1"): "abnormal test files"}
+# The lists of data.json D2UE reads, (section, key) -> (short name, what the list holds); the test lists in the
+# order of Split.test.
+LISTS = {("train", "0"): ("train normal", "normal training files"),
+         ("test", "0"): ("test normal", "normal test files"),
+         ("test", "1"): ("test abnormal", "abnormal test files")}
 IGNORED = {("train", "unlabeled")}
 SHOWN = 5  # how many file names an error message lists
 MIN_TRAIN_BATCHES = 2  # Data.holdout may not leave fewer training images than this many batches of Solver.bs
@@ -114,7 +115,7 @@ def parse_lists(data, source="data.json"):
             continue
         problems += [f"{source}: {_unknown(key, keys)} in \"{section}\""
                      for key in data[section] if key not in keys]
-    for (section, key), what in LISTS.items():
+    for (section, key), (_, what) in LISTS.items():
         content = data.get(section)
         if not isinstance(content, dict):
             continue

@@ -55,7 +55,7 @@ from datasets.prepare.fashion_mnist import parse_set_name, set_name  # noqa: E40
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
 from utils.grid.summary import collect  # noqa: E402
-from utils.method.scores import SCORES as SCORE_ORDER  # noqa: E402
+from utils.method.scores import SCORES  # noqa: E402
 from utils.report.intervals import mean_interval  # noqa: E402
 from utils.run.runlock import is_locked  # noqa: E402
 
@@ -143,7 +143,7 @@ def score_spread(path) -> dict:
             rows = list(csv.DictReader(handle))
         labels = np.array([int(row["label"]) for row in rows])
         spread = {}
-        for score in SCORE_ORDER:
+        for score in SCORES:
             logs = np.log(np.maximum([float(row[score]) for row in rows], np.finfo(np.float64).tiny))
             normal, abnormal = logs[labels == 0], logs[labels == 1]
             if len(normal) < 2 or not len(abnormal):
@@ -280,7 +280,7 @@ def pooled(entries) -> dict:
     results = [entry["results"] for entry in entries]
     row = {"runs": len(results), "datasets": sorted({result["run"]["dataset"] for result in results}),
            "seeds": sorted({result["run"]["seed"] for result in results})}
-    for score in SCORE_ORDER:
+    for score in SCORES:
         for metric in METRICS:
             row[score, metric] = mean_or_none([result[score][metric] for result in results if metric in result[score]])
     shapes = [juniors_shape(result["diagnostics"]) for result in results if "diagnostics" in result]
@@ -430,14 +430,14 @@ def study_markdown(entries) -> str:
              "## a. Per candidate, pooled over data sets and seeds", "",
              "Pixel AUROC: mean over the runs on data sets with masks. Juniors: learners 1.., on the test set "
              "(CKA with each of their seniors); training seconds summed over the juniors.", ""]
-    header = ["candidate", "runs", *(f"{score} {METRICS[metric]}" for metric in METRICS for score in SCORE_ORDER),
+    header = ["candidate", "runs", *(f"{score} {METRICS[metric]}" for metric in METRICS for score in SCORES),
               "juniors' eff. rank", "juniors' CKA w/ seniors", "juniors' training s"]
     rows = []
     for name, members in groups.items():
         row = pooled(members)
         seeds = ("seed " if len(row["seeds"]) == 1 else "seeds ") + ", ".join(map(str, row["seeds"]))
         rows.append([name, f"{row['runs']} ({len(row['datasets'])} sets; {seeds})",
-                     *(number(row[score, metric]) for metric in METRICS for score in SCORE_ORDER),
+                     *(number(row[score, metric]) for metric in METRICS for score in SCORES),
                      number(row["junior_rank"], 2), number(row["junior_cka"]), number(row["junior_seconds"], 0)])
     lines += markdown_table(header, rows)
     for reference in REFERENCES:
@@ -446,10 +446,10 @@ def study_markdown(entries) -> str:
                   "class share their learners), [95% t interval over units], (n units, runs); pixel AUROC on data "
                   "sets with masks.", ""]
         rows = [[name, *(format_difference(paired_difference(groups, name, reference, score, metric))
-                         for metric in METRICS for score in SCORE_ORDER)]
+                         for metric in METRICS for score in SCORES)]
                 for name in groups if name != reference]
         lines += markdown_table(["candidate", *(f"{score} {METRICS[metric]}" for metric in METRICS
-                                                for score in SCORE_ORDER)], rows)
+                                                for score in SCORES)], rows)
         lines += ["", f"Image AUC by kind of anomaly, against {reference}: semantic sets, local-defect sets "
                   "(FMNIST_local_c<class>); one set per unit.", ""]
         rows = [[name, *(format_difference(paired_difference(groups, name, reference, score, "auc", kind))
@@ -457,7 +457,7 @@ def study_markdown(entries) -> str:
                 for name in groups if name != reference]
         lines += markdown_table(["candidate", "dsu semantic", "dsu local", "rec semantic", "rec local"], rows)
     datasets = sorted({entry["results"]["run"]["dataset"] for entry in entries})
-    for score in SCORE_ORDER:
+    for score in SCORES:
         lines += ["", f"## c. {score} image AUC per data set (mean over seeds)", ""]
         rows = [[name, *(number(mean_or_none([e["results"][score]["auc"] for e in members
                                                if e["results"]["run"]["dataset"] == dataset]))

@@ -22,8 +22,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from datasets import benchmark
-from datasets.benchmark import KEYS
 from datasets.dicom import dicom_to_array
+from datasets.medad import LISTS
 from datasets.prepare.raw import DATASETS, find_raw_images, label_dicoms, output_names, searched, some, warn
 from datasets.prepare.split import SEEDED, match_split, seeded_split
 from utils.atomic import atomic_write, atomic_write_text
@@ -113,7 +113,7 @@ def prepare(dataset, src, out, split=None, workers=None, seed=0, allow_missing=F
     image_folder.mkdir(parents=True, exist_ok=True)
     for stale in image_folder.glob(".*.tmp"):
         stale.unlink(missing_ok=True)  # left behind by a killed run
-    entries = [entry for key in KEYS for entry in chosen[key]]
+    entries = [entry for key in LISTS for entry in chosen[key]]
     jobs = [(spec.kind, str(image.path), image_folder / name)
             for name, image in entries if not (image_folder / name).exists()]
     failures = convert_all(jobs, workers, spec.folder)
@@ -141,5 +141,5 @@ def prepare(dataset, src, out, split=None, workers=None, seed=0, allow_missing=F
         print(f"split: drawn with seed {seed}, NOT the Med-AD benchmark split; results on it cannot be compared "
               "with published ones (leave out --split to use the benchmark split)")
     else:
-        print(f"split: {benchmark.describe({key: data[key[0]][key[1]] for key in KEYS})}")
+        print(f"split: {benchmark.describe({key: data[key[0]][key[1]] for key in LISTS})}")
     return data_json

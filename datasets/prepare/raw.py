@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datasets.benchmark import DICOM_SUFFIXES, PICTURE_SUFFIXES, name_stem
+from datasets.medad import FOLDERS
 from utils.errors import UserError
 
 SHOWN = 5  # file names an error message lists
@@ -32,13 +33,13 @@ class DatasetSpec:
 
 
 DATASETS = {
-    "rsna": DatasetSpec("RSNA", "dicom", (3851, 1000, 1000)),
-    "vin": DatasetSpec("VinCXR", "dicom", (4000, 1000, 1000)),
-    "brain": DatasetSpec("BrainTumor", "picture", (1000, 600, 600), {
+    "rsna": DatasetSpec(FOLDERS["rsna"], "dicom", (3851, 1000, 1000)),
+    "vin": DatasetSpec(FOLDERS["vin"], "dicom", (4000, 1000, 1000)),
+    "brain": DatasetSpec(FOLDERS["brain"], "picture", (1000, 600, 600), {
         "notumor": 0, "no_tumor": 0,
         "glioma": 1, "meningioma": 1, "pituitary": 1,
         "glioma_tumor": 1, "meningioma_tumor": 1, "pituitary_tumor": 1}),
-    "lag": DatasetSpec("LAG", "picture", (1500, 811, 811), {"non_glaucoma": 0, "suspicious_glaucoma": 1}),
+    "lag": DatasetSpec(FOLDERS["lag"], "picture", (1500, 811, 811), {"non_glaucoma": 0, "suspicious_glaucoma": 1}),
 }
 
 

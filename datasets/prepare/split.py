@@ -25,7 +25,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from datasets.benchmark import KEYS, name_stem
+from datasets.benchmark import name_stem
+from datasets.medad import LISTS
 from datasets.prepare.raw import some, warn
 from utils.errors import UserError
 
@@ -41,7 +42,7 @@ def match_split(listed, source, images, names):
         by_stem[name_stem(image.path.name)].append(image)
 
     split, seen, missing, ambiguous = {}, set(), [], []
-    for key in KEYS:
+    for key in LISTS:
         entries = []
         for listed_name in listed[key]:
             stem = name_stem(listed_name)

@@ -15,12 +15,9 @@ import numpy as np
 
 from utils.atomic import atomic_write_text
 from utils.errors import UserError
+from utils.method.scores import IMAGE_SCORES, SCORES
 from utils.run import config
 
-from utils.method.scores import IMAGE_SCORES, SCORES
-
-SCORE_ORDER = list(IMAGE_SCORES)
-WIDE_SCORES = list(SCORES)  # the paper's table: the published three side by side
 METRICS = ["auc", "ap", "fpr05", "tpr05", "pixel_auroc", "pixel_ap", "pixel_best_dice"]
 REQUIRED_METRICS = ["auc", "ap"]
 NOT_SCORES = ("run", "source", "diagnostics", "reference")  # the other top-level entries of a results.json are scores
@@ -134,20 +131,20 @@ def widen(rows) -> list:
 
 def _metric_columns(wide):
     columns = [f"{metric}_{stat}" for metric in METRICS for stat in ("mean", "std")]
-    return [f"{score}_{column}" for score in WIDE_SCORES for column in columns] if wide else columns
+    return [f"{score}_{column}" for score in SCORES for column in columns] if wide else columns
 
 
 def markdown_wide(rows) -> str:
     """Wide rows as the paper's table: image AUC and AP of rec, unc and dsu as `mean ± std`."""
     show_config = any(row["config"] for row in rows)
     header = ["dataset", "network", *(["config"] if show_config else []), "seeds",
-              *(f"{score} {HEADERS[metric]}" for score in WIDE_SCORES for metric in REQUIRED_METRICS)]
+              *(f"{score} {HEADERS[metric]}" for score in SCORES for metric in REQUIRED_METRICS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [str(row["dataset"]) + _split_mark(row["split"]), str(row["network"]),
                  *([row["config"]] if show_config else []),
                  f"{row['n_seeds']} ({', '.join(str(seed) for seed in row['seeds'])})"]
-        for score in WIDE_SCORES:
+        for score in SCORES:
             for metric in REQUIRED_METRICS:
                 mean = row.get(f"{score}_{metric}_mean")
                 cells.append("-" if mean is None else f"{mean:.3f} ± {row[f'{score}_{metric}_std']:.3f}")
@@ -217,4 +214,4 @@ def _seed_rank(seed):
 
 
 def _score_rank(score):
-    return (SCORE_ORDER.index(score), "") if score in SCORE_ORDER else (len(SCORE_ORDER), score)
+    return (IMAGE_SCORES.index(score), "") if score in IMAGE_SCORES else (len(IMAGE_SCORES), score)

@@ -173,12 +173,12 @@ def gradient_cosine(junior: torch.Tensor, senior: torch.Tensor) -> torch.Tensor:
     return cosine.pow(2).mean()
 
 
-# Similarities of tapped features; Model.repulsion picks one of these or of GRADIENT_SIMILARITIES (utils/run/config.py
-# lists the same names).
+# Similarities of tapped features; Model.repulsion picks one of these or of GRADIENT_SIMILARITIES.
 SIMILARITIES = {"linear_cka": linear_cka, "cca": cca, "debiased_cka": debiased_cka, "rbf_cka": rbf_cka,
                 "debiased_cca": debiased_cca}
 GRADIENT_SIMILARITIES = {"gradient_cosine": gradient_cosine}  # compare input gradients, not features
 REPULSIONS = {**SIMILARITIES, **GRADIENT_SIMILARITIES}
+WHITENED = ("cca", "debiased_cca")  # need fewer feature dimensions than a batch has samples, minus one
 
 
 def repulsion(junior: torch.Tensor, seniors: list, kind: str = "linear_cka") -> tuple:

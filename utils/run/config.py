@@ -10,13 +10,10 @@ from pathlib import Path
 
 import yaml
 
+from models import MODELS, TAPS
 from utils.errors import UserError, unknown
+from utils.method.cka import REPULSIONS, WHITENED
 
-NETWORKS = ("AE", "AE-U", "MemAE")
-# The similarities RAR can repel with: the keys of utils.method.cka.REPULSIONS (kept here so that loading a config
-# does not import torch; a test checks that the two agree).
-REPULSIONS = ("linear_cka", "cca", "debiased_cka", "rbf_cka", "debiased_cca", "gradient_cosine")
-WHITENED = ("cca", "debiased_cca")  # need fewer feature dimensions than a batch has samples, minus one
 REPEL_ON = ("training", "pasted")  # Model.repel_on
 MAX_HOLDOUT = 0.5  # Data.holdout: at most half of the normal images leave training
 
@@ -106,12 +103,12 @@ def _coerce(where: str, value, kind):
 
 
 def _check(cfg: Config) -> Config:
-    if cfg.Model.network not in NETWORKS:
-        raise UserError(unknown("config Model.network", cfg.Model.network, NETWORKS))
+    if cfg.Model.network not in MODELS:
+        raise UserError(unknown("config Model.network", cfg.Model.network, MODELS))
     if cfg.Data.img_size < 16 or cfg.Data.img_size % 16:
         raise UserError(f"config Data.img_size must be a positive multiple of 16, got {cfg.Data.img_size}")
-    if not 0 <= cfg.Model.layer <= 8:
-        raise UserError(f"config Model.layer must be 0..8, got {cfg.Model.layer}")
+    if not 0 <= cfg.Model.layer < len(TAPS):
+        raise UserError(f"config Model.layer must be 0..{len(TAPS) - 1} ({', '.join(TAPS)}), got {cfg.Model.layer}")
     if cfg.Model.num_learners < 2:
         raise UserError(f"config Model.num_learners must be at least 2 (unc and dsu measure how the learners "
                         f"disagree), got {cfg.Model.num_learners}")
