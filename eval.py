@@ -26,13 +26,13 @@ from utils.grid.summary import write_summary
 from utils.method import ensemble
 from utils.method.cka import SIMILARITIES, pairwise_similarity, spectrum
 from utils.method.diagnostics import warnings_of
-from utils.method.ensemble import load_learners, score_dataset
+from utils.method.ensemble import score_dataset
 from utils.method.reference import ensure as ensure_reference, p_values
 from utils.method.scores import IMAGE_SCORES, MAPS, SCORES, referred_scores
 from utils.report.figures import anomaly_grid, roc_pr_curves, score_histograms, similarity_heatmap
 from utils.report.metrics import chi_square_distance, image_metrics, pixel_metrics_of_maps
 from utils.run import checkpoint, config, runlock, stop
-from utils.run.runtime import RunLog, setup
+from utils.run.runtime import RunLog, existing_run_dir, setup
 
 SHOWN_PER_CLASS = 4  # TensorBoard shows the first 4 normal and first 4 abnormal test images: the same in every run
 LEVEL = 0.05  # fpr05 / tpr05: the shares of normal / abnormal test images whose p-value is at most this
@@ -128,9 +128,10 @@ def log_images(writer, images_u8, maps, labels, masks, step):
                           (values - values.min()) / (values.max() - values.min()).clamp_min(1e-12), step)
 
 
-def learner_diagnostics(learners, images_u8, cfg, device) -> dict:
+def learner_diagnostics(learners, images_u8, reports, cfg, device) -> dict:
     """How the learners relate on the test images: their pairwise linear CKA (and the similarity RAR repelled
-    with, when another), each one's effective rank and top-direction share, and what training reported of each."""
+    with, when another), each one's effective rank and top-direction share, and what training reported of each
+    (`reports`, from their checkpoints)."""
     features = ensemble.features_of_images(learners, images_u8, device)
     diagnostics = {"linear_cka": pairwise_similarity(features).tolist()}
     if cfg.Model.repulsion in SIMILARITIES and cfg.Model.repulsion != "linear_cka":  # a similarity of features
@@ -138,7 +139,6 @@ def learner_diagnostics(learners, images_u8, cfg, device) -> dict:
     shapes = [spectrum(values) for values in features]
     diagnostics["effective_rank"] = [rank.item() for rank, _ in shapes]
     diagnostics["top_share"] = [share.item() for _, share in shapes]
-    reports = ensemble.learner_reports(cfg.run_dir, len(learners))
     diagnostics["learners"] = reports
     diagnostics["warnings"] = [warning for report in reports for warning in warnings_of(report)]
     return diagnostics
@@ -161,16 +161,15 @@ def log_diagnostics(log, diagnostics, run_dir, step):
 def evaluate(cfg, device, echo=True) -> dict:
     """Score the test set with the trained run `cfg` describes; writes results.json, scores.csv, the figures and
     TensorBoard records into its run folder and returns the results. echo=False: log to the run folder only."""
-    run_dir = cfg.run_dir
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} not found; train it first (python train.py with the same config)")
+    run_dir = existing_run_dir(cfg.run_dir)
     with runlock.hold(run_dir), stop.immediate(f"evaluation of {run_dir} left unfinished"):
         return _evaluate(cfg, run_dir, device, echo)
 
 
 def _evaluate(cfg, run_dir, device, echo):
     """evaluate()'s work, inside the run folder's lock."""
-    learners = load_learners(run_dir, cfg, device)
+    states = checkpoint.load_states(run_dir, cfg)
+    learners = [checkpoint.rebuild(state, device) for state in states]
     split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
     log = RunLog(run_dir, "eval", echo=echo)
     try:
@@ -189,9 +188,10 @@ def _evaluate(cfg, run_dir, device, echo):
         results["reference"] = {"in_sample": reference["in_sample"], "fit": len(reference["fit_files"]),
                                 "calibration": len(reference["calibration_files"]),
                                 "definition": reference["definition"], "made_s": reference["seconds"]}
-        if checkpoint.imported_from(run_dir):  # scripts/import_published.py: trained by the published code
+        if states[0].get("imported"):  # scripts/import_published.py: trained by the published code
             results["run"]["imported"] = True
-        results["diagnostics"] = learner_diagnostics(learners, images, cfg, device)
+        results["diagnostics"] = learner_diagnostics(learners, images, [state.get("report") for state in states],
+                                                     cfg, device)
         write_scores_csv(run_dir / "scores.csv", split.test, labels, scores)
         write_json(results, run_dir / "results.json")  # after scores.csv: results.json marks the run evaluated
         log.info(f"{len(labels)} test images ({int(labels.sum())} abnormal); wrote {run_dir / 'results.json'}")
@@ -216,8 +216,6 @@ def main(argv=None):
         print(f"wrote {md_path} and {csv_path}", file=sys.stderr)
         return
     cfg, device = setup(args.config, args.overrides)
-    if not cfg.run_dir.is_dir():
-        raise UserError(f"run folder {cfg.run_dir} not found; train first: python train.py --config {args.config}")
     evaluate(cfg, device)
 
 

@@ -29,10 +29,11 @@ from datasets.medad import open_gray, resize_gray
 from models import to_model_input
 from utils.atomic import atomic_write
 from utils.errors import UserError, cli
-from utils.method.ensemble import load_run, score_dataset
+from utils.method.ensemble import score_dataset
 from utils.method.reference import load as load_reference, p_values
 from utils.method.scores import IMAGE_SCORES, SCORES, referred_scores
 from utils.report.figures import overlay
+from utils.run.checkpoint import load_run
 from utils.run.runtime import pick_device
 
 SHOWN = 10  # rows of the printed table

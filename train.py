@@ -19,6 +19,7 @@ from datasets.medad import dataset_dir, hold_out, load_images, read_split, refer
 from models import to_model_input
 from utils import seeding
 from utils.errors import UserError, cli
+from utils.fingerprint import fingerprint
 from utils.grid import sharing
 from utils.method import diagnostics, perturb
 from utils.method.cka import GRADIENT_SIMILARITIES, participation_ratio, repulsion
@@ -87,19 +88,19 @@ def new_learner(cfg, index, device):
 
 
 def resume(index, cfg, device, path, log):
-    """Learner `index`, its optimizer and the epochs it has done: from its checkpoint when there is one."""
+    """Learner `index`, its optimizer and its checkpoint (None for a new learner), restored from the checkpoint
+    when there is one."""
     learner, args = new_learner(cfg, index, device)
     optimizer = adam(learner, cfg.Solver, device, capture=captures(cfg, device))
     if not path.exists():
-        return learner, args, optimizer, 0
-    state = checkpoint.load(path)
-    checkpoint.check_same_experiment(state["config"], cfg.to_dict(), f"checkpoint {path}")
+        return learner, args, optimizer, None
+    state = checkpoint.load(path, cfg)
     learner.load_state_dict(state["model"])
     load_optimizer_state(optimizer, state["optimizer"])
     torch.set_rng_state(state["rng"])
-    if 0 < state["epoch"] < cfg.Solver.num_epoch:
+    if 0 < state["epoch"] and not checkpoint.finished(state, cfg):
         log.info(f"learner {index}: resuming at epoch {state['epoch']}")
-    return learner, args, optimizer, state["epoch"]
+    return learner, args, optimizer, state
 
 
 def captures(cfg, device) -> bool:
@@ -138,10 +139,11 @@ def train_one_epoch(step, order, batch_size) -> diagnostics.EpochTotals:
 def train_learner(index, seniors, images, cfg, device, run_dir, log):
     """Train learner `index` (or resume or skip it); returns it."""
     path, solver = checkpoint.learner_path(run_dir, index), cfg.Solver
-    learner, args, optimizer, start = resume(index, cfg, device, path, log)
-    if start >= solver.num_epoch:
-        log.info(f"learner {index}: finished earlier ({start} epochs), skipping")
+    learner, args, optimizer, state = resume(index, cfg, device, path, log)
+    if state and checkpoint.finished(state, cfg):
+        log.info(f"learner {index}: finished earlier ({state['epoch']} epochs), skipping")
         return learner
+    start = state["epoch"] if state else 0
     steps = len(images) // solver.bs
     if steps == 0:
         raise UserError(f"only {len(images)} training images, fewer than one batch (Solver.bs={solver.bs})")
@@ -204,17 +206,13 @@ def train(cfg, device, echo=True, wait_for_shared=True):
                 log.info(f"holding out {len(reference)} of {len(split.train)} normal training images as the normal "
                          f"reference (Data.holdout={cfg.Data.holdout}); training on {len(files)}")
             raw = load_images(split.directory, files, cfg.Data.img_size, cfg.Exp.workers or None)
-            training_images = sharing.fingerprint([raw]) if cfg.Exp.share_learners else None
+            training_images = fingerprint([raw]) if cfg.Exp.share_learners else None
             images = to_model_input(raw.to(device))
             seniors = []
             for index in range(cfg.Model.num_learners):
-                def train_it():
-                    return train_learner(index, seniors, images, cfg, device, run_dir, log)
-                if cfg.Exp.share_learners:
-                    learner_key = sharing.key(cfg, index, training_images, seniors)
-                    learner = sharing.shared(cfg, index, learner_key, run_dir, log, train_it, wait=wait_for_shared)
-                else:
-                    learner = train_it()
+                with sharing.take(cfg, index, training_images, seniors, run_dir, log, wait_for_shared) as shared:
+                    learner = train_learner(index, seniors, images, cfg, device, run_dir, log)
+                    sharing.leave(shared, run_dir)
                 seniors.append(learner.eval().requires_grad_(False))  # frozen
             ensure_reference(run_dir, cfg, seniors, device, log, lambda: reference_images(split, cfg, raw))
         finally:

@@ -27,9 +27,10 @@ from models import to_model_input  # noqa: E402
 from models import TAPS  # noqa: E402
 from utils.errors import cli  # noqa: E402
 from utils.method.cka import pairwise_similarity  # noqa: E402
-from utils.method.ensemble import features_of, load_run, score_dataset  # noqa: E402
+from utils.method.ensemble import features_of, score_dataset  # noqa: E402
 from utils.method.scores import SCORES  # noqa: E402
 from utils.report.figures import anomaly_grid  # noqa: E402
+from utils.run.checkpoint import load_run  # noqa: E402
 from utils.run.runtime import pick_device  # noqa: E402
 
 DPI = 150

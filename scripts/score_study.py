@@ -35,10 +35,11 @@ from datasets.prepare.fashion_mnist import parse_set_name, set_name  # noqa: E40
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
 from utils.method import reference as references  # noqa: E402
-from utils.method.ensemble import load_run, score_dataset  # noqa: E402
+from utils.method.ensemble import score_dataset  # noqa: E402
 from utils.method.scores import IMAGE_SCORES, MAPS, SCORES, Form, referred_scores  # noqa: E402
 from utils.report.intervals import mean_interval  # noqa: E402
 from utils.report.metrics import image_metrics  # noqa: E402
+from utils.run.checkpoint import load_run  # noqa: E402
 from utils.run.runtime import pick_device  # noqa: E402
 
 FORMS = {"linear q0": Form(log=False, floor=0.0), "linear q0.1": Form(log=False, floor=0.1),

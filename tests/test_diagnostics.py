@@ -35,7 +35,7 @@ def test_diagnostics_in_the_logs_the_checkpoints_and_results(tiny_root, tmp_path
     evaluate.main(["--config", str(cfg_path)])
     run = tmp_path / "run"
     cfg = config.load(cfg_path)
-    learners = ensemble.load_learners(run, cfg, torch.device("cpu"))
+    learners = checkpoint.load_learners(run, cfg, torch.device("cpu"))
     split = read_split(tiny_root / "tiny")
     train_images = to_model_input(load_images(split.directory, split.train, 32))
     probe = diagnostics.probe_of(train_images, cfg.Solver.seed)
@@ -84,7 +84,7 @@ def test_the_configured_repulsion_is_the_one_trained_with(tiny_root, tmp_path, k
                             Solver={"num_epoch": 1, "Lambda": 0.5, "bs": 32})  # the whitened ones need bs > ls + 1
     train.main(["--config", str(cfg_path)])
     records_of_junior = records(tmp_path / "run", "learner1")
-    senior, junior = ensemble.load_learners(tmp_path / "run", config.load(cfg_path), torch.device("cpu"))
+    senior, junior = checkpoint.load_learners(tmp_path / "run", config.load(cfg_path), torch.device("cpu"))
     split = read_split(tiny_root / "tiny")
     x = to_model_input(load_images(split.directory, split.train[:32], 32))
     junior.train()
@@ -103,7 +103,7 @@ def test_precise_bn_statistics_are_in_the_checkpoint_and_resume_exactly(tiny_roo
     cfg = config.load(straight)
     split = read_split(tiny_root / "tiny")
     images = to_model_input(load_images(split.directory, split.train, 32))
-    learner = ensemble.load_learners(tmp_path / "straight", cfg, torch.device("cpu"))[1]
+    learner = checkpoint.load_learners(tmp_path / "straight", cfg, torch.device("cpu"))[1]
     before = {name: value.clone() for name, value in learner.named_buffers()}
     recompute_bn_stats(learner, images, cfg.Solver.bs, seed=seeding.stream_seed(cfg.Solver.seed, 1, "precise_bn"))
     for name, value in learner.named_buffers():
@@ -155,7 +155,7 @@ def test_gradient_repulsion_compares_input_gradients_and_spread_adds_the_collaps
         fast_state = checkpoint.load(checkpoint.learner_path(tmp_path / "fast", index))["model"]
         eager_state = checkpoint.load(checkpoint.learner_path(tmp_path / "eager", index))["model"]
         assert all(torch.allclose(fast_state[key].float(), eager_state[key].float(), atol=1e-5) for key in fast_state)
-    senior, junior = ensemble.load_learners(tmp_path / "fast", config.load(fast), torch.device("cpu"))
+    senior, junior = checkpoint.load_learners(tmp_path / "fast", config.load(fast), torch.device("cpu"))
     split = read_split(tiny_root / "tiny")
     x = to_model_input(load_images(split.directory, split.train[:16], 32))
     senior_gradient = ensemble.input_gradients_of(senior, x)

@@ -18,7 +18,7 @@ from datasets.medad import load_images, load_masks, read_split
 from tests.conftest import REPO, write_config
 from utils.method import ensemble
 from utils.report.metrics import pixel_metrics_of_maps
-from utils.run import config
+from utils.run import checkpoint, config
 
 PIXEL_KEYS = {"pixel_auroc", "pixel_ap", "pixel_best_dice"}
 SCORES = ("rec", "unc", "dsu")
@@ -40,7 +40,7 @@ def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path):
     # The pixel metrics are those of the maps the stored learners give, against the masks (zero for normal images).
     cfg = config.load(cfg_path)
     split = read_split(tiny_root / "tiny")
-    learners = ensemble.load_learners(run, cfg, torch.device("cpu"))
+    learners = checkpoint.load_learners(run, cfg, torch.device("cpu"))
     images = load_images(split.directory, split.test, cfg.Data.img_size)
     maps, _ = ensemble.score_dataset(learners, images, cfg.Exp.score_batch, torch.device("cpu"))
     masks = load_masks(split.directory, split.test, cfg.Data.img_size)

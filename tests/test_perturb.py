@@ -67,7 +67,7 @@ def test_a_junior_is_compared_with_its_seniors_on_the_pasted_copy(tiny_root, tmp
                            weights(tmp_path / "published", 1)["encoder.0.0.weight"])
 
     cfg = config.load(runs["fast"])
-    senior, junior = ensemble.load_learners(tmp_path / "fast", cfg, torch.device("cpu"))
+    senior, junior = checkpoint.load_learners(tmp_path / "fast", cfg, torch.device("cpu"))
     split = read_split(tiny_root / "tiny")
     x = to_model_input(load_images(split.directory, split.train[:16], 32))
     on = self_pasted(x, cfg.Solver.seed)

@@ -137,7 +137,7 @@ def test_cached_features_equal_fresh_ones(tiny_root, tmp_path):
     from models import to_model_input
     cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
     train.main(["--config", str(cfg)])
-    learner = ensemble.load_learners(tmp_path / "run", train.config.load(cfg), torch.device("cpu"))[0]
+    learner = checkpoint.load_learners(tmp_path / "run", train.config.load(cfg), torch.device("cpu"))[0]
     split = read_split(tiny_root / "tiny")
     images = to_model_input(load_images(split.directory, split.train, 32))
     cached = ensemble.features_of(learner, images, batch_size=7)

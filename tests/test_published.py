@@ -17,8 +17,9 @@ import predict
 from models import to_model_input
 from models import published
 from tests.conftest import load_script, run_cli, write_config
-from utils.method.ensemble import load_learners, score_dataset
+from utils.method.ensemble import score_dataset
 from utils.run import checkpoint, config
+from utils.run.checkpoint import load_learners
 from utils.run.published_run import import_published
 
 FIXTURES = Path(__file__).parent / "published_release"

@@ -17,8 +17,8 @@ from datasets.medad import load_images, read_split
 from models import to_model_input
 from tests.conftest import run_cli, write_config
 from utils.method import reference as references
-from utils.method.ensemble import load_learners
 from utils.run import config
+from utils.run.checkpoint import load_learners
 from utils.method.scores import IMAGE_SCORES, SCORES, Form, image_scores, reference_statistics, referred_map, \
     referred_scores, score_maps, top_mean
 from tests.test_scores import ensemble

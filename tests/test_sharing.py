@@ -15,7 +15,7 @@ import train
 from tests.conftest import write_config
 from tests.test_pipeline import assert_same_weights, weights
 from utils.grid import sharing
-from utils.run import config
+from utils.run import config, runlock
 
 
 def run(root, tmp_path, name, shared=None, dataset="tiny", **solver):
@@ -141,11 +141,11 @@ def test_a_lock_freed_within_the_grace_is_taken_and_one_held_longer_is_not(tmp_p
     """A grid's first try of a cell waits BUSY_AFTER_S for a learner's lock: long enough for another run to write
     its copy, far shorter than training it."""
     path = tmp_path / ".lock"
-    with open(path, "a") as holder, open(path, "a") as waiter:
+    with open(path, "a") as holder:
         fcntl.flock(holder, fcntl.LOCK_EX)
-        assert not sharing.take_lock_within(waiter, 0.2)
+        assert not runlock.take(path, 0.2)
         threading.Timer(0.3, holder.close).start()  # closing the file releases its lock
-        assert sharing.take_lock_within(waiter, 10)
+        assert runlock.take(path, 10)
 
 
 def test_a_setting_at_its_default_leaves_every_key_as_it_was(tiny_root, tmp_path, monkeypatch):

@@ -6,51 +6,25 @@ and no learner sees the test set or the data set's name, so a study of repulsion
 share their training images (a class's semantic and local-defect sets), trains each learner once. The key of
 learner k hashes exactly those inputs: the settings, a fingerprint of the decoded training images, and of each
 senior's weights; a copy is taken only under the same key, and its checkpoint's report says which run trained it.
-A run whose learner another run is training waits for it, or, with wait=False (the grid runner's first try of a
-cell), raises Busy when the lock stays taken for BUSY_AFTER_S, so that its worker can take another cell meanwhile.
+take() comes before a learner is trained and leave() after it; between the two, the key's lock is held. A run whose
+learner another run is training waits for it, or, with wait=False (the grid runner's first try of a cell), raises
+Busy when the lock stays taken for BUSY_AFTER_S, so that its worker can take another cell meanwhile.
 """
-import fcntl
 import hashlib
 import json
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from utils.run import checkpoint, config
+from utils.fingerprint import fingerprint
+from utils.run import checkpoint, config, runlock
 
 JUNIOR_ONLY = ("Solver.Lambda", "Solver.spread", "Model.repulsion", "Model.repel_on")  # learner 0 never uses them
 NOT_SEEN = ("Data.dataset",)  # training sees the images (fingerprinted), not the folder's name or its test set
-
-
 BUSY_AFTER_S = 30.0  # wait=False: how long a lock may stay taken (a copy being written takes about a second)
-
-
-def take_lock_within(lock, seconds) -> bool:
-    """Take the exclusive lock on the open file `lock` if it comes free within `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.5)
 
 
 class Busy(Exception):
     """Another run holds the lock of a learner this run would take: it is training it now."""
-
-
-def fingerprint(tensors) -> str:
-    """sha256 of the tensors' shapes, dtypes and bytes, in order."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        tensor = tensor.detach().cpu().contiguous()  # the bytes in logical order, whatever the memory format
-        digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def key(cfg, index: int, images: str, seniors) -> str:
@@ -66,34 +40,58 @@ def key(cfg, index: int, images: str, seniors) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def finished(path, cfg):
+@dataclass
+class Share:
+    """Learner `index`'s place in the shared folder while its key's lock is held (lock None: no sharing); closing it
+    frees the lock, at the end of a `with` block however it ends."""
+    cfg: object
+    index: int
+    copy: Path | None = None
+    lock: object = None
+    taken: bool = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *failure):
+        if self.lock is not None:
+            self.lock.close()
+
+
+def finished_at(path, cfg):
     """The checkpoint at `path` when it holds a finished learner, else None."""
     if not path.is_file():
         return None
     state = checkpoint.load(path)
-    return state if state["epoch"] >= cfg.Solver.num_epoch else None
+    return state if checkpoint.finished(state, cfg) else None
 
 
-def shared(cfg, index, learner_key, run_dir, log, train_learner, wait=True):
-    """Learner `index` of the run: the shared copy when a run with the same key left one, else train_learner()
-    (which trains, resumes or skips it in run_dir) and a copy left for the others. A lock per key makes a run wait
-    while another trains that learner; with wait=False it raises Busy instead."""
-    folder = Path(cfg.Exp.share_learners) / learner_key
+def take(cfg, index, training_images, seniors, run_dir, log, wait=True) -> Share:
+    """Before learner `index` is trained: its key's lock (waiting while another run trains it; with wait=False,
+    Busy instead), and the shared copy put in run_dir when a run with the same key left one, so that training finds
+    it finished. Without Exp.share_learners, a Share that does nothing."""
+    if not cfg.Exp.share_learners:
+        return Share(cfg, index)
+    folder = Path(cfg.Exp.share_learners) / key(cfg, index, training_images, seniors)
     folder.mkdir(parents=True, exist_ok=True)
-    copy, own = folder / f"learner_{index}.pt", checkpoint.learner_path(run_dir, index)
-    with open(folder / ".lock", "a") as lock:
-        if wait:  # the lock goes when the file closes, or when the process ends
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        elif not take_lock_within(lock, BUSY_AFTER_S):
-            log.info(f"learner {index}: another run is training it; this run stops here and is resumed later")
-            raise Busy(f"learner {index} is being trained by another run (shared folder {folder})")
-        state = None if finished(own, cfg) else finished(copy, cfg)
-        if state:
-            log.info(f"learner {index}: taken from {copy}, trained in {state['trained_in']} with the same inputs")
-            report = {**(state["report"] or {}), "shared_from": state["trained_in"]}
-            checkpoint.save({**state, "config": cfg.to_dict(), "report": report}, own)
-        learner = train_learner()
-        if state is None and not finished(copy, cfg):  # a copy taken is there already
-            state = checkpoint.load(own)
-            checkpoint.save({**state, "trained_in": str((state["report"] or {}).get("shared_from", run_dir))}, copy)
-    return learner
+    lock = runlock.take(folder / ".lock", wait=None if wait else BUSY_AFTER_S)
+    if lock is None:
+        log.info(f"learner {index}: another run is training it; this run stops here and is resumed later")
+        raise Busy(f"learner {index} is being trained by another run (shared folder {folder})")
+    shared = Share(cfg, index, folder / f"learner_{index}.pt", lock)
+    own = checkpoint.learner_path(run_dir, index)
+    state = None if finished_at(own, cfg) else finished_at(shared.copy, cfg)
+    if state:
+        log.info(f"learner {index}: taken from {shared.copy}, trained in {state['trained_in']} with the same inputs")
+        report = {**(state["report"] or {}), "shared_from": state["trained_in"]}
+        checkpoint.save({**state, "config": cfg.to_dict(), "report": report}, own)
+        shared.taken = True
+    return shared
+
+
+def leave(shared: Share, run_dir) -> None:
+    """After learner `index` is trained: a copy of it left for the other runs, unless one is there already."""
+    if shared.lock is None or shared.taken or finished_at(shared.copy, shared.cfg):
+        return
+    state = checkpoint.load(checkpoint.learner_path(run_dir, shared.index))
+    checkpoint.save({**state, "trained_in": str((state["report"] or {}).get("shared_from", run_dir))}, shared.copy)

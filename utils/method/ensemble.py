@@ -1,50 +1,9 @@
-"""A trained ensemble as a whole: its learners rebuilt from their checkpoints, their tapped features, and the
-three scores of a whole image set in batches. Shared by eval.py, predict.py, the grid runner and the figures."""
-from pathlib import Path
-
+"""A frozen ensemble over a whole image set, in batches: the three scores' maps and the learners' tapped features
+or input gradients. Shared by train.py (the seniors), eval.py, predict.py, the reference and the figures."""
 import torch
 
-import models
 from models import to_model_input
-from utils.errors import UserError
 from utils.method.scores import SCORES, image_scores, input_gradient, score_maps
-from utils.run import checkpoint, config
-from utils.run.runtime import set_tf32
-
-
-def load_learners(run_dir, cfg, device):
-    """Rebuild every learner from its checkpoint, frozen and in eval mode; refuse unfinished or foreign ones."""
-    learners = []
-    for index in range(cfg.Model.num_learners):
-        path = checkpoint.learner_path(run_dir, index)
-        state = checkpoint.load(path)
-        checkpoint.check_same_experiment(state["config"], cfg.to_dict(), f"checkpoint {path}")
-        if state["epoch"] < cfg.Solver.num_epoch:
-            raise UserError(f"learner {index} in {run_dir} has {state['epoch']} of {cfg.Solver.num_epoch} epochs; "
-                            "rerun train.py with the same config to finish it")
-        learner = models.build(state["backbone"])
-        learner.load_state_dict(state["model"])
-        learners.append(models.place(learner, device).eval().requires_grad_(False))
-    return learners
-
-
-def learner_reports(run_dir, count) -> list:
-    """What training recorded about each learner at its end (eval- against train-mode reconstruction, precise
-    BatchNorm statistics): the checkpoints' "report", None for a checkpoint without one."""
-    return [checkpoint.load(checkpoint.learner_path(run_dir, index)).get("report") for index in range(count)]
-
-
-def load_run(run_dir, device):
-    """The resolved config stored in a run folder and its K learners, frozen and in eval mode."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} not found; train first (e.g. ./scripts/demo.sh makes runs/demo_AE)")
-    stored = run_dir / "config.yaml"
-    if not stored.is_file():
-        raise UserError(f"{run_dir} has no config.yaml; pass the run folder that train.py wrote")
-    cfg = config.load(stored)
-    set_tf32(cfg.Exp.tf32)
-    return cfg, load_learners(run_dir, cfg, device)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from utils.errors import UserError
 from utils.method.ensemble import score_dataset
 from utils.method.scores import FORM, IMAGE_SCORES, LOG_EPS, SMOOTH, TOP_SHARE, image_scores, image_statistics, \
     reference_statistics, referred_scores
-from utils.grid.sharing import fingerprint
+from utils.fingerprint import fingerprint
 
 FILE = "reference.pt"
 FORMAT = "d2ue-reference-1"

@@ -1,4 +1,5 @@
-"""Self-describing learner checkpoints: written atomically, loaded without running pickled code.
+"""Self-describing learner checkpoints: written atomically, loaded without running pickled code, and the learners of a
+run rebuilt from them.
 
 A checkpoint holds the learner's weights, the backbone's constructor arguments, the resolved config, the number of
 finished epochs, the optimizer state and the RNG state, so that eval.py rebuilds a learner from it alone and
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import torch
 
+import models
 from utils.atomic import atomic_write
 from utils.errors import UserError
 from utils.run import config
+from utils.run.runtime import existing_run_dir, set_tf32
 
 FORMAT = "d2ue-learner-1"
 
@@ -24,7 +27,8 @@ def save(state: dict, path) -> None:
         torch.save({"format": FORMAT, **state}, handle)
 
 
-def load(path) -> dict:
+def load(path, cfg=None) -> dict:
+    """The checkpoint at `path`; given a config, refused when it was made for another experiment."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; train first with the same config")
@@ -34,7 +38,14 @@ def load(path) -> dict:
         raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}); delete it to retrain") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a D2UE learner checkpoint")
+    if cfg is not None:
+        check_same_experiment(state["config"], cfg.to_dict(), f"checkpoint {path}")
     return state
+
+
+def finished(state, cfg) -> bool:
+    """Whether a checkpoint holds a learner trained for all of the config's epochs."""
+    return state["epoch"] >= cfg.Solver.num_epoch
 
 
 def check_same_experiment(stored: dict, current: dict, where) -> None:
@@ -52,3 +63,38 @@ def imported_from(run_dir):
     learners are imported: the first one's checkpoint says it), else None."""
     path = learner_path(run_dir, 0)
     return load(path).get("imported") if path.is_file() else None
+
+
+def load_states(run_dir, cfg) -> list:
+    """Every learner's checkpoint of the run, each of this experiment and finished."""
+    states = []
+    for index in range(cfg.Model.num_learners):
+        state = load(learner_path(run_dir, index), cfg)
+        if not finished(state, cfg):
+            raise UserError(f"learner {index} in {run_dir} has {state['epoch']} of {cfg.Solver.num_epoch} epochs; "
+                            "rerun train.py with the same config to finish it")
+        states.append(state)
+    return states
+
+
+def rebuild(state, device):
+    """The learner of a checkpoint, frozen and in eval mode."""
+    learner = models.build(state["backbone"])
+    learner.load_state_dict(state["model"])
+    return models.place(learner, device).eval().requires_grad_(False)
+
+
+def load_learners(run_dir, cfg, device) -> list:
+    """Every learner of the run, rebuilt from its checkpoint (load_states), frozen and in eval mode."""
+    return [rebuild(state, device) for state in load_states(run_dir, cfg)]
+
+
+def load_run(run_dir, device):
+    """The resolved config stored in a run folder and its K learners, frozen and in eval mode."""
+    run_dir = existing_run_dir(run_dir)
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        raise UserError(f"{run_dir} has no config.yaml; pass the run folder that train.py wrote")
+    cfg = config.load(stored)
+    set_tf32(cfg.Exp.tf32)
+    return cfg, load_learners(run_dir, cfg, device)

@@ -1,4 +1,5 @@
-"""One writer per run folder: train.py, eval.py and a grid's worker hold its lock while they work in it.
+"""The file locks: one writer per run folder (train.py, eval.py and a grid's worker hold its lock while they work in
+it), and take(), the exclusive lock on any file, which a shared learner's key also uses (utils/grid/sharing.py).
 
 The lock is flock on <run>/.lock, taken without waiting; the holder writes its pid and host into that file so that
 a refused command can name it. The kernel drops a lock when its process ends, however it ends, so a killed run
@@ -10,6 +11,7 @@ import fcntl
 import os
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +19,27 @@ from utils.errors import UserError
 
 LOCK, RUNNING = ".lock", ".running"
 _HELD = set()  # run folders whose lock this process holds
+RETRY_S = 0.5  # take() with a wait: how often it tries again
+
+
+def take(path, wait=0.0):
+    """The exclusive lock on the file at `path` (created when missing), as the open file that holds it: taken at
+    once (wait 0), within `wait` seconds, or whenever it comes free (wait None); None when it was not taken.
+    Closing the file frees it, and so does the end of the process, however it ends."""
+    handle = open(path, "a")
+    if wait is None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return handle
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                return None
+            time.sleep(min(RETRY_S, max(0.0, deadline - time.monotonic())))
 
 
 class RunLock:
@@ -31,11 +54,8 @@ class RunLock:
         """True when this call took the lock, False when another holder (another process, or another RunLock of
         this one) has it."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        lock = open(self.folder / LOCK, "a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
+        lock = take(self.folder / LOCK)
+        if lock is None:
             return False
         running = open(self.folder / RUNNING, "a")
         fcntl.flock(running, fcntl.LOCK_EX)  # waits only while a status check holds it, an instant

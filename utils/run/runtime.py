@@ -44,6 +44,14 @@ def setup(config_path, overrides):
     return cfg, device
 
 
+def existing_run_dir(path) -> Path:
+    """The run folder train.py made; one UserError when it is not there."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"run folder {path} not found; train first (python train.py with the same config)")
+    return path
+
+
 def make_run_dir(path) -> Path:
     path = Path(path)
     try:
