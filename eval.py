@@ -24,9 +24,9 @@ from utils.atomic import atomic_write, atomic_write_text
 from utils.errors import UserError, cli
 from utils.grid.summary import write_summary
 from utils.method import ensemble
-from utils.method.cka import SIMILARITIES, pairwise_similarity, spectrum
-from utils.method.diagnostics import warnings_of
+from utils.method.cka import SIMILARITIES, pairwise_similarity
 from utils.method.ensemble import score_dataset
+from utils.method.feature_shape import spectrum
 from utils.method.reference import ensure as ensure_reference, p_values
 from utils.method.scores import IMAGE_SCORES, MAPS, SCORES, referred_scores
 from utils.report.figures import anomaly_grid, roc_pr_curves, score_histograms, similarity_heatmap
@@ -140,7 +140,7 @@ def learner_diagnostics(learners, images_u8, reports, cfg, device) -> dict:
     diagnostics["effective_rank"] = [rank.item() for rank, _ in shapes]
     diagnostics["top_share"] = [share.item() for _, share in shapes]
     diagnostics["learners"] = reports
-    diagnostics["warnings"] = [warning for report in reports for warning in warnings_of(report)]
+    diagnostics["warnings"] = [warning for report in reports for warning in (report or {}).get("warnings", [])]
     return diagnostics
 
 

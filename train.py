@@ -18,16 +18,18 @@ from datasets.benchmark import describe
 from datasets.medad import dataset_dir, hold_out, load_images, read_split, reference_images
 from models import to_model_input
 from utils import seeding
+from utils.atomic import remove_leftovers
 from utils.errors import UserError, cli
 from utils.fingerprint import fingerprint
 from utils.grid import sharing
-from utils.method import diagnostics, perturb
-from utils.method.cka import GRADIENT_SIMILARITIES, participation_ratio, repulsion
+from utils.method import batchnorm, feature_shape, perturb
+from utils.method.cka import GRADIENT_SIMILARITIES, repulsion
 from utils.method.ensemble import features_of, input_gradients_of
+from utils.method.feature_shape import participation_ratio
 from utils.method.reference import ensure as ensure_reference
 from utils.method.scores import input_gradient
-from utils.run import checkpoint, config, runlock, stop
-from utils.run.fast import adam, load_optimizer_state, make_step
+from utils.run import checkpoint, config, fast, runlock, stop
+from utils.run.fast import adam, load_optimizer_state
 from utils.run.runtime import RunLog, make_run_dir, setup
 
 
@@ -45,8 +47,7 @@ def prepare_run(cfg, run_dir):
     if stored.exists():
         checkpoint.check_same_experiment(config.load(stored).to_dict(), cfg.to_dict(), f"run folder {run_dir}")
     config.save(cfg, stored)
-    for stale in run_dir.glob(".*.tmp"):
-        stale.unlink()
+    remove_leftovers(run_dir)
 
 
 def training_loss(learner, x, senior_terms, Lambda, kind="linear_cka", spread=0.0, x_repel=None):
@@ -108,29 +109,55 @@ def captures(cfg, device) -> bool:
     return cfg.Exp.fast and device.type == "cuda"
 
 
-def loss_of_batches(learner, seniors, images, cfg):
-    """batch_loss(batch indices) -> (loss, terms) on images[batch]. With Exp.fast the seniors' features (or input
-    gradients) are computed once for the whole training set: seniors are frozen, in eval mode, and there is no
-    augmentation, so they never change. With Model.repel_on=pasted a junior is compared with its seniors on the
-    run's one pasted copy of the training set (utils/method/perturb.py), batch for batch."""
-    senior_terms = input_gradients_of if cfg.Model.repulsion in GRADIENT_SIMILARITIES else features_of
-    pasted = seniors and cfg.Solver.Lambda and cfg.Model.repel_on == "pasted"  # Lambda 0: a plain ensemble, exactly
-    repel = perturb.self_pasted(images, cfg.Solver.seed) if pasted else None
-    cache = [senior_terms(senior, images if repel is None else repel) for senior in seniors] if cfg.Exp.fast else None
-
-    def batch_loss(batch):
-        x = images[batch]
-        on = x if repel is None else repel[batch]  # the images the junior is compared with its seniors on
-        seniors_now = [part[batch] for part in cache] if cache else [senior_terms(senior, on) for senior in seniors]
-        return training_loss(learner, x, seniors_now, cfg.Solver.Lambda, cfg.Model.repulsion, cfg.Solver.spread,
-                             x_repel=None if repel is None else on)
-
-    return batch_loss
+def train_step(learner, optimizer, x, senior_terms, cfg, x_repel=None) -> dict:
+    """One update of the learner on the batch x: forward and loss, backward, Adam's step. Returns the loss terms,
+    detached; train_one_epoch checks that they are finite (a check here would wait for the GPU at every step)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, terms = training_loss(learner, x, senior_terms, cfg.Solver.Lambda, cfg.Model.repulsion, cfg.Solver.spread,
+                                x_repel)
+    loss.backward()
+    optimizer.step()
+    return {name: value.detach() for name, value in terms.items()}
 
 
-def train_one_epoch(step, order, batch_size) -> diagnostics.EpochTotals:
-    """One pass over the training set in the given order; the last incomplete batch is dropped."""
-    totals = diagnostics.EpochTotals()
+class EpochTotals:
+    """The loss terms summed over an epoch's steps, and the step at which each first went non-finite, kept on the
+    device as one vector each (no host sync inside the epoch, a handful of small ops per step)."""
+
+    def __init__(self):
+        self.names, self.sums, self.first_bad = None, None, None
+
+    def add(self, terms: dict, step: int) -> None:
+        values = torch.stack(list(terms.values()))
+        bad_now = torch.where(torch.isfinite(values), math.inf, float(step))
+        if self.sums is None:
+            self.names, self.sums, self.first_bad = list(terms), values, bad_now
+        else:
+            self.sums, self.first_bad = self.sums + values, torch.minimum(self.first_bad, bad_now)
+
+    def means(self, steps: int) -> dict:
+        return dict(zip(self.names, (self.sums / steps).tolist()))
+
+    def first_not_finite(self) -> list:
+        """The terms that went non-finite at the earliest step (the others followed through the weights)."""
+        first = dict(zip(self.names, self.first_bad.tolist()))
+        earliest = min(first.values())
+        return [name for name, step in first.items() if step == earliest and name != "loss"] or ["loss"]
+
+
+def not_finite(where, names, path) -> UserError:
+    """The error for a loss that went non-finite: the terms that did first, and the likely fix for those."""
+    repelled = all(name == "repulsion" or name.startswith("cka_senior") for name in names)
+    hint = ("the reconstruction stayed finite: try another Model.repulsion or a lower Solver.Lambda" if repelled
+            else "try a lower Solver.lr")
+    return UserError(f"{where}: loss is not finite, first in {', '.join(names)}; the last good checkpoint is kept "
+                     f"at {path}; {hint}")
+
+
+def train_one_epoch(step, order, batch_size) -> EpochTotals:
+    """One pass over the training set in the given order (the last incomplete batch dropped): each step's loss
+    terms summed, and where each first went non-finite."""
+    totals = EpochTotals()
     for i in range(len(order) // batch_size):
         totals.add(step(order[i * batch_size:(i + 1) * batch_size]), i)
     return totals
@@ -154,9 +181,20 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
                          "rng": torch.get_rng_state(), "report": report}, path)
 
     learner.train()
-    step, step_warning = make_step(loss_of_batches(learner, seniors, images, cfg), learner, optimizer, solver.bs,
-                                   capture=captures(cfg, device), log=log.info)
-    probe, every = diagnostics.probe_of(images, solver.seed), diagnostics.probe_every(len(images))
+    # Model.repel_on=pasted: a junior is compared with its seniors on the run's one pasted copy of the training set;
+    # with Lambda 0 it is a plain ensemble, exactly.
+    pasted = seniors and solver.Lambda and cfg.Model.repel_on == "pasted"
+    repel = perturb.self_pasted(images, solver.seed) if pasted else None
+    terms_of = input_gradients_of if cfg.Model.repulsion in GRADIENT_SIMILARITIES else features_of
+    seniors_on = fast.senior_terms(seniors, images if repel is None else repel, terms_of, cache=cfg.Exp.fast)
+
+    def step(batch):
+        return train_step(learner, optimizer, images[batch], seniors_on(batch), cfg,
+                          None if repel is None else repel[batch])
+
+    step, step_warning = fast.capture_step(step, learner, optimizer, solver.bs, capture=captures(cfg, device),
+                                           log=log.info)
+    probe, every = feature_shape.probe_of(images, solver.seed), feature_shape.probe_every(len(images))
     last_save = time.monotonic()
     bar = tqdm(range(start + 1, solver.num_epoch + 1), desc=f"learner {index}", initial=start,
                total=solver.num_epoch, disable=not log.echo)
@@ -165,14 +203,16 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
         totals = train_one_epoch(step, epoch_order(len(images), solver.seed, index, epoch - 1).to(device), solver.bs)
         values = totals.means(steps)
         if not all(math.isfinite(value) for value in values.values()):
-            raise diagnostics.not_finite(f"learner {index}, epoch {epoch}", totals.first_not_finite(), path)
+            raise not_finite(f"learner {index}, epoch {epoch}", totals.first_not_finite(), path)
         values.update(lr=optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - began)
-        if diagnostics.looks_at_probe(epoch, solver.num_epoch, every):
-            values.update(diagnostics.feature_shape(learner, probe))
+        if feature_shape.looks_at_probe(epoch, solver.num_epoch, every):
+            values.update(feature_shape.on_probe(learner, probe))
         log.scalars(f"learner{index}", values, epoch)
         bar.set_postfix(loss=f"{values['loss']:.4f}")
         if epoch == solver.num_epoch:  # before the final checkpoint: a learner found finished is complete
-            save(epoch, diagnostics.finish_learner(index, learner, images, probe, cfg, log, step_warning))
+            report = batchnorm.finish_learner(index, learner, images, probe, cfg, log)
+            report["warnings"] += [step_warning] if step_warning else []
+            save(epoch, report)
         elif time.monotonic() - last_save >= cfg.Exp.checkpoint_every_s or stop.requested():
             save(epoch)
             last_save = time.monotonic()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import train  # noqa: E402
 from utils.errors import cli  # noqa: E402
-from utils.method import diagnostics  # noqa: E402
+from utils.method import batchnorm, feature_shape  # noqa: E402
 from utils.run import checkpoint, config  # noqa: E402
 from utils.run.runtime import RunLog, pick_device  # noqa: E402
 
@@ -36,9 +36,9 @@ class Clock:
         self.steps, self.probe, self.probes, self.first, self.last = 0.0, 0.0, 0, None, None
         self.inner = monkeypatch_target.train_one_epoch
 
-    def feature_shape(self, *args):
+    def on_probe(self, *args):
         began = time.perf_counter()
-        shape = feature_shape(*args)
+        shape = on_probe(*args)
         self.probe += time.perf_counter() - began
         self.probes += 1
         return shape
@@ -56,12 +56,12 @@ class Clock:
         return finish(*args, **kwargs)
 
 
-finish, feature_shape = diagnostics.finish_learner, diagnostics.feature_shape
+finish, on_probe = batchnorm.finish_learner, feature_shape.on_probe
 
 
 def full_run_share(clock, epochs, num_epoch, every) -> float:
     """The share outside the steps over a whole run of num_epoch epochs, from this run's per-epoch figures."""
-    probes = sum(diagnostics.looks_at_probe(epoch, num_epoch, every) for epoch in range(1, num_epoch + 1))
+    probes = sum(feature_shape.looks_at_probe(epoch, num_epoch, every) for epoch in range(1, num_epoch + 1))
     step, probe = clock.steps / epochs, clock.probe / clock.probes
     other = (clock.last - clock.first - clock.steps - clock.probe) / epochs
     outside = probes * probe + num_epoch * other
@@ -72,7 +72,7 @@ def measure(cfg_path, device, epochs=None):
     cfg = config.load(cfg_path, ["Model.num_learners=2", "Exp.checkpoint_every_s=1e9"])
     full_epochs = cfg.Solver.num_epoch
     n_train = TRAIN_SIZES[cfg.Data.dataset]
-    epochs = epochs or max(4, 2 * diagnostics.probe_every(n_train))
+    epochs = epochs or max(4, 2 * feature_shape.probe_every(n_train))
     cfg = config.load(cfg_path, ["Model.num_learners=2", "Exp.checkpoint_every_s=1e9", f"Solver.num_epoch={epochs}"])
     images = torch.rand(n_train, 1, cfg.Data.img_size, cfg.Data.img_size, generator=torch.Generator().manual_seed(0))
     images = (images * 2 - 1).to(device)
@@ -81,14 +81,14 @@ def measure(cfg_path, device, epochs=None):
         log = RunLog(run_dir, "train", echo=False)
         for index in range(2):
             clock = Clock(train)
-            train.train_one_epoch, diagnostics.finish_learner = clock.train_one_epoch, clock.finish_learner
-            diagnostics.feature_shape = clock.feature_shape
+            train.train_one_epoch, batchnorm.finish_learner = clock.train_one_epoch, clock.finish_learner
+            feature_shape.on_probe = clock.on_probe
             try:
                 learner = train.train_learner(index, seniors, images, cfg, device, Path(run_dir), log)
             finally:
-                train.train_one_epoch, diagnostics.finish_learner = clock.inner, finish
-                diagnostics.feature_shape = feature_shape
-            loop, every = clock.last - clock.first, diagnostics.probe_every(n_train)
+                train.train_one_epoch, batchnorm.finish_learner = clock.inner, finish
+                feature_shape.on_probe = on_probe
+            loop, every = clock.last - clock.first, feature_shape.probe_every(n_train)
             lines.append({"config": Path(cfg_path).name, "learner": index, "n_train": n_train, "epochs": epochs,
                           "probe_every": every, "loop_s": round(loop, 3), "steps_s": round(clock.steps, 3),
                           "probe_s": round(clock.probe / clock.probes, 4),

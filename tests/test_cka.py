@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from utils.method.cka import (CCA_RIDGE, SIMILARITIES, cca, debiased_cca, debiased_cka, gradient_cosine, linear_cka,
-                       pairwise_similarity, participation_ratio, rbf_cka, repulsion, spectrum)
+                              pairwise_similarity, rbf_cka, repulsion)
+from utils.method.feature_shape import participation_ratio, spectrum
 
 
 def cka_numpy(x, y):

@@ -13,9 +13,10 @@ from models import to_model_input
 from tests.conftest import write_config
 from utils import seeding
 from utils.grid.summary import summarize
-from utils.method import diagnostics, ensemble
+from utils.method import batchnorm, ensemble, feature_shape
 from utils.method.batchnorm import eval_and_train_errors, recompute_bn_stats
-from utils.method.cka import SIMILARITIES, gradient_cosine, pairwise_similarity, participation_ratio, spectrum
+from utils.method.cka import SIMILARITIES, gradient_cosine, pairwise_similarity
+from utils.method.feature_shape import participation_ratio, spectrum
 from utils.run import checkpoint, config
 
 
@@ -38,7 +39,7 @@ def test_diagnostics_in_the_logs_the_checkpoints_and_results(tiny_root, tmp_path
     learners = checkpoint.load_learners(run, cfg, torch.device("cpu"))
     split = read_split(tiny_root / "tiny")
     train_images = to_model_input(load_images(split.directory, split.train, 32))
-    probe = diagnostics.probe_of(train_images, cfg.Solver.seed)
+    probe = feature_shape.probe_of(train_images, cfg.Solver.seed)
 
     for index, learner in enumerate(learners):
         logged = records(run, f"learner{index}")
@@ -67,7 +68,7 @@ def test_diagnostics_in_the_logs_the_checkpoints_and_results(tiny_root, tmp_path
 
 def test_a_learner_whose_eval_mode_is_much_worse_is_named(tiny_root, tmp_path, monkeypatch, capsys):
     cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
-    monkeypatch.setattr(diagnostics, "eval_and_train_errors",
+    monkeypatch.setattr(batchnorm, "eval_and_train_errors",
                         lambda learner, images, batch_size: (0.071, 0.040))  # a broken learner seen on real images
     train.main(["--config", str(cfg_path)])
     warnings = [line for line in capsys.readouterr().out.splitlines() if "warning:" in line]
@@ -114,18 +115,18 @@ def test_precise_bn_statistics_are_in_the_checkpoint_and_resume_exactly(tiny_roo
     # Killed after learner 1's last epoch, before its statistics were recomputed and saved: the rerun resumes
     # and ends exactly as the straight run did.
     killed = write_config(tmp_path / "b.yaml", tiny_root, tmp_path / "killed", **settings)
-    finish = diagnostics.finish_learner
+    finish = batchnorm.finish_learner
 
     def killed_at_learner_1(index, *args):
         if index == 1:
             raise KeyboardInterrupt
         return finish(index, *args)
 
-    monkeypatch.setattr(diagnostics, "finish_learner", killed_at_learner_1)
+    monkeypatch.setattr(batchnorm, "finish_learner", killed_at_learner_1)
     with pytest.raises(SystemExit):
         train.main(["--config", str(killed)])
     assert state_of(tmp_path / "killed", 1)["epoch"] == 2
-    monkeypatch.setattr(diagnostics, "finish_learner", finish)
+    monkeypatch.setattr(batchnorm, "finish_learner", finish)
     train.main(["--config", str(killed)])
     for key, value in state_of(tmp_path / "straight", 1)["model"].items():
         assert torch.equal(state_of(tmp_path / "killed", 1)["model"][key], value), key
@@ -176,18 +177,18 @@ def test_gradient_repulsion_compares_input_gradients_and_spread_adds_the_collaps
 
 def test_a_step_that_could_not_be_captured_is_a_warning_in_the_log_the_results_and_the_grid_line(
         tiny_root, tmp_path, monkeypatch, capsys):
-    """make_step's fallback reason goes where the eval/train BatchNorm warning goes."""
+    """capture_step's fallback reason goes where the eval/train BatchNorm warning goes."""
     import sweep
     from utils.run import fast
-    real = fast.make_step
+    real = fast.capture_step
 
-    def falls_back(*args, **kwargs):  # as make_step falls back: one warning line, logged when it happens
+    def falls_back(*args, **kwargs):  # as capture_step falls back: one warning line, logged when it happens
         step, _ = real(*args, **{**kwargs, "capture": False})
         warning = "CUDA graph capture not used (RuntimeError: emulated); training eagerly, which is slower"
         kwargs["log"](f"warning: {warning}")
         return step, warning
 
-    monkeypatch.setattr(train, "make_step", falls_back)
+    monkeypatch.setattr(fast, "capture_step", falls_back)
     grid_file = tmp_path / "g.yaml"
     config_file = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "x", Solver={"num_epoch": 1})
     grid_file.write_text(f"name: g\nout_dir: {tmp_path}\nconfigs: [{config_file}]\nseeds: [3]\n")
@@ -203,12 +204,12 @@ def test_a_step_that_could_not_be_captured_is_a_warning_in_the_log_the_results_a
 
 @pytest.mark.parametrize("n_train, every", [(400, 11), (1000, 5), (3851, 2), (6000, 1), (48, 89)])
 def test_the_probe_costs_a_small_share_of_training(n_train, every):
-    assert diagnostics.probe_every(n_train) == every
-    assert diagnostics.PROBE_SIZE / (3 * n_train * every) <= diagnostics.PROBE_SHARE  # probe / training work
+    assert feature_shape.probe_every(n_train) == every
+    assert feature_shape.PROBE_SIZE / (3 * n_train * every) <= feature_shape.PROBE_SHARE  # probe / training work
 
 
 def test_the_probe_is_looked_at_on_the_first_the_last_and_every_kth_epoch(tiny_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(diagnostics, "probe_every", lambda n_train: 3)
+    monkeypatch.setattr(feature_shape, "probe_every", lambda n_train: 3)
     cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 7})
     train.main(["--config", str(cfg_path)])
     for index in (0, 1):

@@ -12,7 +12,7 @@ import models
 import train
 from models import to_model_input
 from tests.conftest import REPO, load_script, run_cli, write_config
-from utils.method import diagnostics, ensemble
+from utils.method import batchnorm, ensemble, feature_shape
 from utils.method.cka import linear_cka
 from utils.method.scores import image_scores, score_maps
 from utils.run import checkpoint, config, fast
@@ -44,11 +44,12 @@ def batches(n=3):
 
 def step_for(learner, optimizer, data, capture=False, log=print):
     images, cache = data
+    cfg = config.Config(Solver=config.Solver(Lambda=LAMBDA))
 
-    def batch_loss(batch):
-        return train.training_loss(learner, images[batch], [c[batch] for c in cache], LAMBDA)
+    def step(batch):
+        return train.train_step(learner, optimizer, images[batch], [c[batch] for c in cache], cfg)
 
-    return fast.make_step(batch_loss, learner, optimizer, BS, capture=capture, log=log)[0]
+    return fast.capture_step(step, learner, optimizer, BS, capture=capture, log=log)[0]
 
 
 def trajectory(data, capture=False, log=print, network="AE"):
@@ -380,13 +381,13 @@ def test_cuda_training_fast_equals_eager_and_resumes(tiny_root, tmp_path):
 def test_epoch_overhead_script_times_the_real_loop(monkeypatch):
     overhead = load_script("epoch_overhead")
     monkeypatch.setitem(overhead.TRAIN_SIZES, "demo", 96)
-    originals = train.train_one_epoch, diagnostics.feature_shape, diagnostics.finish_learner
+    originals = train.train_one_epoch, feature_shape.on_probe, batchnorm.finish_learner
     lines = overhead.measure(REPO / "cfgs" / "Demo_AE.yaml", torch.device("cpu"), epochs=3)
     assert [line["learner"] for line in lines] == [0, 1]
     for line in lines:
-        assert line["n_train"] == 96 and line["epochs"] == 3 and line["probe_every"] == diagnostics.probe_every(96)
+        assert line["n_train"] == 96 and line["epochs"] == 3 and line["probe_every"] == feature_shape.probe_every(96)
         assert 0 < line["steps_s"] < line["loop_s"] and line["probe_s"] > 0
         assert line["outside_share"] == pytest.approx(1 - line["steps_s"] / line["loop_s"], abs=2e-3)
         assert 0 < line["full_run_outside_share"] < 1 and line["full_run_epochs"] == 150
     assert lines[-1]["checkpoint_s"] > 0
-    assert (train.train_one_epoch, diagnostics.feature_shape, diagnostics.finish_learner) == originals  # undone
+    assert (train.train_one_epoch, feature_shape.on_probe, batchnorm.finish_learner) == originals  # undone

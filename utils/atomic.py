@@ -20,6 +20,12 @@ def atomic_write(path, mode="w"):
         tmp.unlink(missing_ok=True)
 
 
+def remove_leftovers(folder) -> None:
+    """Remove the temporary files killed writers left in `folder` (call it only where no other writer works)."""
+    for stale in Path(folder).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def atomic_write_text(path, text):
     """Replace the file `path` with `text`, atomically."""
     with atomic_write(path) as handle:

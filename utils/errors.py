@@ -31,6 +31,12 @@ def unknown(what, name, valid) -> str:
     return f"unknown {what} '{name}'" + (f"; did you mean '{near}'?" if near else f"; valid: {', '.join(valid)}")
 
 
+def one_line(err) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 def cli(main):
     """Wrap a command-line entry point so that a UserError becomes one line and exit code 2, and a stop signal
     one line and exit code 128 + its number."""

@@ -26,7 +26,7 @@ from datasets.dicom import dicom_to_array
 from datasets.medad import LISTS
 from datasets.prepare.raw import DATASETS, find_raw_images, label_dicoms, output_names, searched, some, warn
 from datasets.prepare.split import SEEDED, match_split, seeded_split
-from utils.atomic import atomic_write, atomic_write_text
+from utils.atomic import atomic_write, atomic_write_text, remove_leftovers
 from utils.errors import UserError
 
 
@@ -111,8 +111,7 @@ def prepare(dataset, src, out, split=None, workers=None, seed=0, allow_missing=F
 
     image_folder = out / spec.folder / "images"
     image_folder.mkdir(parents=True, exist_ok=True)
-    for stale in image_folder.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)  # left behind by a killed run
+    remove_leftovers(image_folder)
     entries = [entry for key in LISTS for entry in chosen[key]]
     jobs = [(spec.kind, str(image.path), image_folder / name)
             for name, image in entries if not (image_folder / name).exists()]

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.prepare import defects
-from utils.atomic import atomic_write, atomic_write_text
+from utils.atomic import atomic_write, atomic_write_text, remove_leftovers
 from utils.errors import UserError, cli
 
 SOURCE = "/usr/share/datasets/fashion-mnist"
@@ -129,8 +129,7 @@ def _make_folder(folder) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create {folder} ({err.strerror}); choose another --out") from None
-    for stale in folder.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_leftovers(folder)
     return folder
 
 

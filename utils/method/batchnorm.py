@@ -1,5 +1,5 @@
 """BatchNorm statistics of a learner: recompute them exactly after training (precise BN), and check that eval mode
-still reconstructs as well as train mode.
+still reconstructs as well as train mode: what train.py does at a learner's end (finish_learner).
 
 During training each BatchNorm layer keeps an exponential average (momentum 0.1) of its batch statistics, so at the
 end it mostly describes the last ten or twenty batches. When a learner's features drift late in training (a junior
@@ -9,6 +9,7 @@ reconstructions, the only ones the scores use, get worse than its train-mode one
 import torch
 from torch.optim.swa_utils import update_bn
 
+from utils import seeding
 from utils.errors import UserError
 
 # Eval-mode error above this multiple of the train-mode error gets a warning: between the small gap of healthy learners
@@ -77,3 +78,24 @@ def eval_mode_warning(name, eval_error, train_error, ratio=MUCH_WORSE):
     return (f"{name}: reconstruction error in eval mode {eval_error:.4g} is {times:.2f}x its "
             f"train-mode error {train_error:.4g} on the same images; its BatchNorm running statistics do not "
             "describe its features (Solver.precise_bn=true recomputes them)")
+
+
+def finish_learner(index, learner, images, probe, cfg, log) -> dict:
+    """After the last epoch: precise BatchNorm statistics if asked, then eval- against train-mode reconstruction
+    error on the probe. Returns the report (kept in the checkpoint; eval.py copies it into results.json), whose
+    "warnings" list holds eval mode much worse than train mode (also logged here, as one line)."""
+    report = {}
+    if cfg.Solver.precise_bn:
+        report["eval_mse_before_precise_bn"] = eval_and_train_errors(learner, probe, cfg.Solver.bs)[0]
+        recompute_bn_stats(learner, images, cfg.Solver.bs,
+                           seed=seeding.stream_seed(cfg.Solver.seed, index, "precise_bn"))
+    report["eval_mse"], report["train_mse"] = eval_and_train_errors(learner, probe, cfg.Solver.bs)
+    log.info(f"learner {index}: reconstruction MSE on {len(probe)} training images {report['eval_mse']:.5f} in eval "
+             f"mode, {report['train_mse']:.5f} in train mode"
+             + (f" (eval mode {report['eval_mse_before_precise_bn']:.5f} before precise BatchNorm statistics)"
+                if cfg.Solver.precise_bn else ""))
+    eval_warning = eval_mode_warning(f"learner {index}", report["eval_mse"], report["train_mse"])
+    if eval_warning:
+        log.info(f"warning: {eval_warning}")
+    report["warnings"] = [eval_warning] if eval_warning else []
+    return report

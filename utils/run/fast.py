@@ -1,46 +1,49 @@
-"""The training step, eager or captured as a CUDA graph: the same maths, one callable `step(batch) -> loss terms`.
+"""The fast path, the same maths: the frozen seniors' terms computed once for the whole training set, and a
+training step captured as a CUDA graph.
 
-A captured step replays forward, backward and Adam's update as one graph launch: the batch is gathered inside the
-graph from a static index tensor, so each step copies 64 indices and replays. Capture is checked once against an
-eager step from the same state and falls back to eager (with a warning) on any error or mismatch. Whatever
-happens, training starts from the untouched initial state: warm-up and check steps are undone.
+A captured step replays the step it is given (forward, backward and Adam's update) as one graph launch: the batch
+is gathered inside the graph from a static index tensor, so each step copies 64 indices and replays. Capture is
+checked once against the eager step from the same state and falls back to it (with a warning) on any error or
+mismatch. Whatever happens, training starts from the untouched initial state: warm-up and check steps are undone.
 """
 import contextlib
 
 import torch
+
+from utils.errors import one_line
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as the CUDA graph recipe asks
 LOSS_RTOL = 1e-4  # captured vs eager loss of the same step from the same state
 UPDATE_RTOL = 1e-2  # captured vs eager weights after that step, relative to the size of the update
 
 
-def make_step(batch_loss, learner, optimizer, batch_size, capture=False, log=print):
-    """(step, warning): step(batch_indices) -> {name: loss-term tensor}, one optimizer update on that batch; warning
-    is None, or why a capture that was asked for fell back to the eager step (correct, but slower).
+def senior_terms(seniors, images, terms_of, cache=True):
+    """terms(batch) -> [terms_of(senior, images[batch]) for each senior]. With cache, computed once for the whole of
+    `images` and sliced: exact, since the seniors are frozen, in eval mode, and there is no augmentation."""
+    if not cache:
+        return lambda batch: [terms_of(senior, images[batch]) for senior in seniors]
+    cached = [terms_of(senior, images) for senior in seniors]
+    return lambda batch: [part[batch] for part in cached]
 
-    batch_loss(batch_indices) -> (loss, {name: term}) gathers the batch and computes the loss. With capture=True
-    (CUDA only; Adam must be capturable) the step is a CUDA graph; its returned tensors are overwritten by the next
-    step, so use them (e.g. add them to running totals) before calling it again.
+
+def capture_step(step, learner, optimizer, batch_size, capture=False, log=print):
+    """(step, warning): the training step `step(batch_indices) -> {name: loss-term tensor}` it is given, or, with
+    capture=True (CUDA only; Adam must be capturable), the same step as a checked CUDA graph; warning is None, or
+    why a capture that was asked for fell back to the eager step (correct, but slower). A captured step's returned
+    tensors are overwritten by the next step, so use them (e.g. add them to running totals) before calling it again.
     """
-    def eager(batch):
-        optimizer.zero_grad(set_to_none=True)
-        loss, terms = batch_loss(batch)
-        loss.backward()
-        optimizer.step()
-        return {name: value.detach() for name, value in terms.items()}
-
     if not capture:
-        return eager, None
+        return step, None
     try:
-        step, problem = captured_step(eager, learner, optimizer, batch_size)
+        captured, problem = captured_step(step, learner, optimizer, batch_size)
     except Exception as err:  # noqa: BLE001  any failure to capture leaves the eager step, which is exact
-        step, problem = None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    if step is None:
+        captured, problem = None, one_line(err)
+    if captured is None:
         warning = f"CUDA graph capture not used ({problem}); training eagerly, which is slower"
         log(f"warning: {warning}")
-        return eager, warning
+        return step, warning
     log("training step captured as a CUDA graph (checked against an eager step)")
-    return step, None
+    return captured, None
 
 
 def captured_step(eager, learner, optimizer, batch_size):
