@@ -13,6 +13,7 @@ from tests.conftest import write_config
 from utils import checkpoint, config, diagnostics, ensemble, seeding
 from utils.batchnorm import eval_and_train_errors, recompute_bn_stats
 from utils.cka import SIMILARITIES, gradient_cosine, pairwise_similarity, participation_ratio, spectrum
+from utils.scores import IMAGE_SCORES
 from utils.summary import summarize
 
 
@@ -59,7 +60,7 @@ def test_diagnostics_in_the_logs_the_checkpoints_and_results(tiny_root, tmp_path
     assert [report["eval_mse"] for report in reported["learners"]] == \
         [state_of(run, index)["report"]["eval_mse"] for index in range(3)]
     assert (run / "learner_cka.png").is_file()
-    assert {row["score"] for row in summarize([results])} == {"rec", "unc", "dsu"}  # diagnostics is no score
+    assert {row["score"] for row in summarize([results])} == set(IMAGE_SCORES)  # diagnostics is no score
 
 
 def test_a_learner_whose_eval_mode_is_much_worse_is_named(tiny_root, tmp_path, monkeypatch, capsys):
