@@ -16,6 +16,7 @@ from utils.grid.summary import summarize
 from utils.method import batchnorm, ensemble, feature_shape
 from utils.method.batchnorm import eval_and_train_errors, recompute_bn_stats
 from utils.method.cka import SIMILARITIES, gradient_cosine, pairwise_similarity
+from utils.method.scores import IMAGE_SCORES
 from utils.method.feature_shape import participation_ratio, spectrum
 from utils.run import checkpoint, config
 
@@ -63,7 +64,7 @@ def test_diagnostics_in_the_logs_the_checkpoints_and_results(tiny_root, tmp_path
     assert [report["eval_mse"] for report in reported["learners"]] == \
         [state_of(run, index)["report"]["eval_mse"] for index in range(3)]
     assert (run / "learner_cka.png").is_file()
-    assert {row["score"] for row in summarize([results])} == {"rec", "unc", "dsu"}  # diagnostics is no score
+    assert {row["score"] for row in summarize([results])} == set(IMAGE_SCORES)  # diagnostics is no score
 
 
 def test_a_learner_whose_eval_mode_is_much_worse_is_named(tiny_root, tmp_path, monkeypatch, capsys):

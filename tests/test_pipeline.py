@@ -15,6 +15,7 @@ import train
 from tests.conftest import REPO, run_cli, write_config
 from utils.errors import UserError
 from utils.method import ensemble
+from utils.method.scores import IMAGE_SCORES
 from utils.run import checkpoint, config
 
 
@@ -62,7 +63,7 @@ def test_train_then_eval(tiny_root, tmp_path, network, capsys):
     assert results["run"]["split"] == "custom"  # the synthetic set is not a Med-AD benchmark split
     assert "split: custom split: no file in common" in (tmp_path / "run" / "train.log").read_text()
     lines = (tmp_path / "run" / "scores.csv").read_text().splitlines()
-    assert lines[0] == "file,label,rec,unc,dsu" and len(lines) == 17
+    assert lines[0] == ",".join(("file", "label", *IMAGE_SCORES)) and len(lines) == 17
     printed = capsys.readouterr().out
     assert "dsu" in printed and "auc" in printed
 
