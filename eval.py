@@ -10,7 +10,6 @@ images to TensorBoard (<run>/tb). A run folder another command works in is refus
 evaluation at once (rerunning starts it over).
 """
 import argparse
-import csv
 import json
 import sys
 
@@ -20,10 +19,9 @@ from PIL import Image
 from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, reference_images
 from models import to_model_input
-from utils.atomic import atomic_write, atomic_write_text
+from utils.atomic import atomic_write_csv, atomic_write_text
 from utils.errors import UserError, cli
 from utils.grid.summary import write_summary
-from utils.method import ensemble
 from utils.method.cka import SIMILARITIES, pairwise_similarity
 from utils.method.ensemble import score_dataset
 from utils.method.feature_shape import spectrum
@@ -75,11 +73,9 @@ def write_json(obj, path):
 
 
 def write_scores_csv(path, files, labels, scores):
-    with atomic_write(path) as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "label", *scores])
-        for row, (name, label) in enumerate(zip(files, labels)):
-            writer.writerow([name, label, *(f"{values[row]:.8g}" for values in scores.values())])
+    atomic_write_csv(path, ["file", "label", *scores],
+                     ([name, label, *(float(values[row]) for values in scores.values())]
+                      for row, (name, label) in enumerate(zip(files, labels))))
 
 
 def format_table(results, names) -> str:
@@ -128,11 +124,10 @@ def log_images(writer, images_u8, maps, labels, masks, step):
                           (values - values.min()) / (values.max() - values.min()).clamp_min(1e-12), step)
 
 
-def learner_diagnostics(learners, images_u8, reports, cfg, device) -> dict:
-    """How the learners relate on the test images: their pairwise linear CKA (and the similarity RAR repelled
-    with, when another), each one's effective rank and top-direction share, and what training reported of each
-    (`reports`, from their checkpoints)."""
-    features = ensemble.features_of_images(learners, images_u8, device)
+def learner_diagnostics(features, reports, cfg) -> dict:
+    """How the learners relate on the test images (`features`: each one's tapped features of them): their pairwise
+    linear CKA (and the similarity RAR repelled with, when another), each one's effective rank and top-direction
+    share, and what training reported of each (`reports`, from their checkpoints)."""
     diagnostics = {"linear_cka": pairwise_similarity(features).tolist()}
     if cfg.Model.repulsion in SIMILARITIES and cfg.Model.repulsion != "linear_cka":  # a similarity of features
         diagnostics[cfg.Model.repulsion] = pairwise_similarity(features, cfg.Model.repulsion).tolist()
@@ -175,7 +170,7 @@ def _evaluate(cfg, run_dir, device, echo):
     try:
         images = load_images(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
         labels = np.asarray(split.test_labels)
-        maps, _ = score_dataset(learners, images, cfg.Exp.score_batch, device)
+        maps, _, features = score_dataset(learners, images, cfg.Exp.score_batch, device, features=True)
         reference = ensure_reference(run_dir, cfg, learners, device, log, lambda: reference_images(split, cfg))
         referred, scores = referred_scores(maps, reference["statistics"], reference["image_statistics"])
         maps.update(referred)
@@ -190,8 +185,7 @@ def _evaluate(cfg, run_dir, device, echo):
                                 "definition": reference["definition"], "made_s": reference["seconds"]}
         if states[0].get("imported"):  # scripts/import_published.py: trained by the published code
             results["run"]["imported"] = True
-        results["diagnostics"] = learner_diagnostics(learners, images, [state.get("report") for state in states],
-                                                     cfg, device)
+        results["diagnostics"] = learner_diagnostics(features, [state.get("report") for state in states], cfg)
         write_scores_csv(run_dir / "scores.csv", split.test, labels, scores)
         write_json(results, run_dir / "results.json")  # after scores.csv: results.json marks the run evaluated
         log.info(f"{len(labels)} test images ({int(labels.sum())} abnormal); wrote {run_dir / 'results.json'}")

@@ -13,8 +13,6 @@ share of at most A is flagged (in expectation). Default out: <run>/predict. The 
 (reference.pt; train.py and eval.py make it).
 """
 import argparse
-import csv
-import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,9 +23,9 @@ from PIL import Image
 
 from datasets.benchmark import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from datasets.dicom import dicom_to_array
-from datasets.medad import open_gray, resize_gray
+from datasets.medad import decode_threads, open_gray, resize_gray
 from models import to_model_input
-from utils.atomic import atomic_write
+from utils.atomic import atomic_write_csv
 from utils.errors import UserError, cli
 from utils.method.ensemble import score_dataset
 from utils.method.reference import load as load_reference, p_values
@@ -111,7 +109,7 @@ def load_files(paths, img_size) -> torch.Tensor:
         except UserError as err:
             return None, f"{path} ({err})"
 
-    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(decode_threads()) as pool:
         results = list(pool.map(attempt, paths))
     failures = [failure for _, failure in results if failure]
     if failures:
@@ -140,12 +138,9 @@ def overlay_names(paths) -> list[str]:
 def write_predictions(path, paths, scores, p=None, flagged=None):
     """One row per image: every score, then each score's p-value (p_<score>) and the --fpr flag, when given."""
     columns = {**scores, **{f"p_{name}": values for name, values in (p or {}).items()}}
-    with atomic_write(path) as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", *columns, *(["flagged"] if flagged is not None else [])])
-        for row, file in enumerate(paths):
-            writer.writerow([str(file), *(f"{values[row]:.8g}" for values in columns.values()),
-                             *([int(flagged[row])] if flagged is not None else [])])
+    atomic_write_csv(path, ["file", *columns, *(["flagged"] if flagged is not None else [])],
+                     ([str(file), *(float(values[row]) for values in columns.values()),
+                       *([int(flagged[row])] if flagged is not None else [])] for row, file in enumerate(paths)))
 
 
 def format_top(paths, scores, by, p=None, shown=SHOWN) -> str:

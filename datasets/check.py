@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from datasets.benchmark import describe
-from datasets.medad import LISTS, missing_files, overlaps, parse_lists, read_data_json
+from datasets.medad import LISTS, decode_threads, missing_files, overlaps, parse_lists, read_data_json
 from utils.errors import cli
 
 SHOWN = 20  # problem lines per kind; the rest are counted
@@ -41,7 +41,7 @@ def inspect(path):
 
 def _inspect_all(paths):
     show = len(paths) >= 500 and os.isatty(2)
-    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(decode_threads()) as pool:
         return list(tqdm(pool.map(inspect, paths), total=len(paths), desc="decoding", disable=not show,
                          leave=False))
 

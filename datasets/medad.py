@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils import seeding
-from utils.errors import UserError, closest
+from utils.errors import UserError, unknown
 
 FOLDERS = {"rsna": "RSNA", "vin": "VinCXR", "brain": "BrainTumor", "lag": "LAG"}  # config name -> folder
 
@@ -90,8 +90,7 @@ def read_data_json(directory) -> dict:
 
 
 def _unknown(key, valid):
-    near = closest(key, valid)
-    return f"unknown key {json.dumps(key)}" + (f" (did you mean {json.dumps(near)}?)" if near else "")
+    return unknown("key", key, valid, quote=json.dumps, list_valid=False)
 
 
 def parse_lists(data, source="data.json"):
@@ -224,11 +223,16 @@ def resize_gray(gray, img_size, resample=Image.Resampling.BILINEAR) -> np.ndarra
     return np.asarray(gray.resize((img_size, img_size), resample))
 
 
+def decode_threads() -> int:
+    """How many threads decode images (PIL releases the GIL while decoding)."""
+    return min(16, os.cpu_count() or 1)
+
+
 def _load(paths, img_size, resample, workers, what):
     def decode(path):
         return resize_gray(open_gray(path), img_size, resample)
 
-    workers = workers or min(16, os.cpu_count() or 1)
+    workers = workers or decode_threads()
     show = len(paths) >= 500 and os.isatty(2)
     with ThreadPoolExecutor(workers) as pool:
         arrays = list(tqdm(pool.map(decode, paths), total=len(paths), desc=f"loading {what}",

@@ -55,8 +55,8 @@ def test_diagnostics_in_the_logs_the_checkpoints_and_results(tiny_root, tmp_path
 
     results = json.loads((run / "results.json").read_text())
     reported = results["diagnostics"]
-    test_features = ensemble.features_of_images(learners, load_images(split.directory, split.test, 32),
-                                                torch.device("cpu"))
+    test_images = to_model_input(load_images(split.directory, split.test, 32))
+    test_features = [ensemble.features_of(learner, test_images) for learner in learners]
     expected = pairwise_similarity(test_features).numpy()
     assert np.allclose(reported["linear_cka"], expected, atol=1e-5)
     assert np.allclose(np.diag(expected), 1, atol=1e-5) and expected.shape == (3, 3)

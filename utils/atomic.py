@@ -1,4 +1,5 @@
 """The one atomic writer: a file is replaced whole or not at all, even when several processes write it at once."""
+import csv
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,3 +31,11 @@ def atomic_write_text(path, text):
     """Replace the file `path` with `text`, atomically."""
     with atomic_write(path) as handle:
         handle.write(text)
+
+
+def atomic_write_csv(path, header, rows):
+    """Replace the file `path` with a CSV table, atomically; floats written with 8 significant digits."""
+    with atomic_write(path) as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows([f"{value:.8g}" if isinstance(value, float) else value for value in row] for row in rows)

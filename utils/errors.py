@@ -25,10 +25,12 @@ def closest(name, valid):
     return matches[0] if matches else None
 
 
-def unknown(what, name, valid) -> str:
-    """The message `unknown <what> '<name>'; did you mean '<nearest>'?`, or `...; valid: <all>` when none is near."""
+def unknown(what, name, valid, quote=lambda text: f"'{text}'", list_valid=True) -> str:
+    """The message `unknown <what> '<name>'; did you mean '<nearest>'?`, or `...; valid: <all>` when none is near
+    (nothing more with list_valid=False); `quote` writes a name."""
     near = closest(name, valid)
-    return f"unknown {what} '{name}'" + (f"; did you mean '{near}'?" if near else f"; valid: {', '.join(valid)}")
+    hint = f"; did you mean {quote(near)}?" if near else f"; valid: {', '.join(valid)}" if list_valid else ""
+    return f"unknown {what} {quote(name)}{hint}"
 
 
 def one_line(err) -> str:

@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from utils.errors import UserError, unknown
 from utils.run import checkpoint, config
@@ -123,13 +122,7 @@ def _find_config(name) -> Path:
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"grid file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise UserError(f"grid file {path} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+    raw = config.read_yaml(path, "grid file")
     if not isinstance(raw, dict):
         raise UserError(f"grid file {path} must be a mapping with keys {', '.join(KEYS)}")
     return raw

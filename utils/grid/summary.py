@@ -3,7 +3,7 @@
 Usage: python eval.py --summary ROOT    (prints the Markdown table; writes ROOT/summary.md and ROOT/summary.csv)
 
 Runs on another split are another config: the Markdown table marks rows that are not on a Med-AD benchmark split
-("custom split"), or whose results.json predates the "split" record ("split not recorded").
+("custom split"), or whose results.json has no "split" record ("split not recorded").
 """
 import csv
 import io
@@ -23,8 +23,8 @@ REQUIRED_METRICS = ["auc", "ap"]
 NOT_SCORES = ("run", "source", "diagnostics", "reference")  # the other top-level entries of a results.json are scores
 NOT_IDENTITY = {*map(config.bare, config.REPLICATE), "out_dir"}  # replicates of one experiment, and where it ran
 SHOWN_ELSEWHERE = {"dataset", "network", "split"}  # identity keys with a place of their own in the table
-HEADERS = {"auc": "AUC", "ap": "AP", "fpr05": "FPR at p<=0.05", "tpr05": "TPR at p<=0.05", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP",
-           "pixel_best_dice": "pixel best Dice"}
+HEADERS = {"auc": "AUC", "ap": "AP", "fpr05": "FPR at p<=0.05", "tpr05": "TPR at p<=0.05", "pixel_auroc": "pixel AUROC",
+           "pixel_ap": "pixel AP", "pixel_best_dice": "pixel best Dice"}
 
 
 def collect(root) -> list:
@@ -134,42 +134,39 @@ def _metric_columns(wide):
     return [f"{score}_{column}" for score in SCORES for column in columns] if wide else columns
 
 
-def markdown_wide(rows) -> str:
-    """Wide rows as the paper's table: image AUC and AP of rec, unc and dsu as `mean ± std`."""
+def _markdown(rows, columns, cells_of) -> str:
+    """A Markdown table: the run's columns (dataset, network, config when any row has one), `columns`, the seeds, then
+    what cells_of(row) gives for each row."""
     show_config = any(row["config"] for row in rows)
-    header = ["dataset", "network", *(["config"] if show_config else []), "seeds",
-              *(f"{score} {HEADERS[metric]}" for score in SCORES for metric in REQUIRED_METRICS)]
+    header = ["dataset", "network", *(["config"] if show_config else []), *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [str(row["dataset"]) + _split_mark(row["split"]), str(row["network"]),
-                 *([row["config"]] if show_config else []),
-                 f"{row['n_seeds']} ({', '.join(str(seed) for seed in row['seeds'])})"]
-        for score in SCORES:
-            for metric in REQUIRED_METRICS:
-                mean = row.get(f"{score}_{metric}_mean")
-                cells.append("-" if mean is None else f"{mean:.3f} ± {row[f'{score}_{metric}_std']:.3f}")
+                 *([row["config"]] if show_config else []), *cells_of(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _seeds(row) -> str:
+    return f"{row['n_seeds']} ({', '.join(str(seed) for seed in row['seeds'])})"
+
+
+def _mean_std(row, key) -> str:
+    return "-" if row.get(f"{key}_mean") is None else f"{row[f'{key}_mean']:.3f} ± {row[f'{key}_std']:.3f}"
+
+
+def markdown_wide(rows) -> str:
+    """Wide rows as the paper's table: image AUC and AP of rec, unc and dsu as `mean ± std`."""
+    pairs = [(score, metric) for score in SCORES for metric in REQUIRED_METRICS]
+    return _markdown(rows, ["seeds", *(f"{score} {HEADERS[metric]}" for score, metric in pairs)],
+                     lambda row: [_seeds(row), *(_mean_std(row, f"{score}_{metric}") for score, metric in pairs)])
 
 
 def markdown_table(rows) -> str:
     """Rows from summarize() as a Markdown table, metrics as `mean ± std`."""
     metrics = [metric for metric in METRICS if any(f"{metric}_mean" in row for row in rows)]
-    show_config = any(row["config"] for row in rows)
-    header = ["dataset", "network", *(["config"] if show_config else []), "score", "seeds",
-              *(HEADERS[metric] for metric in metrics)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [str(row["dataset"]) + _split_mark(row["split"]), str(row["network"]),
-                 *([row["config"]] if show_config else []), row["score"],
-                 f"{row['n_seeds']} ({', '.join(str(seed) for seed in row['seeds'])})"]
-        for metric in metrics:
-            if f"{metric}_mean" in row:
-                cells.append(f"{row[f'{metric}_mean']:.3f} ± {row[f'{metric}_std']:.3f}")
-            else:
-                cells.append("-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return _markdown(rows, ["score", "seeds", *(HEADERS[metric] for metric in metrics)],
+                     lambda row: [row["score"], _seeds(row), *(_mean_std(row, metric) for metric in metrics)])
 
 
 def _validate(result):

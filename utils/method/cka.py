@@ -2,15 +2,14 @@
 
 Linear CKA (the published choice) is invariant to isotropic scaling and orthogonal transforms of either feature
 space, so a junior cannot look "different" from a senior by merely rotating or rescaling the same features. It can,
-however, look different by moving almost all of its variance into one direction the senior lacks. What the others
-guarantee against that (figures on a batch of 64 with 16 dimensions, mean of 200 random draws, senior unrelated to
-the junior; an unrelated junior collapsed to one direction against an unrelated healthy one):
+however, look different by moving almost all of its variance into one direction the senior lacks. Against that:
 - cca is invariant (up to the ridge) to every invertible linear map, so variance piled into one direction no longer
   hides the directions a junior shares with a senior. It does not stop collapse: on a batch it has a floor of about
-  max(p, q) / (n - 1) for unrelated features, which a collapsed junior escapes (0.018 against 0.254).
-- debiased_cca has the same invariance and no floor, so collapsing buys nothing (-0.001 against -0.000): of the
-  options here, the only one that neither hidden shared directions nor collapse can lower.
-- debiased_cka and rbf_cka are no better than linear CKA against variance in one direction (tests/test_cka.py).
+  max(p, q) / (n - 1) for unrelated features, which a collapsed junior escapes.
+- debiased_cca has the same invariance and no floor, so collapsing buys nothing: of the options here, the only one
+  that neither hidden shared directions nor collapse can lower.
+- debiased_cka and rbf_cka are no better than linear CKA against variance in one direction.
+tests/test_cka.py checks each of these properties.
 
 Every similarity takes x (n x p) and y (n x q), rows = samples (wider tensors are flattened per sample), returns a
 0-dim tensor that is differentiable with respect to both, and uses tensor operations only: no host sync and no

@@ -1,5 +1,6 @@
-"""A frozen ensemble over a whole image set, in batches: the three scores' maps and the learners' tapped features
-or input gradients. Shared by train.py (the seniors), eval.py, predict.py, the reference and the figures."""
+"""A frozen ensemble over a whole image set, in batches: the three scores' maps (and with them the learners' tapped
+features), or one learner's features or input gradients. Shared by train.py (the seniors), eval.py, predict.py,
+the reference and the figures."""
 import torch
 
 from models import to_model_input
@@ -22,19 +23,9 @@ def input_gradients_of(learner, images, batch_size=256):
     return torch.cat(parts)
 
 
-@torch.no_grad()
-def features_of_images(learners, images_u8, device, batch_size=256) -> list:
-    """Every learner's tapped features of uint8 images, decoded to model input one batch at a time."""
-    features = [[] for _ in learners]
-    for start in range(0, len(images_u8), batch_size):
-        x = to_model_input(images_u8[start:start + batch_size].to(device))
-        for parts, learner in zip(features, learners):
-            parts.append(learner(x)["features"])
-    return [torch.cat(parts) for parts in features]
-
-
-def score_dataset(learners, images_u8, batch_size, device):
-    """Pixel maps (float32, on the CPU) and image scores of every image, in batches.
+def score_dataset(learners, images_u8, batch_size, device, features=False):
+    """Pixel maps (float32, on the CPU) and image scores of every image, in batches; with features=True also
+    every learner's tapped features of every image (a list, one tensor per learner) from the same forward passes.
 
     The maps are allocated once at their final size and filled batch by batch, so a large test set is held in
     memory once. batch_size 0 picks the largest batch that fits: it starts high and halves on an out-of-memory
@@ -42,11 +33,13 @@ def score_dataset(learners, images_u8, batch_size, device):
     """
     batch_size = batch_size or (1024 if device.type == "cuda" else 128)
     maps = {name: torch.empty(images_u8.shape, dtype=torch.float32) for name in (*SCORES, "x_hat")}
+    batches = []  # per batch, each learner's features
     start = 0
     while start < len(images_u8):
+        batch_features = [] if features else None
         try:
             x = to_model_input(images_u8[start:start + batch_size].to(device))
-            for name, value in score_maps(learners, x).items():
+            for name, value in score_maps(learners, x, batch_features).items():
                 maps[name][start:start + len(x)] = value
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
@@ -54,5 +47,9 @@ def score_dataset(learners, images_u8, batch_size, device):
             batch_size //= 2  # and the same batch again, smaller
             torch.cuda.empty_cache()
             continue
+        if features:
+            batches.append(batch_features)
         start += len(x)
+    if features:
+        return maps, image_scores(maps), [torch.cat(parts) for parts in zip(*batches)]
     return maps, image_scores(maps)

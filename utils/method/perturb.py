@@ -1,9 +1,9 @@
 """Model.repel_on=pasted: where a junior is pushed away from its seniors, if not on the normal training images.
 
-The RAR study found that every repulsion that made the juniors represent normal images differently also made them
-disagree on normal test images, and so lowered dsu. This option measures the repulsion on a perturbed copy of the
-training set instead, while the reconstruction loss still pulls every learner towards the normal images: juniors
-pushed apart off the normal images, where an anomaly lies, and left alone on them.
+A repulsion measured on the normal images makes the juniors disagree on normal test images too, which lowers dsu.
+This option measures it on a perturbed copy of the training set instead, while the reconstruction loss still pulls
+every learner towards the normal images: juniors pushed apart off the normal images, where an anomaly lies, and
+left alone on them.
 
 The copy: in each training image, one rectangle of the image's own content pasted over another part of it (as in
 CutPaste, Li et al., CVPR 2021), so that no foreign texture or intensity enters, only normal content in the wrong

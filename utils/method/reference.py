@@ -107,7 +107,8 @@ def ensure(run_dir, cfg, learners, device, log, source) -> dict:
     files, in_sample, images_u8 = source()
     reference = make(learners, images_u8, files, in_sample, cfg.Solver.seed, cfg.Exp.score_batch, device)
     save(reference, run_dir)
-    kind = "the training images (in-sample)" if in_sample else f"held-out normal images (Data.holdout={cfg.Data.holdout})"
+    kind = ("the training images (in-sample)" if in_sample
+            else f"held-out normal images (Data.holdout={cfg.Data.holdout})")
     log.info(f"normal reference: {len(files)} {kind}, {len(reference['fit_files'])} to fit, "
              f"{len(reference['calibration_files'])} to calibrate; made in {reference['seconds']:.1f} s")
     return reference

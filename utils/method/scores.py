@@ -29,11 +29,12 @@ TOP_SHARE = 0.01  # top1: the share of pixels averaged
 SMOOTH = 3  # top1: side of the box filter applied first, so that one noisy pixel does not make a lesion
 
 
-def score_maps(learners, x: torch.Tensor) -> dict:
+def score_maps(learners, x: torch.Tensor, features: list | None = None) -> dict:
     """Pixel maps of rec, unc and dsu (each B x 1 x S x S) and the ensemble reconstruction, for one batch.
 
     One forward and one backward per learner. Learners must be in eval mode, so samples are independent and the
     gradient of the sum over the batch of each image's mean error is, for every image, its own gradient.
+    `features`, when given, receives each learner's tapped features of the batch from the same forward.
     """
     reconstructions, variances, input_terms = [], [], []
     for learner in learners:
@@ -41,6 +42,8 @@ def score_maps(learners, x: torch.Tensor) -> dict:
         with torch.enable_grad():
             out = learner(x_in)
             gradient = input_gradient(learner, out, x_in)
+        if features is not None:
+            features.append(out["features"].detach())
         x_hat = out["x_hat"].detach()
         reconstructions.append(x_hat)
         variances.append(learner.pixel_variance(out).detach())

@@ -203,17 +203,21 @@ def load(path, overrides=()) -> Config:
     return from_dict(apply_overrides(read(path), overrides))
 
 
-def read(path) -> dict:
-    """A YAML config file's sections, unvalidated."""
+def read_yaml(path, what):
+    """A YAML file's content; a missing file or invalid YAML is a UserError naming the file as `what` (and the line)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {path} not found")
+        raise UserError(f"{what} {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file {path} is not valid YAML{where}") from None
+        raise UserError(f"{what} {path} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+
+
+def read(path) -> dict:
+    """A YAML config file's sections, unvalidated."""
+    raw = read_yaml(path, "config file") or {}
     if not isinstance(raw, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (Exp, Model, Data, Solver)")
     return raw
