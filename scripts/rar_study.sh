@@ -10,19 +10,14 @@
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 setup_python requirements.txt
-for class in 4 6 9; do
-    [ -f "data/FMNIST_c$class/data.json" ] || "$PY" -m datasets.prepare fmnist --class "$class" --out ./data
-    [ -f "data/FMNIST_local_c$class/data.json" ] ||
-        "$PY" -m datasets.prepare fmnist --class "$class" --anomalies local --out ./data
-done
+prepare_dev_sets
 "$PY" scripts/rar_study.py --restore runs/rar_screen runs/rar_confirm
 for grid in ${GRIDS:-rar_screen rar_confirm}; do
     if [ ! -f "cfgs/grids/$grid.yaml" ]; then
         echo "skipping grid $grid: cfgs/grids/$grid.yaml does not exist yet" >&2
         continue
     fi
-    "$PY" -m torch.distributed.run --standalone --nproc_per_node="${WORKERS:-2}" sweep.py \
-        --grid "cfgs/grids/$grid.yaml" "$@"
+    run_grid "$grid" "$@"
 done
 "$PY" scripts/rar_study.py --runs runs/rar_screen runs/rar_confirm --archive studies/rar \
     --figure images/rar_rank.png

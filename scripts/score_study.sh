@@ -8,15 +8,8 @@
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 setup_python requirements.txt
-for class in 4 6 9; do
-    [ -f "data/FMNIST_c$class/data.json" ] || "$PY" -m datasets.prepare fmnist --class "$class" --out ./data
-    [ -f "data/FMNIST_local_c$class/data.json" ] ||
-        "$PY" -m datasets.prepare fmnist --class "$class" --anomalies local --out ./data
-done
+prepare_dev_sets
 for grid in ${GRIDS:-score_study}; do
-    "$PY" -m torch.distributed.run --standalone --nproc_per_node="${WORKERS:-2}" sweep.py \
-        --grid "cfgs/grids/$grid.yaml" "$@"
+    run_grid "$grid" "$@"
 done
-if [ -f scripts/score_study.py ]; then
-    "$PY" scripts/score_study.py --runs runs/score_study --archive studies/scores
-fi
+"$PY" scripts/score_study.py --runs runs/score_study --archive studies/scores
