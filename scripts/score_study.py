@@ -88,7 +88,8 @@ def score_run(run_dir, device) -> dict:
     if split.has_masks:
         masks = load_masks(split.directory, split.test, run_cfg.Data.img_size, run_cfg.Exp.workers or None).numpy()
     raw_pixel = {name: pixel_auroc(masks, maps[name]) for name in SCORES} if masks is not None else {}
-    record = {"run": json.loads((Path(run_dir) / "results.json").read_text())["run"], "references": {}}
+    results = json.loads((Path(run_dir) / "results.json").read_text())
+    record = {"run": results["run"], "diagnostics": diagnostics_of(results), "references": {}}
     for kind, (fit_maps, calibration_maps) in score_references(learners, run_cfg, split, device).items():
         forms = {}
         for form_name, form in FORMS.items():
@@ -111,6 +112,16 @@ def score_run(run_dir, device) -> dict:
     return record
 
 
+def diagnostics_of(results) -> dict:
+    """What the tables need of eval's diagnostics: each learner's effective rank of its test features, its error in
+    eval mode over train mode on training images (the precise-BN check), and the warnings."""
+    diagnostics = results["diagnostics"]
+    return {"effective_rank": diagnostics["effective_rank"],
+            "eval_over_train": [report["eval_mse"] / report["train_mse"] if report else None
+                                for report in diagnostics["learners"]],
+            "warnings": diagnostics["warnings"]}
+
+
 def archive_runs(runs, archive, device) -> list:
     """Score every evaluated run under `runs` not yet in the archive; returns the names archived now."""
     archive.mkdir(parents=True, exist_ok=True)
@@ -118,6 +129,10 @@ def archive_runs(runs, archive, device) -> list:
     for results in sorted(Path(runs).glob("*/results.json")):
         target = archive / f"{results.parent.name}.json"
         if target.is_file():
+            record = json.loads(target.read_text())
+            if "diagnostics" not in record:  # archived before the records kept them: the run's results.json has them
+                record["diagnostics"] = diagnostics_of(json.loads(results.read_text()))
+                atomic_write_text(target, json.dumps(record, indent=1))
             continue
         record = score_run(results.parent, device)
         atomic_write_text(target, json.dumps(record, indent=1))
@@ -219,7 +234,8 @@ def rar_archive_auc(rar_archive, run, score) -> float | None:
     """The same run's image AUC without a holdout, from the RAR study's archive (same settings, seed, data set)."""
     if rar_archive is None:
         return None
-    name = f"{run['dataset']}_AE_precise_bn{str(bool(run.get('precise_bn'))).lower()}_Lambda{run['Lambda']:g}_s{run['seed']}"
+    bn = str(bool(run.get("precise_bn"))).lower()
+    name = f"{run['dataset']}_{run['network']}_precise_bn{bn}_Lambda{run['Lambda']:g}_s{run['seed']}"
     for grid in ("rar_screen", "rar_confirm"):
         path = Path(rar_archive) / grid / f"{name}.json"
         if path.is_file():
@@ -227,20 +243,80 @@ def rar_archive_auc(rar_archive, run, score) -> float | None:
     return None
 
 
-def study_markdown(records, rar_archive=None) -> str:
+def setting_difference(records, form, score, name="auc", kind=None):
+    """Lambda 0 + precise BN minus the published setting, paired on (data set, seed), with the semantic and local set
+    of one training set and seed averaged first; mean over (training set, seed) with its 95% t interval."""
+    published, plain = SETTINGS.values()
+    values = defaultdict(dict)
+    for record in records:
+        run = record["run"]
+        if kind in (None, kind_of(run["dataset"])):
+            values[(run["dataset"], run["seed"])][setting_of(run)] = metric(record, "held_out", form, score, name)
+    units = defaultdict(list)
+    for (dataset, seed), by_setting in values.items():
+        if by_setting.get(published) is not None and by_setting.get(plain) is not None:
+            parsed = parse_set_name(dataset)
+            units[(set_name(parsed[0]) if parsed else dataset, seed)].append(by_setting[plain] - by_setting[published])
+    if not units:
+        return None
+    mean, low, high = mean_interval([np.mean(values) for values in units.values()])
+    return {"mean": mean, "low": low, "high": high, "n": len(units)}
+
+
+def settings_sections(records, form, heading) -> list:
+    """Tables h and i: the two settings against each other, and what the learners look like under each."""
+    published, plain = SETTINGS.values()
+    rows = [[name, *(shown(setting_difference(records, form, name, kind=kind)) for kind in (None, "semantic", "local"))]
+            for name in IMAGE_SCORES]
+    rows += [[f"{name} pixel AUROC", "-", "-", shown(setting_difference(records, form, name, "pixel_auroc", "local"))]
+             for name in MAPS]
+    lines = [f"{heading} h. {plain} minus {published}: image AUC ({form}, held-out reference), pixel AUROC on the "
+             "local sets", "", *table(["score", "all sets", "semantic", "local"], rows), ""]
+    rows = []
+    for setting in SETTINGS.values():
+        diagnostics = [r["diagnostics"] for r in records if setting_of(r["run"]) == setting and "diagnostics" in r]
+        if not diagnostics:
+            continue
+        ratios = [max(ratio for ratio in d["eval_over_train"] if ratio is not None) for d in diagnostics]
+        rows.append([setting, len(diagnostics), f"{np.mean([d['effective_rank'][0] for d in diagnostics]):.2f}",
+                     f"{np.mean([np.mean(d['effective_rank'][1:]) for d in diagnostics]):.2f}",
+                     f"{np.mean(ratios):.2f} (max {max(ratios):.2f})",
+                     sum(len(d["warnings"]) for d in diagnostics)])
+    lines += [f"{heading} i. The learners under each setting (test features; precise-BN check on training images)", "",
+              *table(["setting", "runs", "effective rank, learner 0", "effective rank, juniors (mean)",
+                      "largest eval/train-mode error ratio of a run (mean)", "warnings"], rows), ""]
+    return lines
+
+
+def study_markdown(records, rar_archive=None, form=None) -> str:
+    """The tables, one set per backbone; `form` fixes the form instead of choosing it on these records' seed 1."""
+    networks = sorted({r["run"]["network"] for r in records})
     seeds = sorted({r["run"]["seed"] for r in records})
     lines = ["# The scoring study", "",
-             f"{len(records)} runs archived (seeds {', '.join(map(str, seeds))}; "
-             f"{len({unit_of(r['run']) for r in records})} trainings). Made by scripts/score_study.py from the "
-             "archive alone; differences are means over units (training set, seed, setting) with 95% t intervals.", ""]
+             f"{len(records)} runs archived ({', '.join(networks)}; seeds {', '.join(map(str, seeds))}; "
+             f"{len({(r['run']['network'], *unit_of(r['run'])) for r in records})} trainings). Made by "
+             "scripts/score_study.py from the archive alone; differences are means over units (training set, seed, "
+             "setting) with 95% t intervals.", ""]
+    for network in networks:
+        ours = [r for r in records if r["run"]["network"] == network]
+        if len(networks) > 1:
+            lines += [f"## {network}", ""]
+        lines += network_sections(ours, rar_archive, form, "###" if len(networks) > 1 else "##")
+    return "\n".join(lines)
+
+
+def network_sections(records, rar_archive, fixed_form, heading) -> list:
     form, rows = choose_form(records)
-    lines += ["## a. The form, chosen on seed 1 (held-out reference): mean image AUC", "",
-              *table(["form", *CHOSEN_ON, "mean of the six"], rows), "",
-              f"Chosen: **{form}**." if form else "No run of seed 1 yet: no form chosen.", ""]
+    lines = [f"{heading} a. The form, chosen on seed 1 (held-out reference): mean image AUC", "",
+             *table(["form", *CHOSEN_ON, "mean of the six"], rows), "",
+             f"Chosen: **{form}**." if form else "No run of seed 1 yet: no form chosen.", ""]
+    if fixed_form:
+        form = fixed_form
+        lines += [f"The tables below use **{form}**, fixed by --form (the AE study's choice).", ""]
     if form is None:
-        return "\n".join(lines)
+        return lines
     best, rows = decision(records, form)
-    lines += [f"## b. The decision: each new score minus rec, image AUC ({form}, held-out reference)", "",
+    lines += [f"{heading} b. The decision: each new score minus rec, image AUC ({form}, held-out reference)", "",
               *table(["score", "seeds 2-3, all sets", "seeds 2-3, semantic", "seeds 2-3, local", "all seeds, all sets",
                       "passes"], rows), "",
               f"**Recommended: {best}.**" if best else "**No new score passes.**", ""]
@@ -248,16 +324,17 @@ def study_markdown(records, rar_archive=None) -> str:
     for score, baseline in (("dsu_z", "rec"), ("dsu_z", "dsu"), ("dsu_z_top1", "dsu"), ("dsu", "rec")):
         rows.append([f"{score} - {baseline}", *(shown(difference_to(records, score, baseline, form, kind=kind))
                                                for kind in (None, "semantic", "local"))])
-    lines += ["## c. dsu referred to normal images (all seeds)", "",
+    lines += [f"{heading} c. dsu referred to normal images (all seeds)", "",
               *table(["difference", "all sets", "semantic", "local"], rows), ""]
     rows = []
     for name in [n for n in IMAGE_SCORES]:
         means = {setting: [metric(r, "held_out", form, name) for r in records if setting_of(r["run"]) == setting]
                  for setting in SETTINGS.values()}
-        rows.append([name, *(f"{np.mean(values):.3f}" if values else "-" for values in means.values()),
-                     *(f"{np.mean([metric(r, 'held_out', form, name) for r in records if kind_of(r['run']['dataset']) == kind]):.3f}"
-                       for kind in ("semantic", "local"))])
-    lines += [f"## d. Mean image AUC per score ({form}, held-out reference, all seeds)", "",
+        by_kind = {kind: [metric(r, "held_out", form, name) for r in records if kind_of(r["run"]["dataset"]) == kind]
+                   for kind in ("semantic", "local")}
+        rows.append([name, *(f"{np.mean(values):.3f}" if values else "-"
+                             for values in (*means.values(), *by_kind.values()))])
+    lines += [f"{heading} d. Mean image AUC per score ({form}, held-out reference, all seeds)", "",
               *table(["score", *SETTINGS.values(), "semantic sets", "local sets"], rows), ""]
     rows = []
     for name in ("rec", "dsu", "rec_z", "dsu_z", "rec_z_top1", "dsu_z_top1", "fused"):
@@ -265,7 +342,7 @@ def study_markdown(records, rar_archive=None) -> str:
             return metric(record, "held_out", form, name) - metric(record, "in_sample", form, name)
         fpr = {kind: np.mean([metric(r, kind, form, name, "fpr05") for r in records]) for kind in REFERENCES}
         rows.append([name, shown(paired(records, held_minus_in)), f"{fpr['held_out']:.3f}", f"{fpr['in_sample']:.3f}"])
-    lines += [f"## e. Held-out against in-sample reference (same learners, same size; {form})", "",
+    lines += [f"{heading} e. Held-out against in-sample reference (same learners, same size; {form})", "",
               *table(["score", "AUC held-out - in-sample", "normal test images flagged at p <= 0.05, held-out",
                       "the same, in-sample"], rows), ""]
     rows = []
@@ -274,16 +351,16 @@ def study_markdown(records, rar_archive=None) -> str:
             without = rar_archive_auc(rar_archive, record["run"], score)
             return None if without is None else metric(record, "held_out", form, score) - without
         rows.append([score, *(shown(paired(records, holdout_cost, kind=kind)) for kind in (None, "semantic", "local"))])
-    lines += ["## f. What holding out 10% costs: image AUC with Data.holdout=0.1 minus the RAR study's runs without",
-              "", *table(["score", "all sets", "semantic", "local"], rows), ""]
+    lines += [f"{heading} f. What holding out 10% costs: image AUC with Data.holdout=0.1 minus the RAR study's runs "
+              "without", "", *table(["score", "all sets", "semantic", "local"], rows), ""]
     local = [r for r in records if kind_of(r["run"]["dataset"]) == "local"]
     rows = []
     for form_name in FORMS:
-        rows.append([form_name, *(f"{np.mean([metric(r, 'held_out', form_name, name, 'pixel_auroc') for r in local]):.3f}"
-                                  if local else "-" for name in MAPS)])
-    lines += ["## g. Pixel AUROC on the local sets (held-out reference), raw maps and referred ones, per form", "",
-              *table(["form", *MAPS], rows), ""]
-    return "\n".join(lines)
+        pixel = [[metric(r, "held_out", form_name, name, "pixel_auroc") for r in local] for name in MAPS]
+        rows.append([form_name, *(f"{np.mean(values):.3f}" if local else "-" for values in pixel)])
+    lines += [f"{heading} g. Pixel AUROC on the local sets (held-out reference), raw maps and referred ones, per form",
+              "", *table(["form", *MAPS], rows), ""]
+    return lines + settings_sections(records, form, heading)
 
 
 @cli
@@ -292,6 +369,7 @@ def main(argv=None):
     parser.add_argument("--runs", help="the grid folder to score (runs/score_study)")
     parser.add_argument("--archive", default="studies/scores", help="folder of the per-run records and study.md")
     parser.add_argument("--rar-archive", default="studies/rar", help="the RAR study's archive, for table f")
+    parser.add_argument("--form", choices=list(FORMS), help="use this form instead of choosing one on seed 1")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     archive = Path(args.archive)
@@ -301,7 +379,7 @@ def main(argv=None):
     if not records:
         raise UserError(f"no records in {archive}; pass --runs with evaluated runs")
     rar = Path(args.rar_archive) if Path(args.rar_archive).is_dir() else None
-    atomic_write_text(archive / "study.md", study_markdown(records, rar))
+    atomic_write_text(archive / "study.md", study_markdown(records, rar, args.form))
     print(f"{len(records)} runs in {archive}; tables in {archive / 'study.md'}")
 
 
