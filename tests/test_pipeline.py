@@ -13,6 +13,7 @@ import torch
 import eval as evaluate
 import train
 from tests.conftest import REPO, run_cli, write_config
+from utils import atomic
 from utils.errors import UserError
 from utils.method import ensemble
 from utils.method.scores import IMAGE_SCORES
@@ -92,8 +93,12 @@ def test_eval_writes_results_json_last_so_that_it_marks_complete_outputs(tiny_ro
             if self.rows == 5:
                 raise KeyboardInterrupt
 
+        def writerows(self, rows):
+            for row in rows:
+                self.writerow(row)
+
     before = (tmp_path / "run" / "scores.csv").read_bytes()
-    monkeypatch.setattr(evaluate.csv, "writer", Cut)
+    monkeypatch.setattr(atomic.csv, "writer", Cut)  # the one CSV writer, utils/atomic.py's
     with pytest.raises(KeyboardInterrupt):
         evaluate.write_scores_csv(tmp_path / "run" / "scores.csv", ["a.png"] * 8, [0] * 8,
                                   {name: [0.5] * 8 for name in ("rec", "unc", "dsu")})
