@@ -3,8 +3,8 @@
 # Fashion-MNIST classes 4, 6 and 9, semantic and local; needs Debian's dataset-fashion-mnist), runs the grids
 # GRIDS (default score_study; also backbones and length: cfgs/grids/<name>.yaml) with WORKERS torchrun workers
 # (default 2), then scores every finished run of the scoring study with every score, form and reference
-# (scripts/score_study.py) and writes its tables to studies/scores/. Rerunning skips finished runs. Extra
-# arguments go to every run, e.g. Exp.device=cpu.
+# (scripts/score_study.py) and writes its tables to studies/scores/ (the backbones grid's to studies/backbones/).
+# Rerunning skips finished runs. Extra arguments go to every run, e.g. Exp.device=cpu.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 setup_python requirements.txt
@@ -13,3 +13,6 @@ for grid in ${GRIDS:-score_study}; do
     run_grid "$grid" "$@"
 done
 "$PY" scripts/score_study.py --runs runs/score_study --archive studies/scores
+if compgen -G "runs/backbones/*/results.json" >/dev/null; then  # the other backbones, with the AE study's form
+    "$PY" scripts/score_study.py --runs runs/backbones --archive studies/backbones --form "linear q0.5"
+fi

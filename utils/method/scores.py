@@ -87,14 +87,14 @@ class Form:
     """How a map is referred to normal images: on a log scale or not, and the floor of the per-pixel spread as a
     quantile of the reference's per-pixel spreads (0: no floor)."""
     log: bool = False
-    floor: float = 0.1
+    floor: float = 0.5
 
     @property
     def name(self) -> str:
         return f"{'log' if self.log else 'linear'}, floor q{self.floor:g}"
 
 
-FORM = Form()  # the form eval.py and predict.py use (README, "Scores referred to normal images")
+FORM = Form()  # the form eval.py and predict.py use, chosen by the scoring study's rule (README)
 LOG_EPS = 0.01  # log form: eps = this share of the reference's mean pixel value of the score
 
 
