@@ -7,5 +7,7 @@ setup_python requirements-test.txt
 parallel=()
 if "$PY" -c "import xdist" 2>/dev/null; then
     parallel=(-n "${TEST_WORKERS:-auto}")
+    # one thread per process: the workers fill the cores, and the commands the tests start would oversubscribe them
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 fi
 "$PY" -m pytest -q "${parallel[@]}" "$@" tests
