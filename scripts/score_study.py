@@ -2,6 +2,7 @@
 with every score, form and reference on the same learners; the tables in <archive>/study.md.
 
     python scripts/score_study.py --runs runs/score_study [--archive studies/scores] [--rar-archive studies/rar]
+    python scripts/score_study.py --length --runs runs/length --archive studies/length   (the benchmark's length)
 
 For each evaluated run its learners score the test set once, and two references of the same size are made as
 utils/method/reference.py makes one (fit and calibration halves): the held-out normal images (Data.holdout) and, for the
@@ -363,6 +364,81 @@ def network_sections(records, rar_archive, fixed_form, heading) -> list:
     return lines + settings_sections(records, form, heading)
 
 
+# ---------------------------------------------------------------- the benchmark's length (cfgs/grids/length.yaml)
+
+def length_record(results) -> dict:
+    """What the length table needs of one run's results.json (those runs hold nothing out: the published scores)."""
+    return {"run": results["run"], "diagnostics": diagnostics_of(results),
+            "scores": {name: {key: results[name][key] for key in ("auc", "pixel_auroc") if key in results[name]}
+                       for name in SCORES}}
+
+
+def archive_length(runs, archive) -> None:
+    archive.mkdir(parents=True, exist_ok=True)
+    for results in sorted(Path(runs).glob("*/results.json")):
+        atomic_write_text(archive / f"{results.parent.name}.json",
+                          json.dumps(length_record(json.loads(results.read_text())), indent=1))
+
+
+def rar_counterpart(rar_archive, run) -> dict | None:
+    """The RAR study's run of the same data set, backbone, setting and seed (30 epochs), as a length record."""
+    bn = str(bool(run.get("precise_bn"))).lower()
+    name = f"{run['dataset']}_{run['network']}_precise_bn{bn}_Lambda{run['Lambda']:g}_s{run['seed']}"
+    for grid in ("rar_screen", "rar_confirm"):
+        path = Path(rar_archive) / grid / f"{name}.json"
+        if path.is_file():
+            return length_record(json.loads(path.read_text())["results"])
+    return None
+
+
+def length_markdown(records, rar_archive) -> str:
+    """Lambda 0 minus Lambda 1 at the benchmark's length against the same at 30 epochs (the RAR study's runs)."""
+    by_run = {(r["run"]["dataset"], r["run"]["seed"], float(r["run"]["Lambda"])): r for r in records}
+    pairs = [(key[:2], by_run[key], by_run[(*key[:2], 1.0)]) for key in by_run
+             if key[2] == 0.0 and (*key[:2], 1.0) in by_run]
+
+    def gap(score, name, long, kind=None):
+        units = defaultdict(list)
+        for (dataset, seed), plain, published in pairs:
+            if kind not in (None, kind_of(dataset)):
+                continue
+            if not long:
+                plain, published = rar_counterpart(rar_archive, plain["run"]), rar_counterpart(rar_archive,
+                                                                                              published["run"])
+                if plain is None or published is None:
+                    continue
+            ours, theirs = plain["scores"][score].get(name), published["scores"][score].get(name)
+            if ours is not None and theirs is not None:
+                parsed = parse_set_name(dataset)
+                units[(set_name(parsed[0]) if parsed else dataset, seed)].append(ours - theirs)
+        if not units:
+            return None
+        mean, low, high = mean_interval([np.mean(values) for values in units.values()])
+        return {"mean": mean, "low": low, "high": high, "n": len(units)}
+
+    epochs = sorted({r["run"]["num_epoch"] for r in records})
+    rows = []
+    for score in SCORES:
+        for name, kind in (("auc", None), ("auc", "semantic"), ("auc", "local"), ("pixel_auroc", "local")):
+            rows.append([f"{score} {'image AUC' if name == 'auc' else 'pixel AUROC'}", kind or "all sets",
+                         shown(gap(score, name, False, kind)), shown(gap(score, name, True, kind))])
+    lines = ["# The benchmark's length", "",
+             f"{len(records)} runs archived ({', '.join(map(str, epochs))} epochs); the 30-epoch runs are the RAR "
+             "study's of the same data set, setting and seed. Lambda 0 minus Lambda 1 (published), paired on the data "
+             "set, a class's semantic and local set averaged first; mean with its 95% t interval over the classes.", "",
+             *table(["score", "sets", "30 epochs", f"{'/'.join(map(str, epochs))} epochs"], rows), ""]
+    rows = []
+    for lam in (1.0, 0.0):
+        long = [r for r in records if float(r["run"]["Lambda"]) == lam]
+        short = [c for c in (rar_counterpart(rar_archive, r["run"]) for r in long) if c is not None]
+        ranks = [[np.mean(r["diagnostics"]["effective_rank"][1:]) for r in rs] for rs in (short, long)]
+        rows.append([f"Lambda {lam:g}", *(f"{np.mean(values):.2f} (n={len(values)})" if values else "-"
+                                          for values in ranks)])
+    lines += ["Juniors' effective rank of their test features (mean over runs):", "",
+              *table(["setting", "30 epochs", f"{'/'.join(map(str, epochs))} epochs"], rows), ""]
+    return "\n".join(lines)
+
+
 @cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -370,9 +446,20 @@ def main(argv=None):
     parser.add_argument("--archive", default="studies/scores", help="folder of the per-run records and study.md")
     parser.add_argument("--rar-archive", default="studies/rar", help="the RAR study's archive, for table f")
     parser.add_argument("--form", choices=list(FORMS), help="use this form instead of choosing one on seed 1")
+    parser.add_argument("--length", action="store_true",
+                        help="the runs are cfgs/grids/length.yaml's: compare them with the RAR study's 30-epoch runs")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     archive = Path(args.archive)
+    if args.length:
+        if args.runs:
+            archive_length(args.runs, archive)
+        records = load_archive(archive)
+        if not records:
+            raise UserError(f"no records in {archive}; pass --runs with evaluated runs")
+        atomic_write_text(archive / "study.md", length_markdown(records, Path(args.rar_archive)))
+        print(f"{len(records)} runs in {archive}; tables in {archive / 'study.md'}")
+        return
     if args.runs:
         archive_runs(args.runs, archive, pick_device(args.device))
     records = load_archive(archive)
