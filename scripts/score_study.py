@@ -153,10 +153,23 @@ def kind_of(dataset) -> str:
     return parsed[1] if parsed else "semantic"
 
 
+def training_set(dataset) -> str:
+    """The data set whose training images `dataset` trains on: a local set's semantic twin."""
+    parsed = parse_set_name(dataset)
+    return set_name(parsed[0]) if parsed else dataset
+
+
 def unit_of(run) -> tuple:
     """(training set, seed, setting): a semantic set and its local twin share their learners."""
-    parsed = parse_set_name(run["dataset"])
-    return (set_name(parsed[0]) if parsed else run["dataset"], run["seed"], setting_of(run))
+    return (training_set(run["dataset"]), run["seed"], setting_of(run))
+
+
+def over_units(units) -> dict | None:
+    """{unit: [differences]} -> the mean over units of each unit's mean, its 95% t interval and the unit count."""
+    if not units:
+        return None
+    mean, low, high = mean_interval([np.mean(values) for values in units.values()])
+    return {"mean": mean, "low": low, "high": high, "n": len(units)}
 
 
 def setting_of(run) -> str:
@@ -176,10 +189,7 @@ def paired(records, value, seeds=None, kind=None):
             difference = value(record)
             if difference is not None:
                 units[unit_of(run)].append(difference)
-    if not units:
-        return None
-    mean, low, high = mean_interval([np.mean(values) for values in units.values()])
-    return {"mean": mean, "low": low, "high": high, "n": len(units)}
+    return over_units(units)
 
 
 def shown(difference) -> str:
@@ -231,8 +241,9 @@ def decision(records, form) -> tuple[str | None, list]:
     return (max(passing)[1] if passing else None), rows
 
 
-def rar_archive_auc(rar_archive, run, score) -> float | None:
-    """The same run's image AUC without a holdout, from the RAR study's archive (same settings, seed, data set)."""
+def rar_results(rar_archive, run) -> dict | None:
+    """The results.json of the RAR study's run of the same data set, backbone, setting and seed (30 epochs, no
+    holdout), from its archive; None when it has none."""
     if rar_archive is None:
         return None
     bn = str(bool(run.get("precise_bn"))).lower()
@@ -240,8 +251,14 @@ def rar_archive_auc(rar_archive, run, score) -> float | None:
     for grid in ("rar_screen", "rar_confirm"):
         path = Path(rar_archive) / grid / f"{name}.json"
         if path.is_file():
-            return json.loads(path.read_text())["results"][score]["auc"]
+            return json.loads(path.read_text())["results"]
     return None
+
+
+def rar_archive_auc(rar_archive, run, score) -> float | None:
+    """The same run's image AUC without a holdout, from the RAR study's archive."""
+    results = rar_results(rar_archive, run)
+    return None if results is None else results[score]["auc"]
 
 
 def setting_difference(records, form, score, name="auc", kind=None):
@@ -256,12 +273,8 @@ def setting_difference(records, form, score, name="auc", kind=None):
     units = defaultdict(list)
     for (dataset, seed), by_setting in values.items():
         if by_setting.get(published) is not None and by_setting.get(plain) is not None:
-            parsed = parse_set_name(dataset)
-            units[(set_name(parsed[0]) if parsed else dataset, seed)].append(by_setting[plain] - by_setting[published])
-    if not units:
-        return None
-    mean, low, high = mean_interval([np.mean(values) for values in units.values()])
-    return {"mean": mean, "low": low, "high": high, "n": len(units)}
+            units[(training_set(dataset), seed)].append(by_setting[plain] - by_setting[published])
+    return over_units(units)
 
 
 def settings_sections(records, form, heading) -> list:
@@ -382,13 +395,8 @@ def archive_length(runs, archive) -> None:
 
 def rar_counterpart(rar_archive, run) -> dict | None:
     """The RAR study's run of the same data set, backbone, setting and seed (30 epochs), as a length record."""
-    bn = str(bool(run.get("precise_bn"))).lower()
-    name = f"{run['dataset']}_{run['network']}_precise_bn{bn}_Lambda{run['Lambda']:g}_s{run['seed']}"
-    for grid in ("rar_screen", "rar_confirm"):
-        path = Path(rar_archive) / grid / f"{name}.json"
-        if path.is_file():
-            return length_record(json.loads(path.read_text())["results"])
-    return None
+    results = rar_results(rar_archive, run)
+    return None if results is None else length_record(results)
 
 
 def length_markdown(records, rar_archive) -> str:
@@ -409,12 +417,8 @@ def length_markdown(records, rar_archive) -> str:
                     continue
             ours, theirs = plain["scores"][score].get(name), published["scores"][score].get(name)
             if ours is not None and theirs is not None:
-                parsed = parse_set_name(dataset)
-                units[(set_name(parsed[0]) if parsed else dataset, seed)].append(ours - theirs)
-        if not units:
-            return None
-        mean, low, high = mean_interval([np.mean(values) for values in units.values()])
-        return {"mean": mean, "low": low, "high": high, "n": len(units)}
+                units[(training_set(dataset), seed)].append(ours - theirs)
+        return over_units(units)
 
     epochs = sorted({r["run"]["num_epoch"] for r in records})
     rows = []

@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from utils.errors import UserError, unknown
 from utils.run import checkpoint, config
 from utils.run.runlock import is_locked
