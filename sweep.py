@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=4 sweep.py --grid cfgs/grids/paper.yaml ...          4 workers share the cells
     python sweep.py --grid cfgs/grids/paper.yaml --list                            the cells and their state
     python sweep.py --grid cfgs/grids/paper.yaml --cell 7                          cell 7 alone (a Slurm array task)
+    torchrun --nproc_per_node=2 sweep.py --grid cfgs/grids/paper.yaml --cells 0-3,8  the workers share these cells
 
 Workers take the next unstarted cell from a counter in a torch.distributed TCPStore, so none idles while a cell is
 left. Worker i trains on GPU (local rank i) % (GPUs on its node), or on the CPU; several workers may share a GPU,
@@ -44,9 +45,22 @@ def parse_args(argv=None):
     parser.add_argument("--grid", required=True, help="grid file, e.g. cfgs/grids/demo.yaml")
     parser.add_argument("--list", action="store_true", help="print the cells and their state, run nothing")
     parser.add_argument("--cell", type=int, help="run this cell alone (e.g. --cell $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--cells", type=cell_list, help="share only these cells among the workers, in this "
+                        "order: indices and ranges as Slurm's --array takes them, e.g. 0-3,8")
     parser.add_argument("--out", help="put the grid folder under this folder instead of the file's out_dir")
     parser.add_argument("overrides", nargs="*", help="Section.key=value for every cell, e.g. Data.root=/data/Med-AD")
     return parser.parse_args(argv)
+
+
+def cell_list(text: str) -> list:
+    """'0-3,8' -> [0, 1, 2, 3, 8]; argparse turns the ValueError into a one-line usage error."""
+    cells = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        if not first.strip().isdigit() or (last and not last.strip().isdigit()) or int(last or first) < int(first):
+            raise ValueError(part)
+        cells += [index for index in range(int(first), int(last or first) + 1) if index not in cells]
+    return cells
 
 
 def follow_launcher() -> None:
@@ -143,8 +157,9 @@ def run_cell(cell, wait=True):
     return "failed", time.monotonic() - began, line
 
 
-def progress(cell, total, status, seconds, info, counts=None) -> str:
-    """One line per cell a worker took: what happened, then (with counts) where the whole launch stands."""
+def progress(cell, total, status, seconds, info, counts=None, queued=None) -> str:
+    """One line per cell a worker took: what happened, then (with counts) where the whole launch stands (of its
+    `queued` cells, by default the grid's `total`)."""
     if status == "done":
         warnings = info.get("diagnostics", {}).get("warnings", [])
         status = f"done in {seconds:.1f} s, dsu AUC {info['dsu']['auc']:.4f}" + "".join(
@@ -160,7 +175,7 @@ def progress(cell, total, status, seconds, info, counts=None) -> str:
         return line
     done, failed, elsewhere = counts
     return (f"{line}   [{done} done, {failed} failed, {elsewhere} running elsewhere, "
-            f"{total - done - failed - elsewhere} left]")
+            f"{(queued or total) - done - failed - elsewhere} left]")
 
 
 def list_cells(grid) -> None:
@@ -203,12 +218,16 @@ def run_alone(grid, index) -> int:
     return report(grid) if status != "running elsewhere" else 0
 
 
-def run_shared(grid) -> int:
-    """Take cells from the launch's counter until none is left or a stop signal came; rank 0 reports."""
+def run_shared(grid, chosen=None) -> int:
+    """Take cells (`chosen`: these indices, in this order; default every cell) from the launch's counter until none
+    is left or a stop signal came; rank 0 reports."""
+    if chosen is not None and (outside := [index for index in chosen if index >= len(grid.cells)]):
+        raise UserError(f"--cells: {outside[0]} is not a cell; the grid has cells 0 to {len(grid.cells) - 1}")
+    queue = [grid.cells[index] for index in chosen] if chosen is not None else grid.cells
     coordinator = Coordinator()
     if coordinator.rank == 0:
-        print(f"grid {grid.name}: {len(grid.cells)} cells in {grid.folder}, {coordinator.world_size} worker(s)",
-              flush=True)
+        share = f"{len(queue)} of {len(grid.cells)} cells" if chosen is not None else f"{len(grid.cells)} cells"
+        print(f"grid {grid.name}: {share} in {grid.folder}, {coordinator.world_size} worker(s)", flush=True)
     kind = {"done": "done", "already done": "done", "failed": "failed", "running elsewhere": "elsewhere"}
 
     def take(cell, wait):
@@ -216,13 +235,13 @@ def run_shared(grid) -> int:
         if status in kind:  # an interrupted or deferred cell counts as left
             coordinator.count(kind[status])
         counts = tuple(coordinator.count(name, 0) for name in ("done", "failed", "elsewhere"))
-        print(progress(cell, len(grid.cells), status, seconds, info, counts), flush=True)
+        print(progress(cell, len(grid.cells), status, seconds, info, counts, len(queue)), flush=True)
         return status
 
     deferred = []  # cells whose shared learner another run was training: this worker's, taken again at the end
-    while not stop.requested() and (index := coordinator.next_cell()) < len(grid.cells):
-        if take(grid.cells[index], wait=False) == "deferred":
-            deferred.append(grid.cells[index])
+    while not stop.requested() and (index := coordinator.next_cell()) < len(queue):
+        if take(queue[index], wait=False) == "deferred":
+            deferred.append(queue[index])
     for cell in deferred:
         if stop.requested():
             break
@@ -235,11 +254,13 @@ def run_shared(grid) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     grid = grids.load(args.grid, args.overrides, out_dir=args.out)
+    if args.cell is not None and args.cells is not None:
+        raise UserError("--cell runs one cell alone and --cells shares several among the workers; give one of them")
     if args.list:
         list_cells(grid)
         return 0
     with stop.deferred():  # SIGTERM or SIGUSR1: the cell in hand stops at the end of an epoch, no other is taken
-        code = run_alone(grid, args.cell) if args.cell is not None else run_shared(grid)
+        code = run_alone(grid, args.cell) if args.cell is not None else run_shared(grid, args.cells)
         stop.check(f"no further cell of grid {grid.name} taken")
     return code
 

@@ -303,3 +303,39 @@ def test_a_slurm_task_stopped_by_its_signal_leaves_the_cell_to_the_next_launch(t
     assert sweep.main(["--grid", str(grid_file), "--cell", "0"]) == 0  # the next launch
     assert grids.state(cell) == "done"
     assert "learner 0: resuming at epoch" in (cell.run_dir / "train.log").read_text()
+
+
+def test_cells_share_only_the_chosen_cells_in_the_order_given(two_configs, tmp_path, capsys):
+    grid_file = write_grid(tmp_path / "grid.yaml", two_configs[:1], seeds=[1, 2, 3])
+    assert sweep.main(["--grid", str(grid_file), "--cells", "2,0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("grid g: 2 of 3 cells in ")
+    taken = [line.split(":")[0] for line in out.splitlines() if line.startswith("cell ")]
+    assert taken == ["cell 2 of 3 tiny_AE_s3", "cell 0 of 3 tiny_AE_s1"]
+    assert "[2 done, 0 failed, 0 running elsewhere, 0 left]" in out  # left counts the chosen cells only
+    assert [grids.state(cell) for cell in grids.load(grid_file).cells] == ["done", "not started", "done"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cells", "0-3"], "--cells: 3 is not a cell; the grid has cells 0 to 2"),
+    (["--cells", "1", "--cell", "1"], "give one of them"),
+])
+def test_cells_outside_the_grid_or_beside_cell_are_one_clear_line(two_configs, tmp_path, argv, message, capsys):
+    grid_file = write_grid(tmp_path / "grid.yaml", two_configs[:1], seeds=[1, 2, 3])
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--grid", str(grid_file), *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs" / "g").exists() or not any((tmp_path / "runs" / "g").iterdir())
+
+
+@pytest.mark.parametrize("text", ["3-1", "a", "1,,2", "-1"])
+def test_a_malformed_cell_list_is_a_usage_error(text, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sweep.parse_args(["--grid", "g.yaml", "--cells", text])
+    assert exit_.value.code == 2 and "argument --cells: invalid cell_list value" in capsys.readouterr().err
+
+
+def test_a_cell_list_reads_like_slurms_array():
+    assert sweep.cell_list("0-3,8") == [0, 1, 2, 3, 8]
+    assert sweep.cell_list("5,1-2,2") == [5, 1, 2]  # in the order given, each once
