@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny Med-AD data set built once per test session, and a tiny config to train on it."""
+import contextlib
+import importlib
 import importlib.util
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +42,22 @@ def run_cli(*args, timeout=300):
     """Run a project command in a fresh interpreter, as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_main(script, *args):
+    """Run a project command's main() in this process, as its command line would with these arguments: the
+    CompletedProcess run_cli gives (exit code, stdout, stderr), without a fresh interpreter's seconds of start-up.
+    For the commands' error paths; an exception main() lets through fails the test as a traceback would."""
+    path = Path(script)
+    module = load_script(path.stem) if path.parent.name == "scripts" else importlib.import_module(path.stem)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            module.main(list(map(str, args)))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess([script, *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
 def load_script(name):

@@ -1,7 +1,6 @@
 """predict.py scores new files exactly as eval.py scores the test set; scripts/readme_figures.py draws from a real run."""
 import csv
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import eval as evaluate
 import predict
 import train
 from datasets.dicom import dicom_to_array
-from tests.conftest import load_script, run_cli, write_config
+from tests.conftest import load_script, run_main, write_config
 from utils.method.scores import IMAGE_SCORES
 
 readme_figures = load_script("readme_figures")
@@ -104,9 +103,8 @@ def test_user_errors_are_one_line(tiny_root, tiny_run, tmp_path):
     cases = [(tmp_path / "nowhere", "missing_run", "nowhere not found"),
              (tiny_run, "no_images", "no images found"),
              (tiny_run, "corrupt", "broken.png")]
-    with ThreadPoolExecutor(len(cases)) as pool:  # three fresh interpreters at once: the imports dominate
-        results = list(pool.map(lambda case: run_cli("predict.py", "--run", case[0], tmp_path / case[1],
-                                                      "--out", tmp_path / f"out_{case[1]}"), cases))
+    results = [run_main("predict.py", "--run", run, tmp_path / images, "--out", tmp_path / f"out_{images}")
+               for run, images, _ in cases]
     for (_, _, expected), result in zip(cases, results):
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr

@@ -16,7 +16,7 @@ import models
 import predict
 from models import to_model_input
 from models import published
-from tests.conftest import load_script, run_cli, write_config
+from tests.conftest import load_script, run_cli, run_main, write_config
 from utils.method.ensemble import score_dataset
 from utils.run import checkpoint, config
 from utils.run.checkpoint import load_learners
@@ -222,7 +222,7 @@ def test_eval_and_predict_score_an_imported_run_and_train_refuses_it(tiny_root, 
 
     before = folder_bytes(run_dir)
     for overrides in ([], ["Model.num_learners=3"], ["Solver.num_epoch=3"]):
-        result = run_cli("train.py", "--config", cfg_path, *overrides)
+        result = run_main("train.py", "--config", cfg_path, *overrides)
         line = one_error_line(result)
         assert "imported from the published release" in line and "cannot resume or extend" in line
         assert folder_bytes(run_dir) == before
@@ -286,8 +286,8 @@ def test_bad_published_folders_fail_in_one_line_and_write_nothing(case, tmp_path
     make(tmp_path / "published")
     cfg_path = write_config(tmp_path / "c.yaml", tmp_path / "data", tmp_path / "out" / "run",
                             **{"Model": {"network": "AE"}, **sections})
-    line = one_error_line(run_cli("scripts/import_published.py", "--published", tmp_path / "published",
-                                  "--config", cfg_path))
+    line = one_error_line(run_main("scripts/import_published.py", "--published", tmp_path / "published",
+                                   "--config", cfg_path))
     print(line)
     assert fragment in line
     assert not (tmp_path / "out").exists()  # nothing written at all, not even the run folder's parent
@@ -300,7 +300,7 @@ def test_an_existing_run_folder_or_the_published_one_is_refused_untouched(out_di
     (tmp_path / "existing" / "notes.txt").write_text("mine")
     before = {name: folder_bytes(tmp_path / name) for name in ("existing", "published")}
     cfg_path = write_config(tmp_path / "c.yaml", tmp_path / "data", tmp_path / out_dir)
-    line = one_error_line(run_cli("scripts/import_published.py", "--published", folder, "--config", cfg_path))
+    line = one_error_line(run_main("scripts/import_published.py", "--published", folder, "--config", cfg_path))
     print(line)
     assert ("exists; an import writes a new one" if out_dir == "existing" else "is the published folder itself") in line
     assert {name: folder_bytes(tmp_path / name) for name in ("existing", "published")} == before

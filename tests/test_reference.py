@@ -15,7 +15,7 @@ import predict
 import train
 from datasets.medad import load_images, read_split
 from models import to_model_input
-from tests.conftest import run_cli, write_config
+from tests.conftest import run_cli, run_main, write_config
 from utils.method import reference as references
 from utils.run import config
 from utils.run.checkpoint import load_learners
@@ -206,7 +206,7 @@ def test_predict_writes_p_values_and_flags_at_the_level(held_out_run, tiny_root,
 ])
 def test_bad_levels_are_refused(held_out_run, tiny_root, tmp_path, arguments, fragment):
     cfg, run = held_out_run
-    result = run_cli("predict.py", "--run", run, tiny_root / "tiny" / "images", "--out", tmp_path / "out", *arguments)
+    result = run_main("predict.py", "--run", run, tiny_root / "tiny" / "images", "--out", tmp_path / "out", *arguments)
     assert result.returncode == 2 and fragment in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
@@ -217,7 +217,7 @@ def test_in_sample_reference_has_no_p_values_and_refuses_fpr(tiny_root, tmp_path
     reference = torch.load(tmp_path / "run" / references.FILE, weights_only=True)
     assert reference["in_sample"] and len(reference["fit_files"]) + len(reference["calibration_files"]) == 48
     images = tiny_root / "tiny" / "images"
-    result = run_cli("predict.py", "--run", tmp_path / "run", images, "--fpr", "0.2")
+    result = run_main("predict.py", "--run", tmp_path / "run", images, "--fpr", "0.2")
     assert result.returncode == 2 and "in-sample" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     predict.main(["--run", str(tmp_path / "run"), str(images), "--out", str(tmp_path / "out")])
     assert "no p-values" in capsys.readouterr().out
@@ -230,7 +230,7 @@ def test_old_run_folder_without_a_reference_is_one_line(held_out_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     (copy / references.FILE).unlink()
-    result = run_cli("predict.py", "--run", copy, copy, "--out", tmp_path / "out")
+    result = run_main("predict.py", "--run", copy, copy, "--out", tmp_path / "out")
     assert result.returncode == 2 and "has no normal reference (reference.pt)" in result.stderr
     assert "python eval.py --config" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in run.iterdir() if p.name != "reference.pt")
@@ -238,11 +238,11 @@ def test_old_run_folder_without_a_reference_is_one_line(held_out_run, tmp_path):
 
 def test_a_holdout_that_leaves_too_few_training_images_is_refused(tiny_root, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Data={"holdout": 0.5})
-    result = run_cli("train.py", "--config", cfg)
+    result = run_main("train.py", "--config", cfg)
     assert result.returncode == 2 and "leaves 24 of 48 normal training images" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
     cfg = write_config(tmp_path / "d.yaml", tiny_root, tmp_path / "run", Data={"holdout": 0.6})
-    result = run_cli("train.py", "--config", cfg)
+    result = run_main("train.py", "--config", cfg)
     assert result.returncode == 2 and "Data.holdout must be between 0 and 0.5" in result.stderr
 
 
