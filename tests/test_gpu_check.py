@@ -21,25 +21,15 @@ def gpu_check(tmp_path, *stages):
                           capture_output=True, text=True, timeout=600)
 
 
-def report_of(tmp_path, stage):
-    """Run one stage (each its own test, so that parallel test workers share them out); its gpu_check.md."""
-    result = gpu_check(tmp_path, stage)
+def test_bench_e2e_and_grid_stages_time_real_runs(tmp_path):
+    result = gpu_check(tmp_path, "bench", "e2e", "grid")
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "no CUDA device" in report and "DEVICE=cpu -> cpu" in report
-    return report
-
-
-def test_bench_stage_times_and_profiles_the_fast_path(tmp_path):
-    report_of(tmp_path, "bench")
+    assert re.search(r"data: 64 train, 8 test, 64x64 PNGs written in [\d.]+ s", report)
     bench = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert bench["device"].startswith("cpu") and (bench["n_train"], bench["n_test"], bench["epochs"]) == (64, 8, 1)
     assert "Self CPU" in (tmp_path / "out" / "profile.txt").read_text()
-
-
-def test_e2e_stage_times_real_runs_with_fast_on_and_off(tmp_path):
-    report = report_of(tmp_path, "e2e")
-    assert re.search(r"data: 64 train, 8 test, 64x64 PNGs written in [\d.]+ s", report)
     work = tmp_path / "work"
     for fast in ("true", "false"):
         results = json.loads((work / f"e2e_fast_{fast}" / "results.json").read_text())
@@ -50,11 +40,6 @@ def test_e2e_stage_times_real_runs_with_fast_on_and_off(tmp_path):
         assert line and float(line[1]) > 0
         assert [float(value) for value in line.groups()[1:]] == \
             [round(results[score]["auc"], 4) for score in ("rec", "unc", "dsu")]
-
-
-def test_grid_stage_times_torchrun_workers(tmp_path):
-    report = report_of(tmp_path, "grid")
-    work = tmp_path / "work"
     grid = re.search(r"grid: 2 RSNA_AE cells x 1 epochs, 2 worker\(s\): ([\d.]+) s, ([\d.]+) cells per minute", report)
     assert grid and abs(float(grid[2]) - 2 * 60 / float(grid[1])) < 0.01
     for seed in (1, 2):
