@@ -15,7 +15,7 @@ import yaml
 
 import sweep
 from datasets.medad import dataset_dir, load_images, read_split
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO, run_main, write_config
 from utils.errors import UserError
 from utils.grid import sharing
 from utils.grid import grid as grids
@@ -320,12 +320,11 @@ def test_cells_share_only_the_chosen_cells_in_the_order_given(two_configs, tmp_p
     (["--cells", "0-3"], "--cells: 3 is not a cell; the grid has cells 0 to 2"),
     (["--cells", "1", "--cell", "1"], "give one of them"),
 ])
-def test_cells_outside_the_grid_or_beside_cell_are_one_clear_line(two_configs, tmp_path, argv, message, capsys):
+def test_cells_outside_the_grid_or_beside_cell_are_one_clear_line(two_configs, tmp_path, argv, message):
     grid_file = write_grid(tmp_path / "grid.yaml", two_configs[:1], seeds=[1, 2, 3])
-    with pytest.raises(SystemExit) as exit_:
-        sweep.main(["--grid", str(grid_file), *argv])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    result = run_main("sweep.py", "--grid", grid_file, *argv)
+    err = result.stderr
+    assert result.returncode == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs" / "g").exists() or not any((tmp_path / "runs" / "g").iterdir())
 
 
