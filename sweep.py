@@ -158,8 +158,8 @@ def run_cell(cell, wait=True):
 
 
 def progress(cell, total, status, seconds, info, counts=None, queued=None) -> str:
-    """One line per cell a worker took: what happened, then (with counts) where the whole launch stands (of its
-    `queued` cells, by default the grid's `total`)."""
+    """One line per cell a worker took: what happened, then (with `counts`) where the whole launch stands of its
+    `queued` cells."""
     if status == "done":
         warnings = info.get("diagnostics", {}).get("warnings", [])
         status = f"done in {seconds:.1f} s, dsu AUC {info['dsu']['auc']:.4f}" + "".join(
@@ -175,7 +175,7 @@ def progress(cell, total, status, seconds, info, counts=None, queued=None) -> st
         return line
     done, failed, elsewhere = counts
     return (f"{line}   [{done} done, {failed} failed, {elsewhere} running elsewhere, "
-            f"{(queued or total) - done - failed - elsewhere} left]")
+            f"{queued - done - failed - elsewhere} left]")
 
 
 def list_cells(grid) -> None:
@@ -188,8 +188,9 @@ def list_cells(grid) -> None:
     print(f"{len(rows)} cells; as a Slurm job array: sbatch --array=0-{len(rows) - 1} scripts/slurm_grid.sbatch ...")
 
 
-def report(grid) -> int:
-    """The grid's state after a launch: the summary when every cell is done, the failed cells; the exit code."""
+def report(grid, chosen=None) -> int:
+    """The grid's state after a launch (of the `chosen` cells, by default every cell): the summary when every cell
+    is done, the failed cells; the exit code."""
     states = [grids.state(cell) for cell in grid.cells]
     done = [cell for cell, state in zip(grid.cells, states) if state == "done"]
     failed = [cell for cell, state in zip(grid.cells, states) if state == "failed"]
@@ -199,6 +200,17 @@ def report(grid) -> int:
         print(markdown_wide(widen(summarize(results))), end="")
         print(f"all {len(done)} cells done; wrote {md_path} and {csv_path}; "
               f"tensorboard --logdir {grid.folder}")
+    elif chosen is not None and all(states[index] == "done" for index in chosen):
+        print(f"the {len(set(chosen))} cells asked for are done; {len(done)} of the grid's {len(grid.cells)} cells "
+              "are done, and its summary is written when every cell is: run the others with --cells, or leave "
+              "--cells out to share every cell left")
+    elif chosen is not None:
+        asked = sorted(set(chosen))
+        asked_done = sum(states[index] == "done" for index in asked)
+        asked_failed = sum(states[index] == "failed" for index in asked)
+        print(f"{asked_done} of the {len(asked)} cells asked for done, {asked_failed} failed, "
+              f"{len(asked) - asked_done - asked_failed} running elsewhere or left (rerun the same command to "
+              f"finish them); {len(done)} of the grid's {len(grid.cells)} cells done")
     else:
         others = len(grid.cells) - len(done) - len(failed)
         print(f"{len(done)} of {len(grid.cells)} cells done, {len(failed)} failed, {others} running elsewhere or "
@@ -247,7 +259,7 @@ def run_shared(grid, chosen=None) -> int:
             break
         take(cell, wait=True)
     coordinator.finish()
-    return report(grid) if coordinator.rank == 0 else 0
+    return report(grid, chosen) if coordinator.rank == 0 else 0
 
 
 @cli

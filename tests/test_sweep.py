@@ -313,7 +313,12 @@ def test_cells_share_only_the_chosen_cells_in_the_order_given(two_configs, tmp_p
     taken = [line.split(":")[0] for line in out.splitlines() if line.startswith("cell ")]
     assert taken == ["cell 2 of 3 tiny_AE_s3", "cell 0 of 3 tiny_AE_s1"]
     assert "[2 done, 0 failed, 0 running elsewhere, 0 left]" in out  # left counts the chosen cells only
+    assert "the 2 cells asked for are done; 2 of the grid's 3 cells are done" in out
+    assert "rerun the same command" not in out  # it would run nothing more
     assert [grids.state(cell) for cell in grids.load(grid_file).cells] == ["done", "not started", "done"]
+    assert sweep.report(grids.load(grid_file), [1, 2]) == 0  # as a launch with --cells 1,2 stopped early ends
+    assert capsys.readouterr().out == ("1 of the 2 cells asked for done, 0 failed, 1 running elsewhere or left "
+                                       "(rerun the same command to finish them); 2 of the grid's 3 cells done\n")
 
 
 @pytest.mark.parametrize("argv, message", [
