@@ -168,17 +168,19 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
     path, solver = checkpoint.learner_path(run_dir, index), cfg.Solver
     learner, args, optimizer, state = resume(index, cfg, device, path, log)
     if state and checkpoint.finished(state, cfg):
-        log.info(f"learner {index}: finished earlier ({state['epoch']} epochs), skipping")
-        return learner
+        if batchnorm.finished_as(state["report"], cfg):
+            log.info(f"learner {index}: finished earlier ({state['epoch']} epochs), skipping")
+            return learner
+        return finish_again(index, learner, state, images, cfg, path, log)
     start = state["epoch"] if state else 0
     steps = len(images) // solver.bs
     if steps == 0:
         raise UserError(f"only {len(images)} training images, fewer than one batch (Solver.bs={solver.bs})")
 
-    def save(epoch, report=None):
+    def save(epoch, report=None, **finish):
         checkpoint.save({"learner": index, "epoch": epoch, "backbone": args, "config": cfg.to_dict(),
                          "model": learner.state_dict(), "optimizer": optimizer.state_dict(),
-                         "rng": torch.get_rng_state(), "report": report}, path)
+                         "rng": torch.get_rng_state(), "report": report, **finish}, path)
 
     learner.train()
     # Model.repel_on=pasted: a junior is compared with its seniors on the run's one pasted copy of the training set;
@@ -210,14 +212,32 @@ def train_learner(index, seniors, images, cfg, device, run_dir, log):
         log.scalars(f"learner{index}", values, epoch)
         bar.set_postfix(loss=f"{values['loss']:.4f}")
         if epoch == solver.num_epoch:  # before the final checkpoint: a learner found finished is complete
+            trained = batchnorm.buffers_of(learner)  # what finish_again starts from in a run that takes a copy
             report = batchnorm.finish_learner(index, learner, images, probe, cfg, log)
-            report["warnings"] += [step_warning] if step_warning else []
-            save(epoch, report)
+            training_warnings = [step_warning] if step_warning else []
+            report["warnings"] += training_warnings
+            save(epoch, report, trained_buffers=trained, training_warnings=training_warnings)
         elif time.monotonic() - last_save >= cfg.Exp.checkpoint_every_s or stop.requested():
             save(epoch)
             last_save = time.monotonic()
         stop.check(f"learner {index} saved after epoch {epoch} of {solver.num_epoch} in {path}")
     log.info(f"learner {index}: trained {solver.num_epoch} epochs, final loss {values['loss']:.5f}")
+    return learner
+
+
+def finish_again(index, learner, state, images, cfg, path, log):
+    """A learner taken from Exp.share_learners that was finished under the other Solver.precise_bn (the setting acts
+    only after the last epoch, so the two share their training): its BatchNorm statistics as training left them, then
+    this run's finish, so that it holds exactly what training it here would have given. Returns it."""
+    batchnorm.load_buffers(learner, state["trained_buffers"])
+    log.info(f"learner {index}: trained in {state['report'].get('shared_from', 'another run')}, finished again "
+             f"for Solver.precise_bn={cfg.Solver.precise_bn}")
+    report = batchnorm.finish_learner(index, learner, images, feature_shape.probe_of(images, cfg.Solver.seed), cfg,
+                                      log)
+    report["warnings"] += state["training_warnings"]
+    if "shared_from" in state["report"]:
+        report["shared_from"] = state["report"]["shared_from"]
+    checkpoint.save({**state, "model": learner.state_dict(), "report": report}, path)
     return learner
 
 

@@ -7,6 +7,7 @@ import shutil
 import threading
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -15,7 +16,7 @@ import train
 from tests.conftest import write_config
 from tests.test_pipeline import assert_same_weights, weights
 from utils.grid import sharing
-from utils.run import config, runlock
+from utils.run import checkpoint, config, runlock
 
 
 def run(root, tmp_path, name, shared=None, dataset="tiny", **solver):
@@ -65,9 +66,46 @@ def test_another_seed_or_learner_0_setting_trains_its_own(tiny_root, tmp_path):
     shared = tmp_path / "shared"
     run(tiny_root, tmp_path, "a", shared)
     run(tiny_root, tmp_path, "b", shared, seed=4)
-    run(tiny_root, tmp_path, "c", shared, precise_bn=True)
+    run(tiny_root, tmp_path, "c", shared, lr=3e-4)
     assert trained_once(shared, 0) == 3 and trained_once(shared, 1) == 3
     assert all(taken(tmp_path, name) == [] for name in "abc")
+
+
+@pytest.mark.parametrize("first, second", [(False, True), (True, False)])
+def test_a_learner_finished_the_other_way_is_finished_again_as_training_it_here_would(tiny_root, tmp_path, first,
+                                                                                         second):
+    """Solver.precise_bn acts after the last epoch: the published setting and Lambda 0 with precise BN share
+    learner 0, and the run that takes it holds the learner, report and scores it would have trained itself."""
+    shared = tmp_path / "shared"
+    run(tiny_root, tmp_path, "first", shared, Lambda=1.0, precise_bn=first)
+    cfg = run(tiny_root, tmp_path, "second", shared, Lambda=0.0, precise_bn=second)
+    alone = run(tiny_root, tmp_path, "alone", Lambda=0.0, precise_bn=second)
+    assert taken(tmp_path, "second") == ["0"] and trained_once(shared, 0) == 1
+    assert f"learner 0: trained in {tmp_path / 'first'}, finished again for Solver.precise_bn={second}" in (
+        tmp_path / "second" / "train.log").read_text()
+    for index in (0, 1):
+        assert_same_weights(weights(tmp_path / "second", index), weights(tmp_path / "alone", index))
+    statistics = "encoder.0.1.running_mean"
+    assert not torch.equal(weights(tmp_path / "first", 0)[statistics], weights(tmp_path / "second", 0)[statistics])
+    reports = [checkpoint.load(checkpoint.learner_path(tmp_path / name, 0))["report"] for name in ("second", "alone")]
+    assert reports[0].pop("shared_from") == str(tmp_path / "first") and reports[0] == reports[1]
+    for run_cfg in (cfg, alone):
+        evaluate.evaluate(run_cfg, torch.device("cpu"), echo=False)
+    assert (tmp_path / "second" / "scores.csv").read_text() == (tmp_path / "alone" / "scores.csv").read_text()
+
+
+def test_a_copy_left_before_the_trained_statistics_were_kept_is_not_taken_to_finish_the_other_way(tiny_root,
+                                                                                                   tmp_path):
+    shared = tmp_path / "shared"
+    run(tiny_root, tmp_path, "first", shared, precise_bn=True)
+    (copy,) = shared.glob("*/learner_0.pt")
+    state = checkpoint.load(copy)
+    del state["trained_buffers"]
+    checkpoint.save(state, copy)
+    run(tiny_root, tmp_path, "second", shared, precise_bn=False)
+    assert taken(tmp_path, "second") == []  # trained its own instead of holding precise statistics
+    statistics = "encoder.0.1.running_mean"
+    assert not torch.equal(weights(tmp_path / "first", 0)[statistics], weights(tmp_path / "second", 0)[statistics])
 
 
 def twin(tiny_root, tmp_path, name, change_pixel=False):
@@ -131,7 +169,8 @@ def test_the_key_holds_what_a_learner_sees_and_nothing_else(tiny_root, tmp_path)
     assert sharing.key(cfg, 2, images, [senior]) != key
     assert sharing.key(cfg, 1, sharing.fingerprint([torch.ones(4, 1, 8, 8, dtype=torch.uint8)]), [senior]) != key
     assert sharing.key(variant(Solver__seed=9), 1, images, [senior]) != key
-    assert sharing.key(variant(Solver__precise_bn=True), 1, images, [senior]) != key
+    # acting after training: precise BN reaches a junior's key through its seniors' weights alone
+    assert sharing.key(variant(Solver__precise_bn=True), 1, images, [senior]) == key
     with torch.no_grad():
         next(senior.parameters()).view(-1)[0] += 1e-6
     assert sharing.key(cfg, 1, images, [senior]) != key

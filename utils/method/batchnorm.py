@@ -80,6 +80,23 @@ def eval_mode_warning(name, eval_error, train_error, ratio=MUCH_WORSE):
             "describe its features (Solver.precise_bn=true recomputes them)")
 
 
+def buffers_of(learner) -> dict:
+    """A copy of every buffer (the BatchNorm statistics among them), as load_buffers puts them back."""
+    return {name: buffer.detach().clone() for name, buffer in learner.named_buffers()}
+
+
+@torch.no_grad()
+def load_buffers(learner, buffers) -> None:
+    for name, buffer in learner.named_buffers():
+        buffer.copy_(buffers[name])
+
+
+def finished_as(report, cfg) -> bool:
+    """Whether the finish that wrote a checkpoint's `report` is the one `cfg` asks for: precise BatchNorm statistics
+    recomputed or not (a report of precise statistics keeps the eval-mode error from before them)."""
+    return report is None or ("eval_mse_before_precise_bn" in report) == cfg.Solver.precise_bn
+
+
 def finish_learner(index, learner, images, probe, cfg, log) -> dict:
     """After the last epoch: precise BatchNorm statistics if asked, then eval- against train-mode reconstruction
     error on the probe. Returns the report (kept in the checkpoint; eval.py copies it into results.json), whose
