@@ -306,7 +306,7 @@ def study_markdown(records, rar_archive=None, form=None) -> str:
     """The tables, one set per backbone; `form` fixes the form instead of choosing it on these records' seed 1."""
     networks = sorted({r["run"]["network"] for r in records})
     seeds = sorted({r["run"]["seed"] for r in records})
-    lines = ["# The scoring study", "",
+    lines = [f"# The scoring study: {', '.join(networks)}", "",
              f"{len(records)} runs archived ({', '.join(networks)}; seeds {', '.join(map(str, seeds))}; "
              f"{len({(r['run']['network'], *unit_of(r['run'])) for r in records})} trainings). Made by "
              "scripts/score_study.py from the archive alone; differences are means over units (training set, seed, "

@@ -68,6 +68,7 @@ def test_the_form_is_chosen_on_seed_1_and_the_decision_needs_an_interval_above_z
 def test_each_backbone_gets_its_own_tables_and_a_fixed_form_is_used():
     records = grid(lambda *_: None, "AE-U") + grid(lambda *_: None, "MemAE")
     text = study.study_markdown(records, form="log q0")
+    assert text.startswith("# The scoring study: AE-U, MemAE\n")
     assert "## AE-U" in text and "## MemAE" in text and text.count("### h. ") == 2
     assert "The tables below use **log q0**" in text and "(log q0, held-out reference)" in text
     learners = [line for line in text.splitlines() if line.startswith("| published (Lambda 1) | 12 |")]
