@@ -1,11 +1,12 @@
-"""Score the test set with a trained D2UE ensemble: rec, unc and dsu, and the same referred to normal images (the
-run's reference, made here once if it is missing or stale), with image- and (where masks exist) pixel-level metrics.
+"""Score the test set with a trained D2UE ensemble: rec, unc and dsu, and rec and dsu referred to normal images (the
+run's reference, made here once if it is missing or stale), with image- and (where masks exist) pixel-level metrics,
+for the whole ensemble and for its first k learners, k = 2..K (the ensemble-size curve).
 
     python eval.py --config cfgs/RSNA_AE.yaml [Section.key=value ...]
     python eval.py --summary runs        # mean ± std over seeds of every results.json under runs/
 
 The K learners are rebuilt from their checkpoints alone. Writes <run>/results.json and <run>/scores.csv, prints a
-table, then draws hist.png, roc_pr.png and grid.png and logs metrics, hyper-parameters and a fixed set of test
+table, then draws hist.png, roc_pr.png, grid.png and ensemble_size.png and logs metrics, hyper-parameters and a fixed set of test
 images to TensorBoard (<run>/tb). A run folder another command works in is refused; SIGTERM or SIGUSR1 stops
 evaluation at once (rerunning starts it over).
 """
@@ -22,12 +23,12 @@ from models import to_model_input
 from utils.atomic import atomic_write_csv, atomic_write_text
 from utils.errors import UserError, cli
 from utils.grid.summary import write_summary
-from utils.method.cka import SIMILARITIES, pairwise_similarity
-from utils.method.ensemble import score_dataset
+from utils.method.dsu import SCORES, score_dataset
 from utils.method.feature_shape import spectrum
-from utils.method.reference import ensure as ensure_reference, p_values
-from utils.method.scores import IMAGE_SCORES, MAPS, SCORES, referred_scores
-from utils.report.figures import anomaly_grid, roc_pr_curves, score_histograms, similarity_heatmap
+from utils.method.rar import pairwise_cka
+from utils.method.reference import IMAGE_SCORES, ensure as ensure_reference, p_values, referred_scores
+from utils.report.figures import anomaly_grid, ensemble_size_curve, roc_pr_curves, score_histograms, \
+    similarity_heatmap
 from utils.report.metrics import chi_square_distance, image_metrics, pixel_metrics_of_maps
 from utils.run import checkpoint, config, runlock, stop
 from utils.run.runtime import RunLog, existing_run_dir, setup
@@ -52,7 +53,8 @@ def parse_args(argv=None):
 def metrics_table(labels, scores, maps, masks, p=None) -> dict:
     """Per image score: image AUC and AP, the chi-square distance between the normal and abnormal score histograms,
     given p-values the shares of normal (fpr05) and abnormal (tpr05) images flagged at level LEVEL, and, given masks,
-    each map's pixel AUROC, AP and best Dice (normal images have no mask file and count as all-zero masks)."""
+    each published score's map's pixel AUROC, AP and best Dice (normal images have no mask file and count as all-zero
+    masks)."""
     results = {}
     for name in scores:
         results[name] = image_metrics(labels, scores[name])
@@ -61,11 +63,35 @@ def metrics_table(labels, scores, maps, masks, p=None) -> dict:
             results[name]["fpr05"] = float(np.mean(p[name][labels == 0] <= LEVEL))
             results[name]["tpr05"] = float(np.mean(p[name][labels == 1] <= LEVEL))
     if masks is not None:
-        shown = [name for name in MAPS if name in maps]
-        pixel = pixel_metrics_of_maps(masks.numpy(), {name: maps[name].numpy() for name in shown})
-        for name in shown:
+        pixel = pixel_metrics_of_maps(masks.numpy(), {name: maps[name].numpy() for name in SCORES})
+        for name in SCORES:
             results[name].update(pixel[name])
     return results
+
+
+def size_curve(labels, scored, masks) -> dict:
+    """{k: {score: metrics}} of the first k learners, k = 2..K: image AUC and AP of rec, unc and dsu and, given
+    masks, their maps' pixel metrics (scored: dsu.Scored, with curve_maps when there are masks)."""
+    curve = {}
+    for k, scores in scored.curve.items():
+        curve[k] = {name: image_metrics(labels, values.numpy().astype(np.float64)) for name, values in scores.items()}
+        if masks is not None:
+            pixel = pixel_metrics_of_maps(masks.numpy(), {name: scored.curve_maps[k][name].numpy() for name in SCORES})
+            for name in SCORES:
+                curve[k][name].update(pixel[name])
+    return curve
+
+
+def format_curve(curve) -> str:
+    """One line per ensemble size: image AUC of each score, and pixel AUROC where there is one."""
+    names = [f"{name} auc" for name in SCORES] + [f"{name} pixel_auroc" for name in SCORES
+                                                    if "pixel_auroc" in curve[max(curve)][name]]
+    lines = ["k  " + "  ".join(f"{name:>16}" for name in names)]
+    for k, metrics in curve.items():
+        values = [metrics[name]["auc"] for name in SCORES] + [metrics[name.split()[0]]["pixel_auroc"]
+                                                             for name in names[len(SCORES):]]
+        lines.append(f"{k:<2} " + "  ".join(f"{value:>16.4f}" for value in values))
+    return "\n".join(lines)
 
 
 def write_json(obj, path):
@@ -90,20 +116,26 @@ def format_table(results, names) -> str:
     return "\n".join(lines)
 
 
-def write_figures(run_dir, images_u8, maps, scores, labels, masks):
-    """hist.png, roc_pr.png, and grid.png: the highest and lowest dsu-scored images with their maps."""
+def write_figures(run_dir, images_u8, maps, scores, labels, masks, curve):
+    """hist.png, roc_pr.png, grid.png (the highest and lowest rec-scored images with their rec and dsu maps) and
+    ensemble_size.png (each score against the number of learners)."""
     score_histograms(scores, labels, run_dir / "hist.png")
     roc_pr_curves(scores, labels, run_dir / "roc_pr.png")
     anomaly_grid(to_model_input(images_u8)[:, 0], maps["x_hat"],
-                 {name: maps[name] for name in ("unc", "dsu")}, scores["dsu"], labels,
-                 run_dir / "grid.png", score_name="dsu", masks=masks)
+                 {name: maps[name] for name in ("rec", "dsu")}, scores["rec"], labels,
+                 run_dir / "grid.png", score_name="rec", masks=masks)
+    ensemble_size_curve(curve, run_dir / "ensemble_size.png")
 
 
 def log_metrics(log, cfg, results, step):
-    """Metrics as scalars eval/<score>_<metric>, and the run's hyper-parameters for the HParams dashboard."""
+    """Metrics as scalars eval/<score>_<metric>, the curve as ensemble_size/<score>_<metric> at step k, and the
+    run's hyper-parameters for the HParams dashboard."""
     from torch.utils.tensorboard.summary import hparams
     metrics = {f"{name}_{key}": value for name in IMAGE_SCORES for key, value in results[name].items()}
     log.scalars("eval", metrics, step)
+    for k, by_score in results["ensemble_size"].items():
+        log.scalars("ensemble_size", {f"{name}_{key}": value for name, values in by_score.items()
+                                      for key, value in values.items()}, int(k))
     # add_hparams would write the metrics again, into a sub-run; write only its summaries, beside the scalars.
     for summary in hparams(config.hyperparameters(cfg), {f"eval/{key}": value for key, value in metrics.items()}):
         log.tensorboard.file_writer.add_summary(summary, step)
@@ -118,25 +150,23 @@ def log_images(writer, images_u8, maps, labels, masks, step):
     writer.add_images("test_images/reconstruction", ((maps["x_hat"][shown] + 1) / 2).clamp(0, 1), step)
     if masks is not None:
         writer.add_images("test_images/mask", masks[shown].float(), step)
-    for name in MAPS:
+    for name in SCORES:
         values = maps[name][shown]
         writer.add_images(f"test_images/{name}_map",
                           (values - values.min()) / (values.max() - values.min()).clamp_min(1e-12), step)
 
 
-def learner_diagnostics(features, reports, cfg) -> dict:
+def learner_diagnostics(features, states) -> dict:
     """How the learners relate on the test images (`features`: each one's tapped features of them): their pairwise
-    linear CKA (and the similarity RAR repelled with, when another), each one's effective rank and top-direction
-    share, and what training reported of each (`reports`, from their checkpoints)."""
-    diagnostics = {"linear_cka": pairwise_similarity(features).tolist()}
-    if cfg.Model.repulsion in SIMILARITIES and cfg.Model.repulsion != "linear_cka":  # a similarity of features
-        diagnostics[cfg.Model.repulsion] = pairwise_similarity(features, cfg.Model.repulsion).tolist()
+    linear CKA, each one's effective rank and top-direction share, and what training reported of each (its
+    checkpoint's report and training warnings)."""
     shapes = [spectrum(values) for values in features]
-    diagnostics["effective_rank"] = [rank.item() for rank, _ in shapes]
-    diagnostics["top_share"] = [share.item() for _, share in shapes]
-    diagnostics["learners"] = reports
-    diagnostics["warnings"] = [warning for report in reports for warning in (report or {}).get("warnings", [])]
-    return diagnostics
+    reports = [state.get("report") for state in states]
+    # dict.fromkeys per learner: checkpoints written before December 2026 kept its training warnings twice
+    warnings = [warning for state in states for warning in dict.fromkeys(
+        [*(state.get("report") or {}).get("warnings", []), *state.get("training_warnings", [])])]
+    return {"linear_cka": pairwise_cka(features).tolist(), "effective_rank": [rank.item() for rank, _ in shapes],
+            "top_share": [share.item() for _, share in shapes], "learners": reports, "warnings": warnings}
 
 
 def log_diagnostics(log, diagnostics, run_dir, step):
@@ -170,32 +200,38 @@ def _evaluate(cfg, run_dir, device, echo):
     try:
         images = load_images(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
         labels = np.asarray(split.test_labels)
-        maps, _, features = score_dataset(learners, images, cfg.Exp.score_batch, device, features=True)
-        reference = ensure_reference(run_dir, cfg, learners, device, log, lambda: reference_images(split, cfg))
-        referred, scores = referred_scores(maps, reference["statistics"], reference["image_statistics"])
-        maps.update(referred)
-        scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
         masks = None
         if split.has_masks:  # a data set without a masks/ folder simply gets no pixel metrics
             masks = load_masks(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
+        scored = score_dataset(learners, images, cfg.Exp.score_batch, device, features=True,
+                               curve_maps=masks is not None)
+        maps = scored.maps
+        reference = ensure_reference(run_dir, cfg, learners, device, log, lambda: reference_images(split, cfg))
+        scores = referred_scores(maps, reference["statistics"])
+        scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
         results = metrics_table(labels, scores, maps, masks, p_values(scores, reference))
+        results["ensemble_size"] = size_curve(labels, scored, masks)
         results["run"] = {**config.run_settings(cfg), "split": describe(split.lists).label, "out_dir": str(run_dir)}
         results["reference"] = {"in_sample": reference["in_sample"], "fit": len(reference["fit_files"]),
                                 "calibration": len(reference["calibration_files"]),
                                 "definition": reference["definition"], "made_s": reference["seconds"]}
         if states[0].get("imported"):  # scripts/import_published.py: trained by the published code
             results["run"]["imported"] = True
-        results["diagnostics"] = learner_diagnostics(features, [state.get("report") for state in states], cfg)
+        results["diagnostics"] = learner_diagnostics(scored.features, states)
         write_scores_csv(run_dir / "scores.csv", split.test, labels, scores)
         write_json(results, run_dir / "results.json")  # after scores.csv: results.json marks the run evaluated
         log.info(f"{len(labels)} test images ({int(labels.sum())} abnormal); wrote {run_dir / 'results.json'}")
         if echo:
             print(format_table(results, IMAGE_SCORES))
-        write_figures(run_dir, images, maps, {name: scores[name] for name in SCORES}, labels, masks)
+            print(f"\nthe first k of the {len(learners)} learners (ensemble_size in results.json):")
+            print(format_curve(results["ensemble_size"]))
+        write_figures(run_dir, images, maps, {name: scores[name] for name in SCORES}, labels, masks,
+                      results["ensemble_size"])
         log_metrics(log, cfg, results, step=cfg.Solver.num_epoch)
         log_images(log.tensorboard, images, maps, labels, masks, step=cfg.Solver.num_epoch)
         log_diagnostics(log, results["diagnostics"], run_dir, step=cfg.Solver.num_epoch)
-        log.info(f"figures hist.png, roc_pr.png, grid.png in {run_dir}; tensorboard --logdir {run_dir / 'tb'}")
+        log.info(f"figures hist.png, roc_pr.png, grid.png, ensemble_size.png in {run_dir}; "
+                 f"tensorboard --logdir {run_dir / 'tb'}")
     finally:
         log.close()
     return results

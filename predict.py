@@ -27,9 +27,8 @@ from datasets.medad import decode_threads, open_gray, resize_gray
 from models import to_model_input
 from utils.atomic import atomic_write_csv
 from utils.errors import UserError, cli
-from utils.method.ensemble import score_dataset
-from utils.method.reference import load as load_reference, p_values
-from utils.method.scores import IMAGE_SCORES, SCORES, referred_scores
+from utils.method.dsu import SCORES, score_dataset
+from utils.method.reference import IMAGE_SCORES, load as load_reference, p_values, referred_scores
 from utils.report.figures import overlay
 from utils.run.checkpoint import load_run
 from utils.run.runtime import pick_device
@@ -165,8 +164,8 @@ def main(argv=None):
         check_level(args.fpr, reference)
     paths = find_images(args.images)
     images = load_files(paths, cfg.Data.img_size)
-    maps, _ = score_dataset(learners, images, cfg.Exp.score_batch, device)
-    _, scores = referred_scores(maps, reference["statistics"], reference["image_statistics"])
+    maps = score_dataset(learners, images, cfg.Exp.score_batch, device).maps
+    scores = referred_scores(maps, reference["statistics"])
     scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
     p = None if reference["in_sample"] else p_values(scores, reference)
     flagged = None if args.fpr is None else p[args.score] <= args.fpr

@@ -120,6 +120,26 @@ def worker_device(cfg) -> torch.device:
     return pick_device(cfg.Exp.device)
 
 
+def train_sharing(cfg, device, wait=True) -> None:
+    """Exp.share_learners: the run's learners one at a time, each placed from the shared folder when a run with the
+    same inputs left it there, else trained here and left there (utils/grid/sharing.py). wait=False: sharing.Busy
+    instead of waiting for a learner another run is training."""
+    images = sharing.training_images(cfg)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(cfg.Model.num_learners):
+        with sharing.take(cfg, index, images, cfg.run_dir, print_to_run(cfg.run_dir), wait) as shared:
+            train.train(cfg, device, echo=False, learners=index + 1)
+            sharing.leave(shared, cfg.run_dir)
+
+
+def print_to_run(run_dir):
+    """A log function writing lines into the run folder's train.log, as train.py's own lines go."""
+    def log(line):
+        with open(run_dir / "train.log", "a") as handle:
+            handle.write(f"[{time.strftime('%H:%M:%S')}] {line}\n")
+    return log
+
+
 def run_cell(cell, wait=True):
     """Train and evaluate one cell unless it is done or locked: (status, seconds, its results or the error line or
     the stop signal's line). wait=False: "deferred" instead of waiting for a shared learner in training."""
@@ -135,7 +155,9 @@ def run_cell(cell, wait=True):
         grids.clear_error(cell)
         device = worker_device(cell.cfg)
         set_tf32(cell.cfg.Exp.tf32)
-        train.train(cell.cfg, device, echo=False, wait_for_shared=wait)
+        if cell.cfg.Exp.share_learners:
+            train_sharing(cell.cfg, device, wait)
+        train.train(cell.cfg, device, echo=False)
         results = evaluate.evaluate(cell.cfg, device, echo=False)
         return "done", time.monotonic() - began, results
     except Interrupted as err:  # not a failure: the next launch resumes the cell

@@ -42,8 +42,7 @@ from datasets.prepare.demo import LESIONS, make_image  # noqa: E402
 from models import to_model_input  # noqa: E402
 from utils import seeding  # noqa: E402
 from utils.errors import cli  # noqa: E402
-from utils.method.ensemble import score_dataset  # noqa: E402
-from utils.method.scores import SCORES, image_scores, score_maps  # noqa: E402
+from utils.method.dsu import SCORES, image_scores, score_dataset, score_maps  # noqa: E402
 from utils.report.metrics import image_metrics  # noqa: E402
 from utils.run import config  # noqa: E402
 from utils.run.runtime import RunLog, pick_device, set_tf32  # noqa: E402
@@ -124,11 +123,7 @@ def naive_train_step(learner, optimizer, seniors, x, Lambda):
     """One step as the published code does it: the seniors are forwarded on every batch."""
     with torch.no_grad():
         senior_features = [senior(x)["features"] for senior in seniors]
-    loss, terms = train.training_loss(learner, x, senior_features, Lambda)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return {name: value.detach() for name, value in terms.items()}
+    return train.train_step(learner, optimizer, x, senior_features, Lambda)
 
 
 def naive_train(index, seniors, train_images, cfg, device, epochs, workers=0):
@@ -155,7 +150,7 @@ def naive_train(index, seniors, train_images, cfg, device, epochs, workers=0):
 
 
 def naive_scores(learners, test_images, device, workers=0):
-    """rec, unc and dsu of each image, one image at a time, written out from the formulas in utils/method/scores.py's
+    """rec, unc and dsu of each image, one image at a time, written out from the formulas in utils/method/dsu.py's
     docstring."""
     scores = {name: [] for name in SCORES}
     for x in DataLoader(NaiveImages(test_images), batch_size=1, num_workers=workers):
@@ -185,7 +180,7 @@ def fast_train(train_images, cfg, device, run_dir):
     seniors, seconds = [], []
     for index in range(cfg.Model.num_learners):
         began = time.perf_counter()
-        learner = train.train_learner(index, seniors, images, cfg, device, run_dir, log)
+        learner = train.train_learner(index, seniors, images, cfg, device, device.type == "cuda", run_dir, log)
         synchronize(device)
         seconds.append(time.perf_counter() - began)
         seniors.append(learner.eval().requires_grad_(False))
@@ -201,7 +196,7 @@ def fast_scores(learners, test_images, device, repeats):
     for _ in range(repeats):
         synchronize(device)
         began = time.perf_counter()
-        _, scores = score_dataset(learners, images, 0, device)
+        scores = score_dataset(learners, images, 0, device).curve[len(learners)]
         seconds.append(time.perf_counter() - began)
     return {name: value.double().numpy() for name, value in scores.items()}, statistics.median(seconds)
 
@@ -241,7 +236,7 @@ def profile_junior(learners, train_images, cfg, device, path, epochs, rows=30) -
         synchronize(device)
         began = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as profiler:
-            train.train_learner(index, learners, images, config.from_dict(settings), device, run_dir, log)
+            train.train_learner(index, learners, images, config.from_dict(settings), device, cuda, run_dir, log)
             synchronize(device)
         seconds = time.perf_counter() - began
         log.close()
@@ -312,7 +307,7 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory(prefix="d2ue-bench-") as run_dir:
         cfg = config.from_dict({
-            "Exp": {"out_dir": run_dir, "device": str(device), "checkpoint_every_s": 1e9, "fast": True},
+            "Exp": {"out_dir": run_dir, "device": str(device), "checkpoint_every_s": 1e9},
             "Model": {"network": args.network, "num_learners": args.learners},
             "Data": {"dataset": "bench", "img_size": args.img_size},
             "Solver": {"bs": args.bs, "lr": args.lr, "num_epoch": epochs, "seed": args.seed}})

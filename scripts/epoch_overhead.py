@@ -84,7 +84,8 @@ def measure(cfg_path, device, epochs=None):
             train.train_one_epoch, batchnorm.finish_learner = clock.train_one_epoch, clock.finish_learner
             feature_shape.on_probe = clock.on_probe
             try:
-                learner = train.train_learner(index, seniors, images, cfg, device, Path(run_dir), log)
+                learner = train.train_learner(index, seniors, images, cfg, device, device.type == "cuda",
+                                              Path(run_dir), log)
             finally:
                 train.train_one_epoch, batchnorm.finish_learner = clock.inner, finish
                 feature_shape.on_probe = on_probe

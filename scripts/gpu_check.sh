@@ -6,7 +6,7 @@
 #   tests  the whole suite, the CUDA tests included                                  -> tests.txt
 #   bench  scripts/bench.py --device cuda --epochs 250, and a profiled junior         -> bench.json, profile.txt
 #   e2e    synthetic RSNA-sized data on disk (3851 train, 1000 + 1000 test, 512 x 512 PNGs, made once), then
-#          train.py + eval.py of cfgs/RSNA_AE.yaml on it, timed end to end, with Exp.fast=true and =false  -> e2e.txt
+#          train.py + eval.py of cfgs/RSNA_AE.yaml on it, timed end to end, with Exp.cuda_graph=true and =false  -> e2e.txt
 #   grid   8 RSNA_AE cells (seeds 1-8, 25 epochs) on that data, run by 1, 2, 4 and 8 torchrun workers sharing
 #          the one GPU: seconds and cells per minute                                  -> grid.txt
 #
@@ -72,14 +72,14 @@ for stage in "$@"; do
             run="$WORK/e2e_fast_$fast"
             rm -rf "$run"
             settings=(Data.root="$DATA" Data.dataset="$DATASET" Exp.out_dir="$run" Exp.device="$DEVICE"
-                      Exp.fast="$fast" Solver.num_epoch="$EPOCHS")
+                      Exp.cuda_graph="$fast" Solver.num_epoch="$EPOCHS")
             began=$(now_ms)
             "$PY" train.py --config cfgs/RSNA_AE.yaml "${settings[@]}" >/dev/null
             "$PY" eval.py --config cfgs/RSNA_AE.yaml "${settings[@]}" >/dev/null
             took=$(seconds_since "$began")
             cp "$run/train.log" "$OUT/e2e_fast_${fast}_train.log"
             cp "$run/results.json" "$OUT/e2e_fast_${fast}_results.json"
-            note "e2e Exp.fast=$fast: train.py + eval.py of cfgs/RSNA_AE.yaml ($EPOCHS epochs) in $took s, start-up and loading included; $(aucs "$run/results.json")" | tee -a "$OUT/e2e.txt"
+            note "e2e Exp.cuda_graph=$fast: train.py + eval.py of cfgs/RSNA_AE.yaml ($EPOCHS epochs) in $took s, start-up and loading included; $(aucs "$run/results.json")" | tee -a "$OUT/e2e.txt"
         done
         ;;
     grid)

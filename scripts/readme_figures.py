@@ -26,9 +26,8 @@ from datasets.medad import dataset_dir, load_images, load_masks, read_split  # n
 from models import to_model_input  # noqa: E402
 from models import TAPS  # noqa: E402
 from utils.errors import cli  # noqa: E402
-from utils.method.cka import pairwise_similarity  # noqa: E402
-from utils.method.ensemble import features_of, score_dataset  # noqa: E402
-from utils.method.scores import SCORES  # noqa: E402
+from utils.method.dsu import SCORES, score_dataset  # noqa: E402
+from utils.method.rar import features_of, pairwise_cka  # noqa: E402
 from utils.report.figures import anomaly_grid  # noqa: E402
 from utils.run.checkpoint import load_run  # noqa: E402
 from utils.run.runtime import pick_device  # noqa: E402
@@ -134,7 +133,7 @@ def tsne_subset(labels, per_class=TSNE_PER_CLASS, seed=SEED) -> np.ndarray:
 def rar_tsne(learners, images, labels, path, tap="z", seed=SEED) -> np.ndarray:
     """One t-SNE of all learners' features (colour = learner, marker = label) beside their CKA matrix."""
     features = [features_of(learner, images).flatten(1).float().cpu() for learner in learners]
-    cka = pairwise_similarity([f.double() for f in features]).numpy()
+    cka = pairwise_cka([f.double() for f in features]).numpy()
     subset = tsne_subset(labels, seed=seed)
     points = torch.cat([f[subset] for f in features]).numpy()
     if points.shape[1] > 50:  # wide taps (encoder / decoder blocks): PCA first, the usual t-SNE practice
@@ -209,7 +208,8 @@ def main(argv=None):
     pairs = [f"{i + 1}-{j + 1} {cka[i, j]:.3f}" for i in range(len(cka)) for j in range(i + 1, len(cka))]
     print(f"linear CKA between learners on {len(labels)} test images: {', '.join(pairs) or '(one learner)'}")
 
-    maps, scores = score_dataset(learners, images, cfg.Exp.score_batch, device)
+    scored = score_dataset(learners, images, cfg.Exp.score_batch, device)
+    maps, scores = scored.maps, scored.curve[len(learners)]
     masks = load_masks(split.directory, split.test, cfg.Data.img_size) if split.has_masks else None
     anomaly_grid(to_model_input(images)[:, 0].numpy(), maps["x_hat"].numpy(),
                  {name: maps[name].numpy() for name in SCORES}, scores["dsu"].numpy(), labels,

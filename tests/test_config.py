@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from utils.errors import UserError
 from utils.run import config
@@ -38,9 +39,9 @@ def test_every_shipped_config_has_a_script():
 
 def test_overrides_are_typed_and_win(tmp_path):
     cfg = config.load(CFGS / "RSNA_AE.yaml", ["Solver.num_epoch=30", "Data.root=/data/Med-AD", "Solver.lr=1e-3",
-                                               "Exp.fast=false", "Model.network=MemAE"])
+                                               "Exp.cuda_graph=false", "Model.network=MemAE"])
     assert cfg.Solver.num_epoch == 30 and cfg.Data.root == "/data/Med-AD"
-    assert cfg.Solver.lr == 1e-3 and cfg.Exp.fast is False and cfg.Model.network == "MemAE"
+    assert cfg.Solver.lr == 1e-3 and cfg.Exp.cuda_graph is False and cfg.Model.network == "MemAE"
 
 
 def test_run_dir_placeholders():
@@ -63,7 +64,7 @@ def test_saved_config_round_trips(tmp_path):
     (["Slover.lr=0.1"], "unknown config section 'Slover'; did you mean 'Solver'?"),
     (["Solver.bs=big"], "config Solver.bs must be int, got str 'big'"),
     (["Solver.num_epoch=2.5"], "config Solver.num_epoch must be int, got float 2.5"),
-    (["Exp.fast=3"], "config Exp.fast must be bool, got int 3"),
+    (["Exp.cuda_graph=3"], "config Exp.cuda_graph must be bool, got int 3"),
     (["Data.img_size=40"], "Data.img_size must be a positive multiple of 16, got 40"),
     (["Model.network=VAE"], "unknown config Model.network 'VAE'"),
     (["Exp.device=gpu0"], "Exp.device must be auto, cpu, cuda or cuda:N"),
@@ -100,39 +101,15 @@ def test_readme_documents_every_key():
             assert f"`{section}.{field.name}`" in readme, f"{section}.{field.name} missing from README"
 
 
-def test_repulsion_names_match_the_registry():
-    from utils.method.cka import REPULSIONS
-    for name in REPULSIONS:  # every similarity of the registry is a valid Model.repulsion
-        assert config.load(CFGS / "RSNA_AE.yaml", [f"Model.repulsion={name}"]).Model.repulsion == name
-
-
-def test_repulsion_and_precise_bn_defaults_are_the_published_behaviour():
+def test_precise_bn_default_is_the_published_behaviour():
     cfg = config.load(CFGS / "RSNA_AE.yaml")
-    assert cfg.Model.repulsion == "linear_cka" and cfg.Solver.precise_bn is False
-
-
-@pytest.mark.parametrize("overrides", [["Model.repulsion=cca"], ["Model.repulsion=debiased_cca", "Solver.bs=18"],
-                                       ["Model.repulsion=rbf_cka", "Model.layer=0"],
-                                       ["Model.repulsion=debiased_cka", "Solver.bs=4"], ["Solver.precise_bn=true"],
-                                       ["Model.repel_on=pasted"]])
-def test_new_options_load(overrides):
-    cfg = config.load(CFGS / "RSNA_AE.yaml", overrides)
-    assert cfg.Model.repel_on == ("pasted" if "Model.repel_on=pasted" in overrides else "training")
-    assert cfg.Model.repulsion == (overrides[0].split("=")[1] if "repulsion" in overrides[0] else "linear_cka")
-    assert cfg.Solver.precise_bn is ("Solver.precise_bn=true" in overrides)
+    assert cfg.Solver.precise_bn is False and cfg.Solver.Lambda == 1.0
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["Model.repulsion=debiasedcka"], "unknown config Model.repulsion 'debiasedcka'; did you mean 'debiased_cka'?"),
-    (["Model.repulsion=linear-cka"], "did you mean 'linear_cka'?"),
-    (["Model.repulsion=kernel"], "unknown config Model.repulsion 'kernel'; valid: linear_cka, cca"),
-    (["Model.repulsion=cca", "Model.layer=5"], "Model.repulsion=cca whitens the features"),
-    (["Model.repulsion=debiased_cca", "Solver.bs=17"], "fewer dimensions than Solver.bs - 1 (16)"),
-    (["Model.repulsion=debiased_cka", "Solver.bs=3"], "needs Solver.bs of at least 4"),
     (["Solver.precise_bn=1"], "config Solver.precise_bn must be bool, got int 1"),
-    (["Model.repel_on=paste"], "unknown config Model.repel_on 'paste'; did you mean 'pasted'?"),
 ])
-def test_bad_repulsion_settings_name_the_key(overrides, message):
+def test_bad_settings_name_the_key(overrides, message):
     with pytest.raises(UserError) as err:
         config.load(CFGS / "RSNA_AE.yaml", overrides)
     assert message in str(err.value)
@@ -141,22 +118,57 @@ def test_bad_repulsion_settings_name_the_key(overrides, message):
 def test_new_keys_are_part_of_the_run_identity():
     from utils.run import checkpoint
     base = config.load(CFGS / "RSNA_AE.yaml").to_dict()
-    for override in ("Model.repulsion=cca", "Solver.precise_bn=true", "Model.repel_on=pasted"):
+    for override in ("Solver.precise_bn=true", "Data.holdout=0.1"):
         other = config.load(CFGS / "RSNA_AE.yaml", [override]).to_dict()
         with pytest.raises(UserError, match=override.split("=")[0]):
             checkpoint.check_same_experiment(base, other, "run folder x")
 
 
 def test_checkpoints_from_before_the_new_keys_still_match():
-    """A config stored before Model.repulsion and Solver.precise_bn existed means their defaults (the published
-    behaviour), so such runs resume and evaluate; with another value they are refused."""
+    """A config stored before Solver.precise_bn existed means its default (the published behaviour), so such runs
+    resume and evaluate; with another value they are refused."""
     from utils.run import checkpoint
     stored = config.load(CFGS / "RSNA_AE.yaml").to_dict()
-    del stored["Model"]["repulsion"], stored["Solver"]["precise_bn"]
+    del stored["Solver"]["precise_bn"]
     checkpoint.check_same_experiment(stored, config.load(CFGS / "RSNA_AE.yaml").to_dict(), "checkpoint x")
-    with pytest.raises(UserError, match="made with Model.repulsion='linear_cka' but this config has 'cca'"):
-        checkpoint.check_same_experiment(stored, config.load(CFGS / "RSNA_AE.yaml", ["Model.repulsion=cca"]).to_dict(),
-                                         "checkpoint x")
+    with pytest.raises(UserError, match="made with Solver.precise_bn=False but this config has True"):
+        checkpoint.check_same_experiment(stored, config.load(CFGS / "RSNA_AE.yaml", ["Solver.precise_bn=true"])
+                                         .to_dict(), "checkpoint x")
+
+
+@pytest.mark.parametrize("name, kept, other", [("Model.repulsion", "linear_cka", "cca"),
+                                               ("Model.repel_on", "training", "pasted"),
+                                               ("Solver.spread", 0.0, 0.5)])
+def test_a_removed_option_loads_at_the_kept_behaviour_and_is_refused_otherwise(tmp_path, name, kept, other):
+    """Run folders written before the studies' options left the core: their config.yaml names the option; at the
+    behaviour the project kept it loads as before, at another value it is refused in one line naming the option
+    and the commit that can still run it."""
+    stored = config.load(CFGS / "RSNA_AE.yaml").to_dict()
+    section, key = name.split(".")
+    stored[section][key] = kept
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(stored))
+    assert config.load(path).to_dict() == config.load(CFGS / "RSNA_AE.yaml").to_dict()
+    stored[section][key] = other
+    path.write_text(yaml.safe_dump(stored))
+    with pytest.raises(UserError) as err:
+        config.load(path)
+    assert str(err.value).startswith(f"config {name}={other} is an option this project no longer has")
+    assert "git checkout 81a2410" in str(err.value) and "\n" not in str(err.value)
+    run = {**config.run_settings(config.load(CFGS / "RSNA_AE.yaml")), key: kept}  # results.json of such a run
+    assert config.is_run_of(run, config.load(CFGS / "RSNA_AE.yaml"))
+    assert not config.is_run_of({**run, key: other}, config.load(CFGS / "RSNA_AE.yaml"))
+
+
+def test_exp_fast_of_earlier_runs_sets_both_of_its_successors(tmp_path):
+    stored = config.load(CFGS / "RSNA_AE.yaml").to_dict()
+    del stored["Exp"]["cache_seniors"], stored["Exp"]["cuda_graph"]
+    for value in (True, False):
+        stored["Exp"]["fast"] = value
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(stored))
+        cfg = config.load(path)
+        assert (cfg.Exp.cache_seniors, cfg.Exp.cuda_graph) == (value, value)
 
 
 def test_one_definition_of_an_experiment_serves_checkpoints_results_grids_and_summaries():
@@ -166,10 +178,9 @@ def test_one_definition_of_an_experiment_serves_checkpoints_results_grids_and_su
     from utils.grid.summary import _identity
     base = config.load(CFGS / "RSNA_AE.yaml")
     changed = {"Model.network": "MemAE", "Model.mp": 2, "Model.ls": 8, "Model.layer": 3, "Model.mem_dim": 9,
-               "Model.shrink_thres": 0.1, "Model.entropy_loss_weight": 0.1, "Model.repulsion": "cca",
-               "Model.repel_on": "pasted",
+               "Model.shrink_thres": 0.1, "Model.entropy_loss_weight": 0.1,
                "Data.dataset": "vin", "Data.img_size": 32, "Data.holdout": 0.1, "Solver.bs": 32, "Solver.lr": 0.1,
-               "Solver.weight_decay": 0.1, "Solver.num_epoch": 3, "Solver.Lambda": 0.5, "Solver.spread": 0.5,
+               "Solver.weight_decay": 0.1, "Solver.num_epoch": 3, "Solver.Lambda": 0.5,
                "Solver.precise_bn": True, "Model.num_learners": 5, "Solver.seed": 99, "Data.root": "/elsewhere"}
     assert set(changed) == {f"{section}.{key}" for section in config.EXPERIMENT_SECTIONS
                             for key in config.SECTIONS[section]().__dict__}  # every setting is tried

@@ -13,11 +13,11 @@ from models import to_model_input
 from tests.conftest import write_config
 from utils import seeding
 from utils.grid.summary import summarize
-from utils.method import batchnorm, ensemble, feature_shape
+from utils.method import batchnorm, feature_shape
 from utils.method.batchnorm import eval_and_train_errors, recompute_bn_stats
-from utils.method.cka import SIMILARITIES, gradient_cosine, pairwise_similarity
-from utils.method.scores import IMAGE_SCORES
-from utils.method.feature_shape import participation_ratio, spectrum
+from utils.method.feature_shape import spectrum
+from utils.method.rar import features_of, linear_cka, pairwise_cka
+from utils.method.reference import IMAGE_SCORES
 from utils.run import checkpoint, config
 
 
@@ -56,8 +56,8 @@ def test_diagnostics_in_the_logs_the_checkpoints_and_results(tiny_root, tmp_path
     results = json.loads((run / "results.json").read_text())
     reported = results["diagnostics"]
     test_images = to_model_input(load_images(split.directory, split.test, 32))
-    test_features = [ensemble.features_of(learner, test_images) for learner in learners]
-    expected = pairwise_similarity(test_features).numpy()
+    test_features = [features_of(learner, test_images) for learner in learners]
+    expected = pairwise_cka(test_features).numpy()
     assert np.allclose(reported["linear_cka"], expected, atol=1e-5)
     assert np.allclose(np.diag(expected), 1, atol=1e-5) and expected.shape == (3, 3)
     assert reported["effective_rank"] == pytest.approx([spectrum(f)[0].item() for f in test_features], rel=1e-4)
@@ -80,18 +80,17 @@ def test_a_learner_whose_eval_mode_is_much_worse_is_named(tiny_root, tmp_path, m
     assert results["diagnostics"]["warnings"] == [warning.split("warning: ", 1)[1] for warning in warnings]
 
 
-@pytest.mark.parametrize("kind", sorted(SIMILARITIES))
-def test_the_configured_repulsion_is_the_one_trained_with(tiny_root, tmp_path, kind):
-    cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Model={"repulsion": kind},
-                            Solver={"num_epoch": 1, "Lambda": 0.5, "bs": 32})  # the whitened ones need bs > ls + 1
+def test_the_repulsion_trained_with_is_linear_cka_with_the_seniors(tiny_root, tmp_path):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run",
+                            Solver={"num_epoch": 1, "Lambda": 0.5, "bs": 32})
     train.main(["--config", str(cfg_path)])
     records_of_junior = records(tmp_path / "run", "learner1")
     senior, junior = checkpoint.load_learners(tmp_path / "run", config.load(cfg_path), torch.device("cpu"))
     split = read_split(tiny_root / "tiny")
     x = to_model_input(load_images(split.directory, split.train[:32], 32))
-    junior.train()
-    _, terms = train.training_loss(junior, x, [senior(x)["features"]], 0.5, kind)
-    expected = SIMILARITIES[kind](junior(x)["features"], senior(x)["features"])
+    junior.train().requires_grad_(True)
+    expected = linear_cka(junior(x)["features"], senior(x)["features"])
+    terms = train.train_step(junior, torch.optim.SGD(junior.parameters(), lr=0.0), x, [senior(x)["features"]], 0.5)
     assert terms["repulsion"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert terms["loss"].item() == pytest.approx((junior.loss(junior(x), x)[0] + 0.5 * expected).item(), rel=1e-5)
     assert 0 <= records_of_junior[0]["repulsion"] <= 1.01
@@ -136,7 +135,7 @@ def test_precise_bn_statistics_are_in_the_checkpoint_and_resume_exactly(tiny_roo
 def test_precise_bn_fast_and_eager_paths_agree(tiny_root, tmp_path):
     runs = {}
     for fast in (True, False):
-        cfg = write_config(tmp_path / f"{fast}.yaml", tiny_root, tmp_path / f"run{fast}", Exp={"fast": fast},
+        cfg = write_config(tmp_path / f"{fast}.yaml", tiny_root, tmp_path / f"run{fast}", Exp={"cache_seniors": fast},
                            Solver={"precise_bn": True})
         train.main(["--config", str(cfg)])
         runs[fast] = state_of(tmp_path / f"run{fast}", 1)["model"]
@@ -144,52 +143,19 @@ def test_precise_bn_fast_and_eager_paths_agree(tiny_root, tmp_path):
         assert torch.allclose(runs[False][key].float(), value.float(), rtol=1e-4, atol=1e-6), key
 
 
-def test_gradient_repulsion_compares_input_gradients_and_spread_adds_the_collapse_term(tiny_root, tmp_path):
-    """Model.repulsion=gradient_cosine with Solver.spread: the junior's loss is its reconstruction loss, plus Lambda x
-    the squared cosine of its input gradients with the senior's, plus spread / participation ratio; trained end to
-    end on the cached (fast) and uncached paths alike."""
-    settings = {"Model": {"repulsion": "gradient_cosine"}, "Solver": {"num_epoch": 1, "Lambda": 0.5, "spread": 0.2}}
-    fast = write_config(tmp_path / "f.yaml", tiny_root, tmp_path / "fast", **settings)
-    eager = write_config(tmp_path / "e.yaml", tiny_root, tmp_path / "eager", Exp={"fast": False}, **settings)
-    for path in (fast, eager):
-        train.main(["--config", str(path)])
-    for index in (0, 1):
-        fast_state = checkpoint.load(checkpoint.learner_path(tmp_path / "fast", index))["model"]
-        eager_state = checkpoint.load(checkpoint.learner_path(tmp_path / "eager", index))["model"]
-        assert all(torch.allclose(fast_state[key].float(), eager_state[key].float(), atol=1e-5) for key in fast_state)
-    senior, junior = checkpoint.load_learners(tmp_path / "fast", config.load(fast), torch.device("cpu"))
-    split = read_split(tiny_root / "tiny")
-    x = to_model_input(load_images(split.directory, split.train[:16], 32))
-    senior_gradient = ensemble.input_gradients_of(senior, x)
-    junior.train()
-    _, terms = train.training_loss(junior, x, [senior_gradient], 0.5, "gradient_cosine", spread=0.2)
-    x_in = x.clone().requires_grad_(True)
-    out = junior(x_in)
-    own = torch.autograd.grad(junior.score_error(out, x_in).flatten(1).mean(dim=1).sum(), x_in)[0]
-    expected = gradient_cosine(own, senior_gradient)
-    collapse = 1 / participation_ratio(out["features"])
-    assert terms["repulsion"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert terms["collapse"].item() == pytest.approx(collapse.item(), rel=1e-5)
-    assert terms["loss"].item() == pytest.approx((junior.loss(out, x)[0] + 0.5 * expected + 0.2 * collapse).item(),
-                                                 rel=1e-5)
-    assert 0 < expected.item() <= 1 and senior_gradient.abs().sum() > 0
-    assert "collapse" in records(tmp_path / "fast", "learner1")[0]
-
-
 def test_a_step_that_could_not_be_captured_is_a_warning_in_the_log_the_results_and_the_grid_line(
         tiny_root, tmp_path, monkeypatch, capsys):
     """capture_step's fallback reason goes where the eval/train BatchNorm warning goes."""
     import sweep
-    from utils.run import fast
-    real = fast.capture_step
+    from utils.run import cuda_graph
 
-    def falls_back(*args, **kwargs):  # as capture_step falls back: one warning line, logged when it happens
-        step, _ = real(*args, **{**kwargs, "capture": False})
+    def falls_back(step, *args, **kwargs):  # as capture_step falls back: one warning line, logged when it happens
         warning = "CUDA graph capture not used (RuntimeError: emulated); training eagerly, which is slower"
         kwargs["log"](f"warning: {warning}")
         return step, warning
 
-    monkeypatch.setattr(fast, "capture_step", falls_back)
+    monkeypatch.setattr(train, "captures", lambda cfg, device: True)  # as on CUDA
+    monkeypatch.setattr(cuda_graph, "capture_step", falls_back)
     grid_file = tmp_path / "g.yaml"
     config_file = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "x", Solver={"num_epoch": 1})
     grid_file.write_text(f"name: g\nout_dir: {tmp_path}\nconfigs: [{config_file}]\nseeds: [3]\n")

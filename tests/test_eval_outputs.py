@@ -16,15 +16,12 @@ import eval as evaluate
 import train
 from datasets.medad import load_images, load_masks, read_split
 from tests.conftest import REPO, write_config
-from utils.method import ensemble
-from utils.method.scores import MAPS
+from utils.method.dsu import SCORES, score_dataset
+from utils.method.reference import IMAGE_SCORES
 from utils.report.metrics import pixel_metrics_of_maps
 from utils.run import checkpoint, config
 
 PIXEL_KEYS = {"pixel_auroc", "pixel_ap", "pixel_best_dice"}
-SCORES = ("rec", "unc", "dsu")
-IMAGE_SCORES = ("rec", "unc", "dsu", "rec_top1", "unc_top1", "dsu_top1", "rec_z", "unc_z", "dsu_z", "rec_z_top1",
-                "unc_z_top1", "dsu_z_top1", "fused")
 
 
 def train_and_eval(cfg, *overrides):
@@ -43,7 +40,7 @@ def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path):
     split = read_split(tiny_root / "tiny")
     learners = checkpoint.load_learners(run, cfg, torch.device("cpu"))
     images = load_images(split.directory, split.test, cfg.Data.img_size)
-    maps, _ = ensemble.score_dataset(learners, images, cfg.Exp.score_batch, torch.device("cpu"))
+    maps = score_dataset(learners, images, cfg.Exp.score_batch, torch.device("cpu")).maps
     masks = load_masks(split.directory, split.test, cfg.Data.img_size)
     labels = torch.tensor(split.test_labels)
     assert not masks[labels == 0].any() and masks[labels == 1].flatten(1).any(dim=1).all()
@@ -54,7 +51,7 @@ def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path):
             assert results[score][key] == pytest.approx(value, rel=1e-6), (score, key)
         assert 0 <= results[score]["chi2"] <= 1
 
-    for name in ("hist.png", "roc_pr.png", "grid.png"):
+    for name in ("hist.png", "roc_pr.png", "grid.png", "ensemble_size.png"):
         with Image.open(run / name) as image:
             image.verify()
 
@@ -65,6 +62,9 @@ def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path):
         for metric in ("auc", "ap", "chi2", *PIXEL_KEYS):
             assert f"eval/{score}_{metric}" in tags["scalars"]
         assert events.Scalars(f"eval/{score}_auc")[-1].value == pytest.approx(results[score]["auc"])
+        assert [event.step for event in events.Scalars(f"ensemble_size/{score}_auc")] == [2]
+        assert events.Scalars(f"ensemble_size/{score}_pixel_auroc")[-1].value == \
+            pytest.approx(results["ensemble_size"]["2"][score]["pixel_auroc"])
     shown = {"input", "reconstruction", "mask", "rec_map", "unc_map", "dsu_map"}
     assert {f"test_images/{name}" for name in shown} <= set(tags["images"])
     hparams = events.PluginTagToContent("hparams")
@@ -75,6 +75,25 @@ def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path):
     assert "eval/dsu_auc" in {info.name.tag for info in experiment.metric_infos}
 
 
+def test_the_curve_of_the_first_k_learners_is_a_run_trained_with_k_learners(tiny_root, tmp_path):
+    """Learner k never depends on how many follow it: the curve's k = 2 row of a 3-learner run equals the results of
+    a 2-learner run of the same seed and settings, and its k = 3 row equals the run's own results."""
+    runs = {}
+    for count in (3, 2):
+        cfg = write_config(tmp_path / f"c{count}.yaml", tiny_root, tmp_path / f"run{count}",
+                           Model={"num_learners": count}, Solver={"num_epoch": 1})
+        train_and_eval(cfg)
+        runs[count] = json.loads((tmp_path / f"run{count}" / "results.json").read_text())
+    curve = runs[3]["ensemble_size"]
+    assert list(curve) == ["2", "3"] and list(runs[2]["ensemble_size"]) == ["2"]
+    for score in SCORES:
+        assert curve["2"][score].keys() == {"auc", "ap", *PIXEL_KEYS}
+        for key, value in curve["2"][score].items():
+            assert value == runs[2][score][key], (score, key)  # bit for bit: the same passes, the same formulas
+            assert runs[2]["ensemble_size"]["2"][score][key] == runs[2][score][key]
+            assert curve["3"][score][key] == runs[3][score][key], (score, key)
+
+
 def test_no_masks_no_pixel_metrics(tiny_root, tmp_path):
     shutil.copytree(tiny_root / "tiny", tmp_path / "data" / "tiny", ignore=lambda folder, names: ["masks"])
     assert not (tmp_path / "data" / "tiny" / "masks").exists()
@@ -83,6 +102,7 @@ def test_no_masks_no_pixel_metrics(tiny_root, tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     for score in SCORES:
         assert {"auc", "ap", "chi2"} <= results[score].keys() and not PIXEL_KEYS & results[score].keys()
+        assert not PIXEL_KEYS & results["ensemble_size"]["2"][score].keys()
     assert (tmp_path / "run" / "grid.png").is_file()
 
 
@@ -100,7 +120,7 @@ def test_summary_over_two_seeds(tiny_root, tmp_path, capsys):
     evaluate.main(["--summary", str(tmp_path / "runs")])
     for row in read_summary(tmp_path / "runs"):
         assert row["n_seeds"] == "2" and row["seeds"] == "1 2"
-        assert bool(row["pixel_auroc_mean"]) == (row["score"] in MAPS)  # pooled image scores have no map of their own
+        assert bool(row["pixel_auroc_mean"]) == (row["score"] in SCORES)  # referred scores have no map of their own
     aucs = [json.loads((tmp_path / "runs" / f"tiny_s{seed}" / "results.json").read_text())["dsu"]["auc"]
             for seed in (1, 2)]
     dsu = read_summary(tmp_path / "runs")[2]
@@ -140,7 +160,7 @@ SCORING_MEMORY = """
 import resource, sys
 import torch
 import models
-from utils.method import ensemble
+from utils.method.dsu import score_dataset
 torch.set_num_threads(1)
 learners = []
 for seed in range(2):
@@ -148,9 +168,9 @@ for seed in range(2):
     learners.append(models.build({"network": "AE", "img_size": 64, "mp": 1, "ls": 16, "layer": 4}).eval()
                     .requires_grad_(False))
 images = torch.randint(0, 256, (int(sys.argv[1]), 1, 64, 64), dtype=torch.uint8)
-ensemble.score_dataset(learners, images[:16], 16, torch.device("cpu"))  # warm-up: kernels, allocator
+score_dataset(learners, images[:16], 16, torch.device("cpu"))  # warm-up: kernels, allocator
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-maps, _ = ensemble.score_dataset(learners, images, 16, torch.device("cpu"))
+maps = score_dataset(learners, images, 16, torch.device("cpu")).maps
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # ru_maxrss is in KiB on Linux
 print(grown / sum(value.numel() * value.element_size() for value in maps.values()))
 """

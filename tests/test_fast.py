@@ -1,4 +1,5 @@
-"""The fast path: the training step (eager, and the capture logic with an emulated graph), and the benchmark."""
+"""The training step (eager, and the CUDA-graph capture and its check with an emulated graph), Adam and resuming
+its state, and the benchmark."""
 import contextlib
 import copy
 import json
@@ -12,10 +13,11 @@ import models
 import train
 from models import to_model_input
 from tests.conftest import REPO, load_script, run_cli, write_config
-from utils.method import batchnorm, ensemble, feature_shape
-from utils.method.cka import linear_cka
-from utils.method.scores import image_scores, score_maps
-from utils.run import checkpoint, config, fast
+from utils.method import batchnorm, feature_shape
+from utils.method.dsu import image_scores, score_dataset, score_maps
+from utils.method.rar import features_of, linear_cka
+from utils.run import checkpoint, config, cuda_graph
+from utils.run.optimizer import adam as project_adam, adam_options, load_optimizer_state
 
 SIZE, BS, LAMBDA = 32, 8, 1.0
 
@@ -34,7 +36,7 @@ def data():
     """Training images in [-1, 1] and one frozen senior's cached features."""
     images = torch.rand(4 * BS, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
     senior = backbone(seed=1).eval().requires_grad_(False)
-    return images, [ensemble.features_of(senior, images)]
+    return images, [features_of(senior, images)]
 
 
 def batches(n=3):
@@ -44,17 +46,16 @@ def batches(n=3):
 
 def step_for(learner, optimizer, data, capture=False, log=print):
     images, cache = data
-    cfg = config.Config(Solver=config.Solver(Lambda=LAMBDA))
 
     def step(batch):
-        return train.train_step(learner, optimizer, images[batch], [c[batch] for c in cache], cfg)
+        return train.train_step(learner, optimizer, images[batch], [c[batch] for c in cache], LAMBDA)
 
-    return fast.capture_step(step, learner, optimizer, BS, capture=capture, log=log)[0]
+    return cuda_graph.capture_step(step, learner, optimizer, BS, log=log)[0] if capture else step
 
 
-def trajectory(data, capture=False, log=print, network="AE"):
-    """Losses of 3 steps from a fixed initial state, and the final weights."""
-    learner = backbone(network).train()
+def trajectory(data, capture=False, log=print, network="AE", learner=None):
+    """Losses of 3 steps from a fixed initial state (the learner's, default a new one), and the final weights."""
+    learner = backbone(network).train() if learner is None else learner
     optimizer = adam(learner)
     step = step_for(learner, optimizer, data, capture, log)
     losses = [{name: value.item() for name, value in step(batch).items()} for batch in batches()]
@@ -101,32 +102,45 @@ def test_restore_undoes_steps_and_a_zero_adam_state_equals_a_fresh_one(data):
     optimizer = adam(learner)
     step = step_for(learner, optimizer, data)
     tensors = [value.data_ptr() for value in learner.state_dict().values()]
-    saved = fast.snapshot(learner, optimizer)  # empty Adam state
+    saved = cuda_graph.snapshot(learner, optimizer)  # empty Adam state
     for batch in batches():
         step(batch)
-    fast.restore(learner, optimizer, saved)
+    cuda_graph.restore(learner, optimizer, saved)
     assert [value.data_ptr() for value in learner.state_dict().values()] == tensors  # in place
     assert all(float(state["step"]) == 0 for state in optimizer.state.values())
     assert_same(([{name: value.item() for name, value in step(batch).items()} for batch in batches()],
                  learner.state_dict()), untouched)
 
     # From a non-empty state (as on resume): steps after restore repeat the steps after the snapshot.
-    saved = fast.snapshot(learner, optimizer)
+    saved = cuda_graph.snapshot(learner, optimizer)
     first = [step(batch)["loss"].item() for batch in batches()]
-    fast.restore(learner, optimizer, saved)
+    cuda_graph.restore(learner, optimizer, saved)
     assert [step(batch)["loss"].item() for batch in batches()] == first
 
 
-def emulated_capture(mode):
-    """A stand-in for fast.capture on the CPU: 'replay' runs the eager step on the static index."""
+# How a replay can go wrong: each wrong gradient below leaves the loss, and Adam's first update (about lr x the sign
+# of the gradient), almost as they are, so only the gradient check sees it.
+WRONG_GRADIENTS = {"scaled": lambda gradient: 2 * gradient,
+                   "resized": lambda gradient: gradient.sign() * gradient.abs().mean()}  # right signs, wrong sizes
+
+
+def emulated_capture(mode, learner=None):
+    """A stand-in for cuda_graph.capture on the CPU: 'replay' runs the eager step on the static index (for a mode of
+    WRONG_GRADIENTS, with the learner's gradients made wrong on the way)."""
     def capture(eager, index, device):
+        if mode == "fails":
+            raise RuntimeError("operation not permitted when stream is capturing")
         outputs = eager(index)  # like a capture, this leaves the state changed; captured_step restores it
         if mode == "stale":
             return (lambda: None), outputs  # a graph that updates nothing
 
         def replay():
+            hooks = ([param.register_hook(WRONG_GRADIENTS[mode]) for param in learner.parameters()]
+                     if mode in WRONG_GRADIENTS else [])
             for name, value in eager(index).items():
                 outputs[name].copy_(value)
+            for hook in hooks:
+                hook.remove()
             if mode == "double":  # right loss, wrong weights
                 eager(index)
 
@@ -134,21 +148,57 @@ def emulated_capture(mode):
     return capture
 
 
-@pytest.mark.parametrize("mode", ["emulated", "stale", "double", "unavailable"])
+@pytest.mark.parametrize("mode", ["emulated", "stale", "double", "fails", "scaled", "resized"])
 def test_capture_logic_keeps_the_eager_trajectory(data, monkeypatch, mode):
-    """Warm-up, self-check and fallback never change the maths: the run equals a plain eager run."""
+    """Warm-up, self-check and fallback never change the maths: the run equals a plain eager run, and a replay whose
+    loss, gradients or update differ from the eager step's is refused."""
     eager = trajectory(data)
-    if mode != "unavailable":  # on this CPU, torch.cuda.Stream itself fails: the real fallback path
-        monkeypatch.setattr(fast, "side_stream", lambda device: contextlib.nullcontext())
-        monkeypatch.setattr(fast, "capture", emulated_capture(mode))
+    learner = backbone().train()
+    monkeypatch.setattr(cuda_graph, "side_stream", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(cuda_graph, "capture", emulated_capture(mode, learner))
     lines = []
-    captured = trajectory(data, capture=True, log=lines.append)
+    captured = trajectory(data, capture=True, log=lines.append, learner=learner)
     assert len(lines) == 1
     if mode == "emulated":
         assert "captured as a CUDA graph" in lines[0]
     else:
         assert "not used" in lines[0] and "training eagerly" in lines[0]
+    if mode in WRONG_GRADIENTS:
+        assert "gradient of" in lines[0], lines[0]
     assert_same(captured, eager)
+
+
+def test_a_bug_in_the_step_surfaces_as_itself_once(data, monkeypatch):
+    """Only what capture raises falls back; an error of the step itself is raised, not reported as a capture
+    problem first."""
+    monkeypatch.setattr(cuda_graph, "side_stream", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(cuda_graph, "capture", emulated_capture("emulated"))
+    learner = backbone().train()
+
+    def broken(batch):
+        raise ValueError("shapes do not match")
+
+    lines = []
+    with pytest.raises(ValueError, match="shapes do not match"):
+        cuda_graph.capture_step(broken, learner, adam(learner), BS, log=lines.append)
+    assert lines == []
+
+
+def test_the_check_refuses_wrongly_scaled_gradients_and_accepts_float_noise(data):
+    """mismatch on records of two steps from one state: the eager step's against itself with its gradients scaled by
+    2, with the right signs but wrong sizes, and with float32 rounding noise."""
+    learner = backbone().train()
+    optimizer = adam(learner)
+    step = step_for(learner, optimizer, data)
+    initial = cuda_graph.snapshot(learner, optimizer)
+    reference = cuda_graph.record(step(batches()[0]), learner)
+    for name, wrong in WRONG_GRADIENTS.items():
+        candidate = {**reference, "gradients": {key: wrong(value) for key, value in reference["gradients"].items()}}
+        assert "gradient of" in cuda_graph.mismatch(reference, candidate, initial), name
+    noisy = {**reference, "gradients": {key: value * (1 + 1e-6 * torch.randn_like(value))
+                                        for key, value in reference["gradients"].items()}}
+    assert cuda_graph.mismatch(reference, noisy, initial) is None
+    assert cuda_graph.mismatch(reference, reference, initial) is None
 
 
 def test_optimizer_state_resumes_without_capturable(data):
@@ -168,7 +218,7 @@ def test_optimizer_state_resumes_without_capturable(data):
     resumed = backbone(seed=9).train()
     resumed.load_state_dict(weights)
     resumed_optimizer = adam(resumed)
-    fast.load_optimizer_state(resumed_optimizer, saved)
+    load_optimizer_state(resumed_optimizer, saved)
     assert not any(group["capturable"] or group["fused"] for group in resumed_optimizer.param_groups)
     resumed_step = step_for(resumed, resumed_optimizer, data)
     assert [resumed_step(batch)["loss"].item() for batch in (second, third)] == pytest.approx(expected, rel=1e-6)
@@ -179,7 +229,7 @@ def test_resume_of_a_gpu_layout_state_on_the_cpu_equals_an_uninterrupted_run(dat
     are channels-last and Adam is fused. Resumed there, training must continue exactly as if never stopped."""
     solver, cpu = config.Solver(lr=1e-3), torch.device("cpu")
     learner = models.place(backbone(), cpu).train()
-    optimizer = fast.adam(learner, solver, cpu)
+    optimizer = project_adam(learner, solver, cpu)
     step = step_for(learner, optimizer, data)
     first, *rest = batches(4)
     step(first)
@@ -193,8 +243,8 @@ def test_resume_of_a_gpu_layout_state_on_the_cpu_equals_an_uninterrupted_run(dat
 
     resumed = models.place(backbone(seed=9), cpu).train()
     resumed.load_state_dict(as_on_gpu)
-    resumed_optimizer = fast.adam(resumed, solver, cpu)
-    fast.load_optimizer_state(resumed_optimizer, state)
+    resumed_optimizer = project_adam(resumed, solver, cpu)
+    load_optimizer_state(resumed_optimizer, state)
     resumed_step = step_for(resumed, resumed_optimizer, data)
     assert [resumed_step(batch)["loss"].item() for batch in rest] == uninterrupted  # bit for bit
     for key, value in learner.state_dict().items():
@@ -203,10 +253,10 @@ def test_resume_of_a_gpu_layout_state_on_the_cpu_equals_an_uninterrupted_run(dat
 
 def test_adam_is_fused_on_cpu_and_cuda_and_capturable_when_captured():
     """Without an explicit choice on CUDA, fused=False would select Adam's slowest path, a loop over parameters."""
-    assert fast.adam_options(torch.device("cpu")) == {"fused": True, "capturable": False}
-    assert fast.adam_options(torch.device("cuda:1"), capture=True) == {"fused": True, "capturable": True}
-    assert fast.adam_options(torch.device("cuda"), capture=False) == {"fused": True, "capturable": False}
-    optimizer = fast.adam(backbone(), config.Solver(lr=2e-3, weight_decay=1e-5), torch.device("cpu"))
+    assert adam_options(torch.device("cpu")) == {"fused": True, "capturable": False}
+    assert adam_options(torch.device("cuda:1"), capture=True) == {"fused": True, "capturable": True}
+    assert adam_options(torch.device("cuda"), capture=False) == {"fused": True, "capturable": False}
+    optimizer = project_adam(backbone(), config.Solver(lr=2e-3, weight_decay=1e-5), torch.device("cpu"))
     group = optimizer.param_groups[0]
     assert (group["fused"], group["capturable"], group["lr"], group["betas"], group["weight_decay"]) == \
         (True, False, 2e-3, (0.5, 0.999), 1e-5)
@@ -240,7 +290,7 @@ def test_capture_runs_on_a_stream_of_the_learners_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device", on_device)
     monkeypatch.setattr(torch.cuda, "graph", graph)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: type("Graph", (), {"replay": lambda self: None})())
-    fast.capture(eager, torch.arange(4), torch.device("cuda:1"))
+    cuda_graph.capture(eager, torch.arange(4), torch.device("cuda:1"))
     assert seen["step_device"] == torch.device("cuda:1") and seen["step_stream"] == torch.device("cuda:1")
 
 
@@ -249,7 +299,7 @@ def test_fast_and_eager_training_log_the_same_losses(tiny_root, tmp_path):
     logged = {}
     for fast_path in (True, False):
         cfg = write_config(tmp_path / f"{fast_path}.yaml", tiny_root, tmp_path / f"run{fast_path}",
-                           Exp={"fast": fast_path}, Solver={"num_epoch": 3})
+                           Exp={"cache_seniors": fast_path}, Solver={"num_epoch": 3})
         train.main(["--config", str(cfg)])
         records = [json.loads(line) for line in (tmp_path / f"run{fast_path}" / "metrics.jsonl").open()]
         logged[fast_path] = {(r["tag"], r["step"]): r for r in records}
@@ -271,7 +321,7 @@ def test_bench_naive_step_equals_fast_step():
     senior = backbone(seed=1).eval().requires_grad_(False)
     # Cached in the batches the naive path forwards (a convolution's rounding may depend on the batch size, and
     # Adam's first steps turn tiny differences of near-zero gradients into differences of the order of lr).
-    data = (images, [ensemble.features_of(senior, images, batch_size=BS)])
+    data = (images, [features_of(senior, images, batch_size=BS)])
     naive, learner = backbone(), backbone()
     naive_optimizer = adam(naive)
     step = step_for(learner, adam(learner), data)
@@ -291,7 +341,8 @@ def test_bench_naive_scores_equal_batched_scores(network):
     learners = [backbone(network, seed).eval().requires_grad_(False) for seed in range(3)]
     naive = bench.naive_scores(learners, test_u8, torch.device("cpu"))
     exact = image_scores(score_maps(learners, to_model_input(torch.from_numpy(test_u8).unsqueeze(1))))
-    _, stored = ensemble.score_dataset(learners, torch.from_numpy(test_u8).unsqueeze(1), 5, torch.device("cpu"))
+    stored = image_scores(score_dataset(learners, torch.from_numpy(test_u8).unsqueeze(1), 5,
+                                        torch.device("cpu")).maps)
     for name in ("rec", "unc", "dsu"):
         assert naive[name] == pytest.approx(exact[name].double().numpy(), rel=1e-4), name
         assert naive[name] == pytest.approx(stored[name].double().numpy(), rel=1e-4), name
@@ -351,7 +402,7 @@ def test_cuda_training_fast_equals_eager_and_resumes(tiny_root, tmp_path):
     logged = {}
     for fast_path in (True, False):
         cfg = write_config(tmp_path / f"{fast_path}.yaml", tiny_root, tmp_path / f"run{fast_path}",
-                           Exp={"fast": fast_path, "device": "cuda"}, Solver={"num_epoch": 3})
+                           Exp={"cuda_graph": fast_path, "device": "cuda"}, Solver={"num_epoch": 3})
         train.main(["--config", str(cfg)])
         log = (tmp_path / f"run{fast_path}" / "train.log").read_text()
         assert ("captured as a CUDA graph" in log) == fast_path, log
@@ -370,7 +421,7 @@ def test_cuda_training_fast_equals_eager_and_resumes(tiny_root, tmp_path):
         out.mkdir()
         shutil.copy(checkpoint.learner_path(tmp_path / "runTrue", 0), checkpoint.learner_path(out, 0))
         checkpoint.save(state, checkpoint.learner_path(out, 1))
-        cfg = write_config(tmp_path / "resume.yaml", tiny_root, out, Exp={"fast": fast_path, "device": device},
+        cfg = write_config(tmp_path / "resume.yaml", tiny_root, out, Exp={"cuda_graph": fast_path, "device": device},
                            Solver={"num_epoch": 3})
         train.main(["--config", str(cfg)])
         assert "learner 1: resuming at epoch 2" in (out / "train.log").read_text()

@@ -34,8 +34,8 @@ def test_bench_e2e_and_grid_stages_time_real_runs(tmp_path):
     for fast in ("true", "false"):
         results = json.loads((work / f"e2e_fast_{fast}" / "results.json").read_text())
         settings = yaml.safe_load((work / f"e2e_fast_{fast}" / "config.yaml").read_text())
-        assert settings["Exp"]["fast"] is (fast == "true") and results["run"]["num_epoch"] == 1
-        line = re.search(rf"e2e Exp.fast={fast}: .* in ([\d.]+) s, .*; rec AUC ([\d.]+), unc AUC ([\d.]+), "
+        assert settings["Exp"]["cuda_graph"] is (fast == "true") and results["run"]["num_epoch"] == 1
+        line = re.search(rf"e2e Exp.cuda_graph={fast}: .* in ([\d.]+) s, .*; rec AUC ([\d.]+), unc AUC ([\d.]+), "
                          r"dsu AUC ([\d.]+)", report)
         assert line and float(line[1]) > 0
         assert [float(value) for value in line.groups()[1:]] == \

@@ -15,8 +15,8 @@ import train
 from tests.conftest import REPO, run_cli, write_config
 from utils import atomic
 from utils.errors import UserError
-from utils.method import ensemble
-from utils.method.scores import IMAGE_SCORES
+from utils.method.rar import features_of
+from utils.method.reference import IMAGE_SCORES
 from utils.run import checkpoint, config
 
 
@@ -129,7 +129,7 @@ def test_fast_path_equals_eager_path(tiny_root, tmp_path):
     runs = {}
     for fast in (True, False):
         out = tmp_path / f"fast{fast}"
-        cfg = write_config(tmp_path / f"{fast}.yaml", tiny_root, out, Exp={"fast": fast})
+        cfg = write_config(tmp_path / f"{fast}.yaml", tiny_root, out, Exp={"cache_seniors": fast})
         train.main(["--config", str(cfg)])
         runs[fast] = out
     for index in range(2):
@@ -146,7 +146,7 @@ def test_cached_features_equal_fresh_ones(tiny_root, tmp_path):
     learner = checkpoint.load_learners(tmp_path / "run", train.config.load(cfg), torch.device("cpu"))[0]
     split = read_split(tiny_root / "tiny")
     images = to_model_input(load_images(split.directory, split.train, 32))
-    cached = ensemble.features_of(learner, images, batch_size=7)
+    cached = features_of(learner, images, batch_size=7)
     order = torch.randperm(len(images))[:16]
     with torch.no_grad():
         fresh = learner(images[order])["features"]
@@ -293,9 +293,9 @@ def test_library_code_never_imports_the_top_level_scripts():
 def test_non_finite_repulsion_is_named_with_its_senior(tiny_root, tmp_path, monkeypatch):
     cfg = config.load(write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1}))
     nan = torch.tensor(float("nan"))
-    monkeypatch.setattr(train, "repulsion", lambda junior, seniors, kind: (junior.sum() * nan, torch.stack([nan])))
+    monkeypatch.setattr(train, "repulsion", lambda junior, seniors: (junior.sum() * nan, torch.stack([nan])))
     with pytest.raises(UserError) as raised:
         train.train(cfg, torch.device("cpu"), echo=False)
     message = str(raised.value)
     assert message.startswith("learner 1, epoch 1: loss is not finite, first in repulsion, cka_senior0;")
-    assert message.endswith("try another Model.repulsion or a lower Solver.Lambda")
+    assert message.endswith("the reconstruction stayed finite: try a lower Solver.Lambda")

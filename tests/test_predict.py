@@ -14,7 +14,7 @@ import predict
 import train
 from datasets.dicom import dicom_to_array
 from tests.conftest import load_script, run_main, write_config
-from utils.method.scores import IMAGE_SCORES
+from utils.method.reference import IMAGE_SCORES
 
 readme_figures = load_script("readme_figures")
 

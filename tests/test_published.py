@@ -17,7 +17,7 @@ import predict
 from models import to_model_input
 from models import published
 from tests.conftest import load_script, run_cli, run_main, write_config
-from utils.method.ensemble import score_dataset
+from utils.method.dsu import image_scores, score_dataset
 from utils.run import checkpoint, config
 from utils.run.checkpoint import load_learners
 from utils.run.published_run import import_published
@@ -104,7 +104,7 @@ def differences(learners, backbone) -> dict:
                     theirs = outputs[f"learner{index}_{name}"]
                     found[f"learner{index}_{name}"] = (np.abs(out[name].numpy() - theirs).max(),
                                                        OUTPUT_TOLERANCE * np.abs(theirs).max())
-    _, scores = score_dataset(learners, inputs_u8(), 0, CPU)
+    scores = image_scores(score_dataset(learners, inputs_u8(), 0, CPU).maps)
     theirs = json.loads((FIXTURES / backbone / "scores.json").read_text())
     for name, values in theirs.items():
         found[name] = (np.abs(scores[name].double().numpy() - values).max(), SCORE_TOLERANCE * np.abs(values).max())

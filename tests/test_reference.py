@@ -1,5 +1,5 @@
-"""Scores referred to normal images (utils/method/scores.py, utils/method/reference.py): the referred maps, the
-poolings and the fused score against hand computations, the p-values' false-alarm guarantee, a reference that
+"""Scores referred to normal images (utils/method/reference.py): the referred maps and their pooling against hand
+computations, the p-values' false-alarm guarantee, a reference that
 follows its learners, and the published three untouched."""
 import csv
 import json
@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import yaml
 from scipy import stats
 
 import eval as evaluate
@@ -19,9 +20,10 @@ from tests.conftest import run_cli, run_main, write_config
 from utils.method import reference as references
 from utils.run import config
 from utils.run.checkpoint import load_learners
-from utils.method.scores import IMAGE_SCORES, SCORES, Form, image_scores, reference_statistics, referred_map, \
-    referred_scores, score_maps, top_mean
-from tests.test_scores import ensemble
+from utils.method.dsu import SCORES, image_scores, score_maps
+from utils.method.reference import IMAGE_SCORES, REFERRED, reference_statistics, referred_map, referred_scores, \
+    top_mean
+from tests.test_dsu import ensemble
 
 
 def maps_of(n, size=8, seed=0):
@@ -30,24 +32,20 @@ def maps_of(n, size=8, seed=0):
             for index, name in enumerate(SCORES)}
 
 
-@pytest.mark.parametrize("form", [Form(log=False, floor=0.0), Form(log=False, floor=0.5), Form(log=True, floor=0.1)])
-def test_referred_map_equals_a_hand_computation(form):
+def test_referred_map_equals_a_hand_computation():
     fit, test = maps_of(30, seed=1), maps_of(5, seed=2)
-    statistics = reference_statistics(fit, form)
-    for name in SCORES:
+    statistics = reference_statistics(fit)
+    for name in REFERRED:
         values = fit[name].numpy().astype(np.float64)[:, 0]
-        eps = 0.01 * values.mean() if form.log else 0.0
-        scaled = np.log(values + eps) if form.log else values
-        spread = scaled.std(axis=0, ddof=1)
-        floor = np.quantile(spread, form.floor) if form.floor else 1e-6 * spread.mean()
-        spread = np.maximum(spread, floor)
+        spread = values.std(axis=0, ddof=1)
+        spread = np.maximum(spread, np.quantile(spread, 0.5))
         new = test[name].numpy().astype(np.float64)[:, 0]
-        expected = ((np.log(new + eps) if form.log else new) - scaled.mean(axis=0)) / spread
+        expected = (new - values.mean(axis=0)) / spread
         np.testing.assert_allclose(referred_map(test[name], statistics[name])[:, 0].numpy(), expected, rtol=1e-4,
                                    atol=1e-4)
-        if form.floor:  # the floor holds: no pixel's spread is below the quantile
-            assert statistics[name]["spread"].min().item() == pytest.approx(np.quantile(
-                scaled.std(axis=0, ddof=1), form.floor), rel=1e-5)
+        # the floor holds: no pixel's spread is below the quantile
+        assert statistics[name]["spread"].min().item() == pytest.approx(np.quantile(
+            values.std(axis=0, ddof=1), 0.5), rel=1e-5)
 
 
 def test_top_mean_smooths_then_averages_the_top_pixels():
@@ -66,25 +64,17 @@ def test_top_mean_smooths_then_averages_the_top_pixels():
     assert top_mean(maps, share=0.10)[0].item() == pytest.approx(0.9)  # and one zero
 
 
-def test_referred_scores_and_fused_equal_hand_computations():
+def test_referred_scores_equal_hand_computations():
     fit, test = maps_of(40, seed=3), maps_of(6, seed=4)
-    statistics = reference_statistics(fit, Form(log=False, floor=0.1))
-    fit_scores = image_scores(fit)
-    image_stats = {name: (np.log(fit_scores[name].double().numpy()).mean(),
-                          np.log(fit_scores[name].double().numpy()).std(ddof=1)) for name in SCORES}
-    referred, scores = referred_scores(test, statistics, references.image_statistics(fit_scores))
-    assert list(scores) == list(IMAGE_SCORES)
+    statistics = reference_statistics(fit)
+    scores = referred_scores(test, statistics)
+    assert list(scores) == list(IMAGE_SCORES) == ["rec", "unc", "dsu", "rec_z_top1", "dsu_z_top1"]
     published = image_scores(test)
     for name in SCORES:
         assert torch.equal(scores[name], published[name])  # the published three, bit for bit
+    for name in REFERRED:
         z = referred_map(test[name], statistics[name])
-        assert torch.equal(referred[f"{name}_z"], z)
-        np.testing.assert_allclose(scores[f"{name}_z"].numpy(), z.flatten(1).mean(1).numpy(), rtol=1e-6)
-        np.testing.assert_allclose(scores[f"{name}_top1"].numpy(), top_mean(test[name]).numpy(), rtol=1e-6)
         np.testing.assert_allclose(scores[f"{name}_z_top1"].numpy(), top_mean(z).numpy(), rtol=1e-6)
-    fused = np.mean([(np.log(published[name].double().numpy()) - mean) / sd
-                     for name, (mean, sd) in image_stats.items()], axis=0)
-    np.testing.assert_allclose(scores["fused"].numpy(), fused, rtol=1e-5)
 
 
 def test_p_value_formula():
@@ -103,8 +93,8 @@ def test_flagged_share_of_exchangeable_normal_images_stays_within_binomial_bound
         images = {name: torch.rand(n_fit + n_calibration + n_test, 1, 8, 8, generator=generator).pow(4)
                   for name in SCORES}
         part = lambda start, stop: {name: values[start:stop] for name, values in images.items()}  # noqa: E731
-        statistics, image_stats, calibration = references.fit(part(0, n_fit), part(n_fit, n_fit + n_calibration))
-        _, scores = referred_scores(part(n_fit + n_calibration, None), statistics, image_stats)
+        statistics, calibration = references.fit(part(0, n_fit), part(n_fit, n_fit + n_calibration))
+        scores = referred_scores(part(n_fit + n_calibration, None), statistics)
         p = references.p_values({"rec_z_top1": scores["rec_z_top1"].double().numpy()},
                                 {"calibration": {"rec_z_top1": calibration["rec_z_top1"]}})["rec_z_top1"]
         flagged += int((p <= level).sum())
@@ -234,6 +224,35 @@ def test_old_run_folder_without_a_reference_is_one_line(held_out_run, tmp_path):
     assert result.returncode == 2 and "has no normal reference (reference.pt)" in result.stderr
     assert "python eval.py --config" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in run.iterdir() if p.name != "reference.pt")
+
+
+def test_a_run_folder_written_before_the_small_core_scores_as_before(held_out_run, tiny_root, tmp_path):
+    """A run folder of commit 81a2410: its config.yaml names the removed options at the kept behaviour and Exp.fast,
+    its reference was made for the thirteen scores of then (with their statistics). eval.py and predict.py use it as
+    it is, and give the same scores as the run folder of today."""
+    cfg, run = held_out_run
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    stored = yaml.safe_load((old / "config.yaml").read_text())
+    stored["Exp"]["fast"] = stored["Exp"].pop("cache_seniors") and stored["Exp"].pop("cuda_graph")
+    stored["Model"].update(repulsion="linear_cka", repel_on="training")
+    stored["Solver"]["spread"] = 0.0
+    stored["Exp"]["out_dir"] = str(old)
+    (old / "config.yaml").write_text(yaml.safe_dump(stored))
+    reference = torch.load(old / references.FILE, weights_only=True)
+    reference["definition"] = references.EARLIER_DEFINITIONS[0]
+    reference["image_statistics"] = {name: (0.0, 1.0) for name in SCORES}  # fused's, unused now
+    for name in ("rec_z", "unc_z_top1", "fused"):  # some of the scores of then that left
+        reference["calibration"][name] = reference["calibration"]["rec"] + 1
+    torch.save(reference, old / references.FILE)
+    images = tiny_root / "tiny" / "images"
+    for folder in (run, old):
+        predict.main(["--run", str(folder), str(images), "--out", str(tmp_path / folder.name / "out"), "--fpr", "0.5"])
+    rows = [list(csv.DictReader(open(tmp_path / folder.name / "out" / "predictions.csv"))) for folder in (run, old)]
+    assert rows[0] == rows[1]
+    evaluate.main(["--config", str(old / "config.yaml")])
+    assert torch.load(old / references.FILE, weights_only=True)["definition"] == references.EARLIER_DEFINITIONS[0]
+    assert (old / "scores.csv").read_text() == (run / "scores.csv").read_text()
 
 
 def test_a_holdout_that_leaves_too_few_training_images_is_refused(tiny_root, tmp_path):

@@ -12,9 +12,12 @@ import torch
 from PIL import Image
 
 import eval as evaluate
+import models
+import sweep
 import train
 from tests.conftest import write_config
 from tests.test_pipeline import assert_same_weights, weights
+from utils import seeding
 from utils.grid import sharing
 from utils.run import checkpoint, config, runlock
 
@@ -24,6 +27,8 @@ def run(root, tmp_path, name, shared=None, dataset="tiny", **solver):
     path = write_config(tmp_path / f"{name}.yaml", root, tmp_path / name, Exp=exp, Data={"dataset": dataset},
                         Solver={"num_epoch": 2, **solver})
     cfg = config.load(path)
+    if shared:  # as a grid runs a cell (sweep.run_cell)
+        sweep.train_sharing(cfg, torch.device("cpu"))
     train.train(cfg, torch.device("cpu"), echo=False)
     return cfg
 
@@ -40,8 +45,8 @@ def taken(tmp_path, name) -> list:
 def test_variants_share_the_learner_0_they_would_have_trained(tiny_root, tmp_path):
     shared = tmp_path / "shared"
     run(tiny_root, tmp_path, "published", shared, Lambda=1.0)
-    run(tiny_root, tmp_path, "weak", shared, Lambda=0.1, spread=0.5)
-    run(tiny_root, tmp_path, "alone", Lambda=0.1, spread=0.5)  # no sharing: trains its own learners
+    run(tiny_root, tmp_path, "weak", shared, Lambda=0.1)
+    run(tiny_root, tmp_path, "alone", Lambda=0.1)  # no sharing: trains its own learners
     assert trained_once(shared, 0) == 1 and trained_once(shared, 1) == 2  # the juniors differ, learner 0 does not
     assert taken(tmp_path, "weak") == ["0"] and taken(tmp_path, "published") == []
     assert_same_weights(weights(tmp_path / "weak", 0), weights(tmp_path / "published", 0))
@@ -148,7 +153,8 @@ def test_a_data_set_with_the_same_training_images_takes_every_learner_and_is_sco
 
 def test_the_key_holds_what_a_learner_sees_and_nothing_else(tiny_root, tmp_path):
     cfg = config.load(write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run"))
-    senior = train.new_learner(cfg, 0, torch.device("cpu"))[0]
+    seeding.seed_learner(cfg.Solver.seed, 0)
+    senior = {"model": models.build(models.backbone_args(cfg.Model, cfg.Data.img_size)).state_dict()}
     images = sharing.fingerprint([torch.zeros(4, 1, 8, 8, dtype=torch.uint8)])
     key = sharing.key(cfg, 1, images, [senior])
 
@@ -172,7 +178,7 @@ def test_the_key_holds_what_a_learner_sees_and_nothing_else(tiny_root, tmp_path)
     # acting after training: precise BN reaches a junior's key through its seniors' weights alone
     assert sharing.key(variant(Solver__precise_bn=True), 1, images, [senior]) == key
     with torch.no_grad():
-        next(senior.parameters()).view(-1)[0] += 1e-6
+        next(iter(senior["model"].values())).view(-1)[0] += 1e-6
     assert sharing.key(cfg, 1, images, [senior]) != key
 
 

@@ -15,12 +15,13 @@ import numpy as np
 
 from utils.atomic import atomic_write_text
 from utils.errors import UserError
-from utils.method.scores import IMAGE_SCORES, SCORES
+from utils.method.dsu import SCORES
+from utils.method.reference import IMAGE_SCORES
 from utils.run import config
 
 METRICS = ["auc", "ap", "fpr05", "tpr05", "pixel_auroc", "pixel_ap", "pixel_best_dice"]
 REQUIRED_METRICS = ["auc", "ap"]
-NOT_SCORES = ("run", "source", "diagnostics", "reference")  # the other top-level entries of a results.json are scores
+NOT_SCORES = ("run", "source", "diagnostics", "reference", "ensemble_size")  # the other entries of a results.json
 NOT_IDENTITY = {*map(config.bare, config.REPLICATE), "out_dir"}  # replicates of one experiment, and where it ran
 SHOWN_ELSEWHERE = {"dataset", "network", "split"}  # identity keys with a place of their own in the table
 HEADERS = {"auc": "AUC", "ap": "AP", "fpr05": "FPR at p<=0.05", "tpr05": "TPR at p<=0.05", "pixel_auroc": "pixel AUROC",
@@ -189,9 +190,11 @@ def _validate(result):
 
 
 def _identity(run):
-    # JSON text makes any value (lists, nested dicts) hashable and comparable.
+    # JSON text makes any value (lists, nested dicts) hashable and comparable. A removed option at the behaviour the
+    # project kept (results.json files before it left) is the same experiment as a run without it.
+    kept = {config.bare(name): value for name, value in config.REMOVED.items()}
     return tuple(sorted((key, json.dumps(value, sort_keys=True)) for key, value in run.items()
-                        if key not in NOT_IDENTITY))
+                        if key not in NOT_IDENTITY and not (key in kept and value == kept[key])))
 
 
 def _split_mark(split):

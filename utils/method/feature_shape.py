@@ -42,7 +42,7 @@ def on_probe(learner, probe) -> dict:
 def _covariance_eigenvalues(features: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of the centred features' scatter matrix (from the smaller of X^T X and X X^T, which share them).
     torch.linalg.eigvalsh waits for the GPU on CUDA (it checks a solver flag), so call the diagnostics once per
-    epoch outside the captured training step; participation_ratio is the sync-free alternative."""
+    epoch outside the captured training step."""
     x = features.flatten(1)
     x = x - x.mean(dim=0, keepdim=True)
     scatter = x.t() @ x if x.shape[1] <= x.shape[0] else x @ x.t()
@@ -57,13 +57,3 @@ def spectrum(features: torch.Tensor) -> tuple:
     shares = eigenvalues / eigenvalues.sum().clamp_min(torch.finfo(eigenvalues.dtype).tiny)
     entropy = -torch.special.xlogy(shares, shares).sum()
     return entropy.exp(), shares[-1]  # eigvalsh sorts ascending
-
-
-def participation_ratio(features: torch.Tensor) -> torch.Tensor:
-    """trace(C)^2 / ||C||_F^2 = 1 / sum(shares^2): the effective rank of order 2 (exp of the Renyi-2 entropy of the
-    normalised eigenvalues). Needs no eigendecomposition, so it is safe inside a captured step; p for isotropic
-    features, 1 for rank 1, never above the Shannon effective rank."""
-    x = features.flatten(1)
-    x = x - x.mean(dim=0, keepdim=True)
-    scatter = x.t() @ x if x.shape[1] <= x.shape[0] else x @ x.t()
-    return scatter.diagonal().sum().pow(2) / scatter.pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)

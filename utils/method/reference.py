@@ -1,34 +1,81 @@
-"""A run's normal reference: what referring scores to normal images needs, made once from normal images and kept in
-the run folder (reference.pt).
+"""A run's normal reference, the scores referred to it, and their p-values.
 
 The reference images are the normal training images held out by Data.holdout or, without a holdout, the training
 images themselves (in-sample: fitted images score lower than new normal ones, so its p-values are not offered).
-They are split in two seeded halves: the fit half gives every statistic the new scores use (utils/method/scores.py), the
+They are split in two seeded halves: the fit half gives the per-pixel statistics the referred scores use, the
 calibration half only its image scores, so that a new normal image and a calibration image are scored by the same
 function and the p-value (1 + #{calibration >= score}) / (n + 1) is exact (split conformal). Test images never
-enter. The reference records the learners' fingerprint and the scores' definition; eval.py makes it again when
-either changes, predict.py refuses a stale one.
+enter. The reference (reference.pt in the run folder) records the learners' fingerprint and the scores' definition;
+eval.py makes it again when either changes, predict.py refuses a stale one.
+
+Referred scores, beside the published rec, unc and dsu (dsu.py):
+<s>_z_top1: z = (map - center) / max(spread, floor) per pixel, center and spread the mean and standard deviation of
+            the map over the fit half, floor the median of those spreads; the image score is the mean of the top 1%
+            pixels of z smoothed by a 3 x 3 box, for small, local anomalies. Kept for rec and dsu (studies/scores).
 """
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from utils import seeding
 from utils.atomic import atomic_write
 from utils.errors import UserError
-from utils.method.ensemble import score_dataset
-from utils.method.scores import FORM, IMAGE_SCORES, LOG_EPS, SMOOTH, TOP_SHARE, image_scores, image_statistics, \
-    reference_statistics, referred_scores
 from utils.fingerprint import fingerprint
+from utils.method.dsu import SCORES, image_scores, score_dataset
 
+REFERRED = ("rec", "dsu")  # the published scores with a referred, pooled form
+IMAGE_SCORES = (*SCORES, *(f"{name}_z_top1" for name in REFERRED))  # every image score a run reports
+FLOOR = 0.5  # the spread's floor: this quantile of the reference's per-pixel spreads
+TOP_SHARE = 0.01  # the share of pixels averaged
+SMOOTH = 3  # side of the box filter applied first, so that one noisy pixel does not make a lesion
 FILE = "reference.pt"
 FORMAT = "d2ue-reference-1"
+DEFINITION = (f"linear, floor q{FLOOR:g}; top {TOP_SHARE:g} of a {SMOOTH}x{SMOOTH} box; "
+              f"scores {' '.join(IMAGE_SCORES)}")
+# References made before the other forms and scores left (commit 81a2410): the same statistics and, for the scores
+# kept, the same calibration scores.
+EARLIER_DEFINITIONS = ("linear, floor q0.5; log eps 0.01 x mean; top 0.01 of a 3x3 box; scores rec unc dsu rec_top1 "
+                       "unc_top1 dsu_top1 rec_z unc_z dsu_z rec_z_top1 unc_z_top1 dsu_z_top1 fused",)
 
 
 class NoReference(UserError):
     """The run folder has no usable reference: none yet, or one made with other learners or other scores."""
+
+
+def reference_statistics(maps: dict) -> dict:
+    """{score: {"center", "spread"}} per pixel (spread floored) from the maps of the fit half (N x 1 x S x S, N >= 2)."""
+    statistics = {}
+    for name in REFERRED:
+        values = maps[name].double()
+        spread = values.std(dim=0)
+        floor = torch.quantile(spread.flatten(), FLOOR).item()
+        tiny = 1e-6 * max(spread.mean().item(), 1e-30)  # never divides by zero
+        statistics[name] = {"center": values.mean(dim=0).float(), "spread": spread.clamp_min(max(floor, tiny)).float()}
+    return statistics
+
+
+def referred_map(values: torch.Tensor, statistics: dict) -> torch.Tensor:
+    """z: a score's map referred, pixel by pixel, to the normal reference (reference_statistics of that score)."""
+    return (values - statistics["center"]) / statistics["spread"]
+
+
+def top_mean(maps: torch.Tensor, share=TOP_SHARE, side=SMOOTH) -> torch.Tensor:
+    """Per image, the mean of the `share` highest pixels of the map smoothed by a side x side box."""
+    pad = side // 2
+    smooth = F.avg_pool2d(F.pad(maps, (pad, pad, pad, pad), mode="replicate"), side, stride=1)
+    flat = smooth.flatten(1)
+    return flat.topk(max(1, round(share * flat.shape[1])), dim=1).values.mean(dim=1)
+
+
+def referred_scores(maps: dict, statistics: dict) -> dict:
+    """Every image score of IMAGE_SCORES, from the published maps of a batch or a set and a reference's statistics."""
+    scores = image_scores(maps)
+    for name in REFERRED:
+        scores[f"{name}_z_top1"] = top_mean(referred_map(maps[name], statistics[name]))
+    return scores
 
 
 def halves(count: int, seed: int) -> tuple[list, list]:
@@ -42,31 +89,24 @@ def learners_fingerprint(learners) -> str:
     return fingerprint([tensor for learner in learners for tensor in learner.state_dict().values()])
 
 
-def definition(form=FORM) -> str:
-    """What the stored statistics and calibration scores depend on besides the learners."""
-    return (f"{form.name}; log eps {LOG_EPS:g} x mean; top {TOP_SHARE:g} of a {SMOOTH}x{SMOOTH} box; "
-            f"scores {' '.join(IMAGE_SCORES)}")
+def fit(fit_maps: dict, calibration_maps: dict) -> tuple[dict, dict]:
+    """(statistics, calibration image scores in float64) from the published maps of the two halves."""
+    statistics = reference_statistics(fit_maps)
+    calibration = referred_scores(calibration_maps, statistics)
+    return statistics, {name: values.double() for name, values in calibration.items()}
 
 
-def fit(fit_maps, calibration_maps, form=FORM) -> tuple[dict, dict, dict]:
-    """(statistics, image statistics, calibration image scores) from the published maps of the two halves."""
-    statistics = reference_statistics(fit_maps, form)
-    image_stats = image_statistics(image_scores(fit_maps))
-    _, calibration_scores = referred_scores(calibration_maps, statistics, image_stats)
-    return statistics, image_stats, {name: values.double() for name, values in calibration_scores.items()}
-
-
-def make(learners, images_u8, files, in_sample, seed, batch_size, device, form=FORM) -> dict:
+def make(learners, images_u8, files, in_sample, seed, batch_size, device) -> dict:
     """The reference of `learners` from the uint8 reference images (aligned with `files`)."""
     began = time.perf_counter()
     fit_half, calibration_half = halves(len(files), seed)
-    statistics, image_stats, calibration = fit(score_dataset(learners, images_u8[fit_half], batch_size, device)[0],
-                                               score_dataset(learners, images_u8[calibration_half], batch_size,
-                                                             device)[0], form)
-    return {"format": FORMAT, "learners": learners_fingerprint(learners), "definition": definition(form),
+    statistics, calibration = fit(score_dataset(learners, images_u8[fit_half], batch_size, device).maps,
+                                  score_dataset(learners, images_u8[calibration_half], batch_size, device).maps)
+    return {"format": FORMAT, "learners": learners_fingerprint(learners), "definition": DEFINITION,
             "in_sample": in_sample, "fit_files": [files[i] for i in fit_half],
             "calibration_files": [files[i] for i in calibration_half], "statistics": statistics,
-            "image_statistics": image_stats, "calibration": calibration, "seconds": time.perf_counter() - began}
+            "calibration": calibration,
+            "seconds": time.perf_counter() - began}
 
 
 def save(reference: dict, run_dir) -> Path:
@@ -76,7 +116,7 @@ def save(reference: dict, run_dir) -> Path:
     return path
 
 
-def load(run_dir, learners, form=FORM) -> dict:
+def load(run_dir, learners) -> dict:
     """The run folder's reference for these learners; NoReference when there is none or it is stale."""
     path = Path(run_dir) / FILE
     make_it = f"python eval.py --config {Path(run_dir) / 'config.yaml'} makes it"
@@ -90,7 +130,7 @@ def load(run_dir, learners, form=FORM) -> dict:
         raise NoReference(f"{path} is not a D2UE normal reference; {make_it} again")
     if reference["learners"] != learners_fingerprint(learners):
         raise NoReference(f"{path} was made with other learners than those in {run_dir}; {make_it} again")
-    if reference["definition"] != definition(form):
+    if reference["definition"] not in (DEFINITION, *EARLIER_DEFINITIONS):
         raise NoReference(f"{path} was made for other score definitions ({reference['definition']}); "
                           f"{make_it} again")
     return reference
@@ -115,10 +155,11 @@ def ensure(run_dir, cfg, learners, device, log, source) -> dict:
 
 
 def p_values(scores: dict, reference: dict) -> dict:
-    """Per image score, the share (1 + count) / (n + 1) of calibration images scoring at least as high."""
+    """Per image score the reference calibrates, the share (1 + count) / (n + 1) of calibration images scoring at
+    least as high."""
     values = {}
-    for name, calibration in reference["calibration"].items():
-        ordered = np.sort(calibration.numpy())
+    for name in (name for name in scores if name in reference["calibration"]):
+        ordered = np.sort(reference["calibration"][name].numpy())
         at_least = len(ordered) - np.searchsorted(ordered, np.asarray(scores[name], dtype=np.float64), side="left")
         values[name] = (1 + at_least) / (len(ordered) + 1)
     return values

@@ -166,6 +166,26 @@ def _stack(array, name):
     return array
 
 
+def ensemble_size_curve(curve: dict, path):
+    """Image AUC of each score, and its maps' pixel AUROC when there is one, against the number of learners k
+    (curve: eval.size_curve's {k: {score: metrics}})."""
+    sizes = sorted(curve, key=int)
+    scores = list(curve[sizes[0]])
+    panels = [("auc", "image AUC")] + ([("pixel_auroc", "pixel AUROC")]
+                                      if "pixel_auroc" in curve[sizes[0]][scores[0]] else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), layout="constrained", squeeze=False)
+    try:
+        for ax, (metric, title) in zip(axes[0], panels):
+            for score in scores:
+                ax.plot([int(k) for k in sizes], [curve[k][score][metric] for k in sizes], marker="o", label=score)
+            ax.set(xlabel="learners k (the first k of the run)", title=title)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[0][0].legend(fontsize="small")
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def similarity_heatmap(matrix, path, title="similarity between learners"):
     """A K x K similarity matrix (values in [0, 1]) as a heat map with each value written in its cell."""
     matrix = np.asarray(matrix, dtype=np.float64)

@@ -12,9 +12,7 @@ import yaml
 
 from models import MODELS, TAPS
 from utils.errors import UserError, unknown
-from utils.method.cka import REPULSIONS, WHITENED
 
-REPEL_ON = ("training", "pasted")  # Model.repel_on
 MAX_HOLDOUT = 0.5  # Data.holdout: at most half of the normal images leave training
 
 
@@ -23,11 +21,12 @@ class Exp:
     out_dir: str = "./runs/{dataset}_{network}_s{seed}"  # run folder; {dataset} {network} {seed} are filled in
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_every_s: float = 60.0  # resumable checkpoint at most this often (and always at a learner's end)
-    fast: bool = True  # cached senior features; on CUDA also a captured training step (exactly the same maths)
+    cache_seniors: bool = True  # the frozen seniors' features computed once per learner, not per batch (same maths)
+    cuda_graph: bool = True  # on CUDA, the training step captured as a CUDA graph, checked against an eager step
     tf32: bool = False  # allow TF32 matmul/convolutions on Ampere+ GPUs (faster, less precise)
     score_batch: int = 0  # test-time batch size; 0 = chosen from memory
     workers: int = 0  # image decoding threads; 0 = all cores
-    share_learners: str = ""  # folder where runs share each learner that would come out the same
+    share_learners: str = ""  # grids only: folder where runs share each learner that would come out the same
     # (utils/grid/sharing.py)
 
 
@@ -41,11 +40,6 @@ class Model:
     mem_dim: int = 25  # MemAE: memory slots
     shrink_thres: float = 0.0025  # MemAE: hard-shrinkage threshold (the value every published run used)
     entropy_loss_weight: float = 0.0002  # MemAE: weight of the attention entropy loss
-    repulsion: str = "linear_cka"  # RAR similarity (REPULSIONS, utils/method/cka.py); linear_cka is the published one;
-    # gradient_cosine compares input gradients of the reconstruction error instead of tapped features
-    repel_on: str = "training"  # juniors only: the images the repulsion is measured on: the training batch
-    # (published) or "pasted", the same batch with a rectangle of each image pasted elsewhere in it
-    # (utils/method/perturb.py)
 
 
 @dataclass
@@ -64,8 +58,7 @@ class Solver:
     weight_decay: float = 0.0
     num_epoch: int = 250  # per learner
     seed: int = 8
-    Lambda: float = 1.0  # weight of the RAR repulsion term
-    spread: float = 0.0  # juniors only: weight of 1 / participation ratio of the tapped features (anti-collapse)
+    Lambda: float = 1.0  # weight of the RAR repulsion term (linear CKA with the seniors); 0: a plain deep ensemble
     precise_bn: bool = False  # after each learner, recompute BatchNorm statistics over the training set (exact average)
 
 
@@ -86,6 +79,12 @@ class Config:
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Config)}  # section name -> its dataclass
+
+# Options the studies rejected, removed after commit 81a2410 (studies/): a stored config naming one at the behaviour
+# the project now always has still loads; any other value is refused with the commit that can run it.
+REMOVED = {"Model.repulsion": "linear_cka", "Model.repel_on": "training", "Solver.spread": 0.0}
+LAST_WITH_REMOVED = "81a2410"
+RENAMED = {"Exp.fast": ("Exp.cache_seniors", "Exp.cuda_graph")}  # an old key sets its successors
 
 
 def _coerce(where: str, value, kind):
@@ -118,22 +117,9 @@ def _check(cfg: Config) -> Config:
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"config {name} must be positive, got {value}")
-    if cfg.Model.repulsion not in REPULSIONS:
-        raise UserError(unknown("config Model.repulsion", cfg.Model.repulsion, REPULSIONS))
-    if cfg.Model.repulsion in WHITENED and (cfg.Model.layer != 4 or cfg.Model.ls >= cfg.Solver.bs - 1):
-        raise UserError(f"config Model.repulsion={cfg.Model.repulsion} whitens the features, which needs fewer "
-                        f"dimensions than Solver.bs - 1 ({cfg.Solver.bs - 1}); only the latent z is that narrow: "
-                        "use Model.layer=4 with Model.ls below it, or a CKA repulsion")
     if not 0 <= cfg.Data.holdout <= MAX_HOLDOUT:
         raise UserError(f"config Data.holdout must be between 0 and {MAX_HOLDOUT} (a share of the normal training "
                         f"images), got {cfg.Data.holdout}")
-    if cfg.Model.repel_on not in REPEL_ON:
-        raise UserError(unknown("config Model.repel_on", cfg.Model.repel_on, REPEL_ON))
-    if cfg.Solver.spread < 0:
-        raise UserError(f"config Solver.spread must be 0 or positive, got {cfg.Solver.spread}")
-    if cfg.Model.repulsion.startswith("debiased") and cfg.Solver.bs < 4:
-        raise UserError(f"config Model.repulsion={cfg.Model.repulsion} needs Solver.bs of at least 4, "
-                        f"got {cfg.Solver.bs}")
     device = cfg.Exp.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UserError(f"config Exp.device must be auto, cpu, cuda or cuda:N, got '{device}'")
@@ -158,12 +144,30 @@ def from_dict(raw: dict) -> Config:
             raise UserError(f"config section {section} must be a mapping, got {type(values).__name__}")
         schema = {f.name: f.type for f in fields(SECTIONS[section])}
         checked = {}
-        for key, value in values.items():
+        for key, value in _current(section, values).items():
             if key not in schema:
                 raise UserError(unknown("config key", f"{section}.{key}", [f"{section}.{name}" for name in schema]))
             checked[key] = _coerce(f"{section}.{key}", value, schema[key])
         sections[section] = SECTIONS[section](**checked)
     return _check(Config(**sections))
+
+
+def _current(section: str, values: dict) -> dict:
+    """A section's values with removed keys at the project's one behaviour dropped (REMOVED) and renamed keys
+    mapped to their successors (RENAMED); a removed option at another value is a UserError."""
+    current = {}
+    for key, value in values.items():
+        name = f"{section}.{key}"
+        if name in REMOVED:
+            if value != REMOVED[name]:
+                raise UserError(f"config {name}={value} is an option this project no longer has (its study found it "
+                                f"did not help; see studies/); commit {LAST_WITH_REMOVED} still runs it: git checkout "
+                                f"{LAST_WITH_REMOVED}")
+        elif name in RENAMED:
+            current.update({successor.partition(".")[2]: value for successor in RENAMED[name]})
+        else:
+            current[key] = value
+    return current
 
 
 def apply_overrides(raw: dict, overrides: typing.Sequence) -> dict:
@@ -259,9 +263,11 @@ def run_settings(cfg) -> dict:
 
 
 def is_run_of(run: dict, cfg) -> bool:
-    """Whether a results.json's "run" record is of the experiment of `cfg` (keys it lacks count as defaults)."""
+    """Whether a results.json's "run" record is of the experiment of `cfg` (keys it lacks count as defaults; a
+    removed option must be at the behaviour the project kept)."""
     defaults = run_settings(Config())
-    return all(run.get(key, defaults[key]) == value for key, value in run_settings(cfg).items())
+    return (all(run.get(key, defaults[key]) == value for key, value in run_settings(cfg).items())
+            and all(run.get(bare(name), kept) == kept for name, kept in REMOVED.items()))
 
 
 def save(cfg: Config, path) -> None:

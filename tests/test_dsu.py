@@ -1,10 +1,10 @@
 """The three scores: batched maps equal per-image computations and the formulas of the paper (see
-utils/method/scores.py)."""
+utils/method/dsu.py)."""
 import pytest
 import torch
 
 import models
-from utils.method.scores import SCORES, image_scores, score_maps
+from utils.method.dsu import SCORES, image_scores, score_maps
 from utils.run.config import Model
 
 NETWORKS = list(models.MODELS)
