@@ -43,7 +43,8 @@ def parse_args(argv=None):
     mode.add_argument("--config", help="evaluate the run trained with this YAML file")
     mode.add_argument("--summary", metavar="OUT_ROOT",
                       help="summarise every results.json under OUT_ROOT over seeds (writes summary.md, summary.csv)")
-    parser.add_argument("overrides", nargs="*", help="Section.key=value, as given to train.py (with --config)")
+    parser.add_argument("overrides", nargs="*", help="Section.key=value or a preset file, as given to train.py (with "
+                        "--config)")
     args = parser.parse_args(argv)
     if args.summary and args.overrides:
         parser.error("overrides go with --config, not with --summary")

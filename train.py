@@ -32,7 +32,8 @@ from utils.run.runtime import RunLog, make_run_dir, setup
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML file in cfgs/")
-    parser.add_argument("overrides", nargs="*", help="Section.key=value, e.g. Solver.num_epoch=30")
+    parser.add_argument("overrides", nargs="*", help="Section.key=value (e.g. Solver.num_epoch=30) or a preset file "
+                        "(e.g. cfgs/presets/recommended.yaml), applied in order")
     return parser.parse_args(argv)
 
 

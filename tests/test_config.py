@@ -196,3 +196,20 @@ def test_one_definition_of_an_experiment_serves_checkpoints_results_grids_and_su
         assert same_results == (name in config.NOT_THE_EXPERIMENT), name
         pooled = _identity(config.run_settings(base)) == _identity(config.run_settings(other))
         assert pooled == (name in (*config.NOT_THE_EXPERIMENT, *config.REPLICATE)), name
+
+
+def test_the_recommended_preset_applies_after_any_config_and_names_its_run_folder(tmp_path):
+    preset = str(CFGS / "presets" / "recommended.yaml")
+    for name in ("RSNA_AE.yaml", "BraTumor_MemAE.yaml", "LAG_AEU.yaml"):
+        published = config.load(CFGS / name)
+        recommended = config.load(CFGS / name, [preset])
+        assert (recommended.Solver.Lambda, recommended.Solver.precise_bn, recommended.Data.holdout) == (0.0, True, 0.1)
+        assert recommended.run_dir != published.run_dir and "recommended" in recommended.run_dir.name
+        assert recommended.Model == published.Model and recommended.Solver.num_epoch == published.Solver.num_epoch
+    later = config.load(CFGS / "RSNA_AE.yaml", [preset, "Data.holdout=0.2"])  # in order: the later override wins
+    assert later.Data.holdout == 0.2
+    with pytest.raises(UserError, match="config file .*missing.yaml not found"):
+        config.load(CFGS / "RSNA_AE.yaml", [str(tmp_path / "missing.yaml")])
+    (tmp_path / "bad.yaml").write_text("Solver:\n  Lamda: 0\n")
+    with pytest.raises(UserError, match="did you mean 'Solver.Lambda'"):
+        config.load(CFGS / "RSNA_AE.yaml", [str(tmp_path / "bad.yaml")])

@@ -171,9 +171,17 @@ def _current(section: str, values: dict) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: typing.Sequence) -> dict:
-    """Apply overrides to a nested dict, in order: `Section.key=value` strings (values parsed as YAML scalars) or
-    (`Section.key`, value) pairs (values as they are, e.g. from a grid file)."""
+    """Apply overrides to a nested dict, in order: `Section.key=value` strings (values parsed as YAML scalars),
+    (`Section.key`, value) pairs (values as they are, e.g. from a grid file), or the path of a preset, a YAML file of
+    sections whose every key is applied (cfgs/presets/)."""
     for item in overrides:
+        if is_preset(item):
+            preset = read(item)
+            for section, values in preset.items():
+                if not isinstance(values, dict):
+                    raise UserError(f"preset {item}: section {section} must be a mapping")
+                apply_overrides(raw, [(f"{section}.{key}", value) for key, value in values.items()])
+            continue
         if isinstance(item, tuple):
             name, value = item
             section, dot, key = str(name).partition(".")
@@ -186,6 +194,11 @@ def apply_overrides(raw: dict, overrides: typing.Sequence) -> dict:
             raise UserError(f"config section {section} must be a mapping")
         raw[section][key] = value
     return raw
+
+
+def is_preset(item) -> bool:
+    """A preset file rather than a Section.key=value override: a string naming a .yaml file, without '='."""
+    return isinstance(item, str) and "=" not in item and item.endswith((".yaml", ".yml"))
 
 
 def _parse_override(item: str):
