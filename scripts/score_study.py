@@ -38,7 +38,7 @@ from utils.errors import UserError, cli  # noqa: E402
 from utils.method import reference as references  # noqa: E402
 from utils.method.ensemble import score_dataset  # noqa: E402
 from utils.method.scores import IMAGE_SCORES, MAPS, SCORES, Form, referred_scores  # noqa: E402
-from utils.report.intervals import mean_interval  # noqa: E402
+from studies.common import mean_interval, rar_results  # noqa: E402
 from utils.report.metrics import image_metrics  # noqa: E402
 from utils.run.checkpoint import load_run  # noqa: E402
 from utils.run.runtime import pick_device  # noqa: E402
@@ -241,20 +241,6 @@ def decision(records, form) -> tuple[str | None, list]:
     return (max(passing)[1] if passing else None), rows
 
 
-def rar_results(rar_archive, run) -> dict | None:
-    """The results.json of the RAR study's run of the same data set, backbone, setting and seed (30 epochs, no
-    holdout), from its archive; None when it has none."""
-    if rar_archive is None:
-        return None
-    bn = str(bool(run.get("precise_bn"))).lower()
-    name = f"{run['dataset']}_{run['network']}_precise_bn{bn}_Lambda{run['Lambda']:g}_s{run['seed']}"
-    for grid in ("rar_screen", "rar_confirm"):
-        path = Path(rar_archive) / grid / f"{name}.json"
-        if path.is_file():
-            return json.loads(path.read_text())["results"]
-    return None
-
-
 def rar_archive_auc(rar_archive, run, score) -> float | None:
     """The same run's image AUC without a holdout, from the RAR study's archive."""
     results = rar_results(rar_archive, run)
@@ -448,7 +434,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", help="the grid folder to score (runs/score_study)")
     parser.add_argument("--archive", default="studies/scores", help="folder of the per-run records and study.md")
-    parser.add_argument("--rar-archive", default="studies/rar", help="the RAR study's archive, for table f")
+    parser.add_argument("--rar-archive", default="studies/rar/records", help="the RAR study's records, for table f")
     parser.add_argument("--form", choices=list(FORMS), help="use this form instead of choosing one on seed 1")
     parser.add_argument("--length", action="store_true",
                         help="the runs are cfgs/grids/length.yaml's: compare them with the RAR study's 30-epoch runs")
