@@ -78,6 +78,11 @@ def interval_text(difference) -> str:
     return f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}]"
 
 
+def shown(difference) -> str:
+    """"+0.012 [-0.004, +0.028] (n=3)" (n: the units), or "-" for no difference."""
+    return "-" if difference is None else f"{interval_text(difference)} (n={difference['n']})"
+
+
 # ---------------------------------------------------------------- tables and files
 
 def markdown_table(header, rows) -> list:
