@@ -36,19 +36,3 @@ run_config() {  # $1: config file; the rest: Section.key=value overrides for bot
     "$PY" train.py --config "$cfg" "$@"
     "$PY" eval.py --config "$cfg" "$@"
 }
-
-prepare_dev_sets() {  # the six Fashion-MNIST dev sets of the studies, under ./data (needs dataset-fashion-mnist)
-    local class
-    for class in 4 6 9; do
-        [ -f "data/FMNIST_c$class/data.json" ] || "$PY" -m datasets.prepare fmnist --class "$class" --out ./data
-        [ -f "data/FMNIST_local_c$class/data.json" ] ||
-            "$PY" -m datasets.prepare fmnist --class "$class" --anomalies local --out ./data
-    done
-}
-
-run_grid() {  # $1: a grid of cfgs/grids/ by name; the rest: overrides for every cell; WORKERS torchrun workers
-    local grid="$1"
-    shift
-    "$PY" -m torch.distributed.run --standalone --nproc_per_node="${WORKERS:-2}" sweep.py \
-        --grid "cfgs/grids/$grid.yaml" "$@"
-}

@@ -61,8 +61,9 @@ def run_main(script, *args):
 
 
 def load_script(name):
-    """A script of scripts/ as a module (they are run as files, not imported as a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    """A script of scripts/ as a module, by its path under scripts/ without ".py" (e.g. "dev/bench"): they are run
+    as files, not imported as a package."""
+    spec = importlib.util.spec_from_file_location(Path(name).name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

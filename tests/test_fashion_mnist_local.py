@@ -71,7 +71,7 @@ def lists(folder):
 
 
 def test_set_names_are_written_and_read_back_by_one_pair_of_functions():
-    """The study pairs a local set with its semantic twin by these names (scripts/rar_study.py)."""
+    """The studies pair a local set with its semantic twin by these names (studies/common.py, training_set)."""
     assert (set_name(4), set_name(4, "local")) == ("FMNIST_c4", "FMNIST_local_c4")
     assert [parse_set_name(set_name(c, kind)) for c in (0, 9) for kind in ("semantic", "local")] == \
         [(0, "semantic"), (0, "local"), (9, "semantic"), (9, "local")]

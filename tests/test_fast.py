@@ -312,7 +312,7 @@ def test_fast_and_eager_training_log_the_same_losses(tiny_root, tmp_path):
 
 
 def test_bench_naive_step_equals_fast_step():
-    bench = load_script("bench")
+    bench = load_script("dev/bench")
     train_u8, _, _ = bench.make_data(2 * BS, 4, SIZE)
     naive_x = torch.stack([bench.NaiveImages(train_u8)[i] for i in range(len(train_u8))])
     images = to_model_input(torch.from_numpy(train_u8).unsqueeze(1))
@@ -336,7 +336,7 @@ def test_bench_naive_step_equals_fast_step():
 
 @pytest.mark.parametrize("network", ["AE", "AE-U"])
 def test_bench_naive_scores_equal_batched_scores(network):
-    bench = load_script("bench")
+    bench = load_script("dev/bench")
     _, test_u8, _ = bench.make_data(1, 12, SIZE)
     learners = [backbone(network, seed).eval().requires_grad_(False) for seed in range(3)]
     naive = bench.naive_scores(learners, test_u8, torch.device("cpu"))
@@ -350,7 +350,7 @@ def test_bench_naive_scores_equal_batched_scores(network):
 
 def test_bench_runs_end_to_end(tmp_path):
     profile = tmp_path / "profile.txt"
-    result = run_cli("scripts/bench.py", "--device", "cpu", "--n-train", "64", "--n-test", "16", "--img-size", "32",
+    result = run_cli("scripts/dev/bench.py", "--device", "cpu", "--n-train", "64", "--n-test", "16", "--img-size", "32",
                      "--epochs", "1", "--profile", profile, "--profile-epochs", "2")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -430,7 +430,7 @@ def test_cuda_training_fast_equals_eager_and_resumes(tiny_root, tmp_path):
 
 
 def test_epoch_overhead_script_times_the_real_loop(monkeypatch):
-    overhead = load_script("epoch_overhead")
+    overhead = load_script("dev/epoch_overhead")
     monkeypatch.setitem(overhead.TRAIN_SIZES, "demo", 96)
     originals = train.train_one_epoch, feature_shape.on_probe, batchnorm.finish_learner
     lines = overhead.measure(REPO / "cfgs" / "Demo_AE.yaml", torch.device("cpu"), epochs=3)

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh, the GPU session's one script: its stages run end to end on the CPU at small sizes, so that
+"""scripts/dev/gpu_check.sh, the GPU session's one script: its stages run end to end on the CPU at small sizes, so that
 on a lent GPU only the device differs."""
 import json
 import os
@@ -10,6 +10,7 @@ import yaml
 
 from tests.conftest import REPO
 
+SCRIPT = REPO / "scripts" / "dev" / "gpu_check.sh"
 SMALL = {"DEVICE": "cpu", "N_TRAIN": "64", "N_TEST": "8", "SIZE": "64", "EPOCHS": "1", "GRID_CELLS": "2",
          "GRID_EPOCHS": "1", "GRID_WORKERS": "2"}
 
@@ -17,7 +18,7 @@ SMALL = {"DEVICE": "cpu", "N_TRAIN": "64", "N_TEST": "8", "SIZE": "64", "EPOCHS"
 def gpu_check(tmp_path, *stages):
     env = {**os.environ, **SMALL, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
            "WORK": str(tmp_path / "work")}
-    return subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), *stages], cwd=tmp_path, env=env,
+    return subprocess.run(["bash", str(SCRIPT), *stages], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -57,7 +58,7 @@ def test_unknown_stage_is_one_line(tmp_path):
 def test_a_device_this_machine_lacks_stops_before_any_stage_in_one_line(tmp_path):
     """DEVICE=cuda takes the path a GPU run takes (utils.run.runtime.pick_device); here it has no GPU to find."""
     env = {**SMALL, "DEVICE": "cuda", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "e2e"], cwd=tmp_path, capture_output=True,
+    result = subprocess.run(["bash", str(SCRIPT), "e2e"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120, env={**os.environ, **env, "PYTHON": sys.executable,
                                                          "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w")})
     assert result.returncode == 2

@@ -1,4 +1,5 @@
-"""predict.py scores new files exactly as eval.py scores the test set; scripts/readme_figures.py draws from a real run."""
+"""predict.py scores new files exactly as eval.py scores the test set; scripts/dev/readme_figures.py draws from a real
+run."""
 import csv
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from datasets.dicom import dicom_to_array
 from tests.conftest import load_script, run_main, write_config
 from utils.method.reference import IMAGE_SCORES
 
-readme_figures = load_script("readme_figures")
+readme_figures = load_script("dev/readme_figures")
 
 # Bundled with pydicom; its get_testdata_file helpers may download, so the path is spelled out.
 CT_SMALL = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"

@@ -1,16 +1,17 @@
-"""The RAR study's analysis: which way of training the juniors (a "candidate") to recommend, from its grids' runs.
+"""The RAR study's analysis: which way of training the juniors (a "candidate") to recommend, from its records.
 
-    python scripts/rar_study.py [--runs runs/rar_screen runs/rar_confirm] [--archive studies/rar]
-                                [--figure images/rar_rank.png]
-    python scripts/rar_study.py --restore runs/rar_screen runs/rar_confirm [--archive studies/rar]
+    python -m studies.rar.analysis [--runs runs/rar_screen runs/rar_confirm] [--study studies/rar]
+                                   [--figure images/rar_rank.png]
 
-Run folders are not in git; the archive is. First, every evaluated run under the --runs grid folders (those that
-exist) is archived as <archive>/<grid folder>/<run folder>.json: {"results": its results.json, "rank_curves":
-{"learnerK": effective rank per epoch}, "train_seconds": {"learnerK": sum of its epochs' epoch_s}, "score_spread":
-{score: {"normal_sd", "shift"}}}, the middle two from its metrics.jsonl, the last from its scores.csv. A file is
-rewritten only when the run's results.json differs from the archived one (or, to add it, the archived one has no
-score_spread and the run folder has a scores.csv), so a restored run (no metrics.jsonl) keeps its archived curves.
-Then the tables (<archive>/study.md, also printed) and the figure are computed from the archive alone:
+The grids (rar_screen.yaml, rar_confirm.yaml) name options that have left the core since commit 81a2410; they were
+run, and are rerun, at that commit (README.md). Run folders are not in git; the records are. First, every evaluated
+run under the --runs grid folders (those that exist) is archived as <study>/records/<grid folder>/<run folder>.json:
+{"results": its results.json, "rank_curves": {"learnerK": effective rank per epoch}, "train_seconds": {"learnerK":
+sum of its epochs' epoch_s}, "score_spread": {score: {"normal_sd", "shift"}}}, the middle two from its metrics.jsonl,
+the last from its scores.csv. A file is rewritten only when the run's results.json differs from the archived one (or,
+to add it, the archived one has no score_spread and the run folder has a scores.csv), so a restored run (no
+metrics.jsonl) keeps its archived curves.
+Then the tables (<study>/study.md, also printed) and the figure are computed from the records alone:
   a. per candidate, pooled over data sets and seeds: image AUC of rec, unc, dsu; pixel AUROC on the sets with masks;
      the juniors' effective rank and linear CKA with their seniors (test set), and the juniors' training seconds;
   b. per candidate against each reference (published, Lambda 0, Lambda 0 + precise BN): runs matched on (data set,
@@ -30,10 +31,6 @@ Then the tables (<archive>/study.md, also printed) and the figure are computed f
   g. per candidate, how each score spreads over the normal test images (sd of log score) and how far the abnormal
      ones lie above them (shift of its mean), from the runs' scores.csv.
 The figure draws the juniors' effective rank over the epochs (probe of training images), one line per candidate.
-
---restore rewrites each archived run's own results.json (the bytes eval.py wrote) into its folder under each
-GRID_FOLDER that lacks one, so that the grid runner counts the cell as done (it still checks that the file's "run"
-settings are the cell's) instead of training it again. Nothing else of the run comes back.
 """
 import argparse
 import csv
@@ -49,22 +46,16 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from datasets.prepare.fashion_mnist import parse_set_name, set_name  # noqa: E402
-from utils.atomic import atomic_write_text  # noqa: E402
+from studies.common import (KINDS, SCORES, anomaly_kind, interval_text, markdown_table, number,  # noqa: E402
+                            paired_over_units, read_record, write_text)
 from utils.errors import UserError, cli  # noqa: E402
-from utils.grid.summary import collect  # noqa: E402
-from utils.method.scores import SCORES  # noqa: E402
-from utils.report.intervals import mean_interval  # noqa: E402
-from utils.run.runlock import is_locked  # noqa: E402
 
 PRECISE_BN = " + precise BN"
 PUBLISHED, PLAIN = "published (linear_cka, Lambda 1)", "Lambda 0 (plain ensemble)"
 BASELINES = (PUBLISHED, PUBLISHED + PRECISE_BN, PLAIN, PLAIN + PRECISE_BN)  # shown first, in this order
 REFERENCES = (PUBLISHED, PLAIN, PLAIN + PRECISE_BN)  # what each candidate is compared with, run by run
 METRICS = {"auc": "image AUC", "pixel_auroc": "pixel AUROC"}
-SCREEN_SEED = 1  # the seed of cfgs/grids/rar_screen.yaml; the confirmation's seeds are others
+SCREEN_SEED = 1  # the seed of rar_screen.yaml; the confirmation's seeds are others
 
 
 # ---------------------------------------------------------------- candidates
@@ -86,31 +77,9 @@ def display_order(name: str) -> tuple:
     return (BASELINES.index(name), "") if name in BASELINES else (len(BASELINES), name)
 
 
-def training_set(dataset: str) -> str:
-    """The data set whose training images a data set has: FMNIST_local_cC trains on FMNIST_cC's (byte-identical)
-    images; any other set on its own."""
-    parsed = parse_set_name(dataset)
-    return set_name(parsed[0]) if parsed else dataset
-
-
-def unit(run) -> tuple:
-    """The unit of independence of a run's settings: (training set, seed). Byte-identical training images and
-    deterministic training give a semantic set and its local twin the same learners; only the test sets differ."""
-    return training_set(run["dataset"]), run["seed"]
-
-
-def anomaly_kind(dataset: str) -> str:
-    """"local" for a set of local defects (FMNIST_local_cC, with pixel masks), "semantic" for any other set."""
-    parsed = parse_set_name(dataset)
-    return parsed[1] if parsed else "semantic"
-
-
-KINDS = (None, "semantic", "local")  # paired_difference's filter: all sets, or those of one anomaly_kind
-
-
 # ---------------------------------------------------------------- the archive
 
-def read_records(path) -> list:
+def read_metrics(path) -> list:
     """metrics.jsonl's records; none when the file is missing (a restored run), a cut last line skipped."""
     try:
         lines = Path(path).read_text().splitlines()
@@ -162,20 +131,30 @@ def archive_entry(results, records, spread) -> dict:
             "score_spread": spread}
 
 
-def write_text(path, text) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
+def evaluated_runs(folder) -> list:
+    """(run folder, its results.json) of every run under a grid folder with a readable results.json; others are
+    skipped with a warning."""
+    runs = []
+    for path in sorted(Path(folder).glob("*/results.json")):
+        try:
+            results = json.loads(path.read_text())
+            if not isinstance(results.get("run"), dict) or not all(score in results for score in SCORES):
+                raise ValueError(f'no "run" section or not every score of {SCORES}')
+        except (OSError, ValueError, AttributeError) as err:
+            print(f"warning: skipping {path}: {err}", file=sys.stderr)
+            continue
+        runs.append((path.parent, results))
+    return runs
 
 
-def archive_runs(folders, archive) -> list:
+def archive_runs(folders, records) -> list:
     """Archive every evaluated run under the grid folders that exist; returns the files written."""
     written = []
     for folder in map(Path, folders):
         if not folder.is_dir():
             continue
-        for results in collect(folder):
-            source = Path(results.pop("source"))
-            path = Path(archive) / folder.name / f"{source.parent.name}.json"
+        for run_dir, results in evaluated_runs(folder):
+            path = Path(records) / folder.name / f"{run_dir.name}.json"
             try:
                 entry = json.loads(path.read_text())
                 archived = json.dumps(entry["results"]) == json.dumps(results)
@@ -186,33 +165,30 @@ def archive_runs(folders, archive) -> list:
                 # score_spread existed gets it, and keeps its curves
                 if entry.get("score_spread"):
                     continue
-                entry["score_spread"] = score_spread(source.parent / "scores.csv")
+                entry["score_spread"] = score_spread(run_dir / "scores.csv")
                 if not entry["score_spread"]:
                     continue
             else:
-                entry = archive_entry(results, read_records(source.parent / "metrics.jsonl"),
-                                      score_spread(source.parent / "scores.csv"))
+                entry = archive_entry(results, read_metrics(run_dir / "metrics.jsonl"),
+                                      score_spread(run_dir / "scores.csv"))
             write_text(path, json.dumps(entry, indent=2) + "\n")
             written.append(path)
     return written
 
 
 def read_archive_file(path) -> dict:
-    try:
-        entry = json.loads(Path(path).read_text())
-        if not isinstance(entry.get("results", {}).get("run"), dict):
-            raise ValueError('no "results" with a "run" section')
-    except (OSError, ValueError, AttributeError) as err:
-        raise UserError(f"archive file {path} is unreadable ({err}); take it back from git "
-                        "(git checkout -- PATH) or delete it and archive its run again") from None
+    entry = read_record(path)
+    if not isinstance(entry.get("results"), dict) or not isinstance(entry["results"].get("run"), dict):
+        raise UserError(f'archive file {path} is unreadable (no "results" with a "run" section); take it back from '
+                        "git (git checkout -- PATH) or delete it and archive its run again")
     return entry
 
 
-def load_archive(archive) -> list:
+def load_archive(records) -> list:
     """The archived runs, one per (candidate, data set, seed): a run of the same three in a second grid folder is
     left out with a warning (the first by path stays), so that pairs are unambiguous."""
     entries, seen = [], {}
-    for path in sorted(Path(archive).glob("*/*.json")):
+    for path in sorted(Path(records).glob("*/*.json")):
         entry = read_archive_file(path)
         run = entry["results"]["run"]
         key = (label(run), run["dataset"], run["seed"])
@@ -223,22 +199,6 @@ def load_archive(archive) -> list:
         seen[key] = path
         entries.append(entry)
     return entries
-
-
-def restore(grid_folder, archive) -> list:
-    """Write each archived run's results.json into its folder under grid_folder where none is (and no launcher works
-    in it), in eval.py's own format; returns the files written."""
-    from eval import write_json  # the writer of every results.json (imports torch: only here)
-
-    grid_folder, restored = Path(grid_folder), []
-    for path in sorted((Path(archive) / grid_folder.name).glob("*.json")):
-        target = grid_folder / path.stem / "results.json"
-        if target.is_file() or is_locked(target.parent):
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_json(read_archive_file(path)["results"], target)
-        restored.append(target)
-    return restored
 
 
 # ---------------------------------------------------------------- the tables
@@ -304,15 +264,7 @@ def paired_difference(groups, candidate, reference, score, metric, kind=None):
         return {(e["results"]["run"]["dataset"], e["results"]["run"]["seed"]): e["results"][score][metric]
                 for e in groups.get(name, [])
                 if metric in e["results"][score] and kind in (None, anomaly_kind(e["results"]["run"]["dataset"]))}
-    ours, theirs = values(candidate), values(reference)
-    pairs = sorted(ours.keys() & theirs.keys(), key=str)
-    if not pairs:
-        return None
-    units = defaultdict(list)
-    for dataset, seed in pairs:
-        units[unit({"dataset": dataset, "seed": seed})].append(ours[dataset, seed] - theirs[dataset, seed])
-    mean, low, high = mean_interval([np.mean(differences) for differences in units.values()])
-    return {"mean": mean, "low": low, "high": high, "n": len(units), "pairs": len(pairs)}
+    return paired_over_units(values(candidate), values(reference))
 
 
 def format_difference(difference) -> str:
@@ -320,9 +272,7 @@ def format_difference(difference) -> str:
         return "-"
     n, pairs = difference["n"], difference["pairs"]
     count = f"(n={n} unit" + ("" if n == 1 else "s") + ("" if pairs == n else f", {pairs} runs") + ")"
-    if difference["low"] is None:
-        return f"{difference['mean']:+.3f} {count}"
-    return f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}] {count}"
+    return f"{interval_text(difference)} {count}"
 
 
 def failed_conditions(groups, candidate) -> list:
@@ -370,15 +320,6 @@ def screen_ranking(groups) -> list:
 def confirmed(ranking) -> list:
     """The candidates that go to the confirmation: the first two, and the third if its worst difference is > 0."""
     return [name for place, (name, worst, _) in enumerate(ranking) if place < 2 or (place == 2 and worst > 0)]
-
-
-def markdown_table(header, rows) -> list:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows)]
-
-
-def number(value, digits=3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def confirmation_section(groups, chosen) -> list:
@@ -529,25 +470,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=["runs/rar_screen", "runs/rar_confirm"],
                         help="grid folders whose runs are archived (missing ones are skipped)")
-    parser.add_argument("--archive", default="studies/rar", help="the study's committed archive")
+    parser.add_argument("--study", default="studies/rar", help="the study's folder: records/ and study.md")
     parser.add_argument("--figure", default="images/rar_rank.png", help="the effective-rank figure (PNG)")
-    parser.add_argument("--restore", nargs="+", metavar="GRID_FOLDER",
-                        help="only restore the archived results.json files into these grid folders")
     args = parser.parse_args(argv)
-    if args.restore:
-        for folder in args.restore:
-            print(f"restored {len(restore(folder, args.archive))} results.json into {folder} from {args.archive}")
-        return
-    written = archive_runs(args.runs, args.archive)
-    entries = load_archive(args.archive)
+    records, report = Path(args.study) / "records", Path(args.study) / "study.md"
+    written = archive_runs(args.runs, records)
+    entries = load_archive(records)
     if not entries:
-        raise UserError(f"no archived runs in {args.archive}; run the study's grids first (scripts/rar_study.sh)")
+        raise UserError(f"no archived runs in {records}; run the study's grids first (studies/rar/README.md)")
     table = study_markdown(entries)
-    write_text(Path(args.archive) / "study.md", table)
+    write_text(report, table)
     rank_figure(entries, args.figure)
     print(table, end="")
-    print(f"archived {len(written)} new or changed runs; {len(entries)} runs in {args.archive}; "
-          f"wrote {Path(args.archive) / 'study.md'} and {args.figure}")
+    print(f"archived {len(written)} new or changed runs; {len(entries)} runs in {records}; "
+          f"wrote {report} and {args.figure}")
 
 
 if __name__ == "__main__":

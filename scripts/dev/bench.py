@@ -1,6 +1,6 @@
 """Benchmark the fast path against the naive loop of the published code, on synthetic RSNA-sized data.
 
-    scripts/bench.sh [--device cpu|cuda] [--n-train 3851] [--n-test 2000] [--img-size 64] [--epochs E]
+    scripts/dev/bench.sh [--device cpu|cuda] [--n-train 3851] [--n-test 2000] [--img-size 64] [--epochs E]
                      [--profile FILE [--profile-epochs 10]]
 
 Fast path = what users run: train.train_learner (training set on the device, cached senior features, a captured
@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import models  # noqa: E402
 import train  # noqa: E402

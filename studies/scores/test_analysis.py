@@ -1,10 +1,13 @@
-"""scripts/score_study.py's tables from records made here: the pairing, the form rule, the decision rule and the
-per-backbone layout (the scoring of a run itself is eval's and the reference's code, tested beside them)."""
+"""studies/scores/analysis.py's tables from records made here: the pairing, the form rule, the decision rule and
+the per-backbone layout (the scoring of a run itself was eval's and the reference's code at commit 81a2410, tested
+beside them there); and the two reports it made, rebuilt from their records."""
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import load_script
+from studies.scores import analysis as study
 
-study = load_script("score_study")
+STUDIES = Path(__file__).resolve().parents[1]
 SETS = ("FMNIST_c4", "FMNIST_local_c4", "FMNIST_c6", "FMNIST_local_c6")
 
 
@@ -75,31 +78,8 @@ def test_each_backbone_gets_its_own_tables_and_a_fixed_form_is_used():
     assert len(learners) == 2 and "| 10.00 | 8.50 | 1.20 (max 1.20) | 0 |" in learners[0]
 
 
-def results_json(dataset, lam, epochs, dsu, rank):
-    """A results.json of a run without a holdout: the published three only."""
-    scores = {"rec": {"auc": 0.9}, "unc": {"auc": 0.8}, "dsu": {"auc": dsu}}
-    if "local" in dataset:
-        for values in scores.values():
-            values["pixel_auroc"] = 0.85
-    return {**scores, "run": {"dataset": dataset, "network": "AE", "Lambda": lam, "precise_bn": False, "seed": 1,
-                              "num_epoch": epochs},
-            "diagnostics": {"effective_rank": [10.0, rank, rank], "learners": [None, None, None], "warnings": []}}
-
-
-def test_the_length_table_compares_the_gap_with_the_rar_studys_30_epoch_runs(tmp_path):
-    import json
-    runs, rar = tmp_path / "runs", tmp_path / "rar" / "rar_screen"
-    rar.mkdir(parents=True)
-    for dataset in SETS:
-        for lam, short_dsu, long_dsu, rank in ((1.0, 0.80, 0.82, 1.1), (0.0, 0.84, 0.83, 11.0)):
-            name = f"{dataset}_AE_precise_bnfalse_Lambda{lam:g}_s1"
-            (rar / f"{name}.json").write_text(json.dumps({"results": results_json(dataset, lam, 30, short_dsu, rank)}))
-            (runs / name).mkdir(parents=True)
-            (runs / name / "results.json").write_text(json.dumps(results_json(dataset, lam, 160, long_dsu, rank + 1)))
-    study.main(["--length", "--runs", str(runs), "--archive", str(tmp_path / "length"),
-                "--rar-archive", str(tmp_path / "rar")])
-    text = (tmp_path / "length" / "study.md").read_text()
-    # dsu: Lambda 0 minus Lambda 1 is +0.04 at 30 epochs and +0.01 at 160, over the two classes
-    assert "| dsu image AUC | all sets | +0.040 [+0.040, +0.040] (n=2) | +0.010 [+0.010, +0.010] (n=2) |" in text
-    assert "| rec pixel AUROC | local | +0.000 [+0.000, +0.000] (n=2) |" in text
-    assert "| Lambda 1 | 1.10 (n=4) | 2.10 (n=4) |" in text and "| Lambda 0 | 11.00 (n=4) | 12.00 (n=4) |" in text
+@pytest.mark.parametrize("name, form", [("scores", None), ("backbones", "linear q0.5")])
+def test_the_reports_are_rebuilt_from_the_records_alone(name, form):
+    """The scoring study's report and the backbones' (made with the AE study's form), from their records."""
+    records = study.load_archive(STUDIES / name / "records")
+    assert study.study_markdown(records, STUDIES / "rar" / "records", form) == (STUDIES / name / "study.md").read_text()

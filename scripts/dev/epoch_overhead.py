@@ -1,7 +1,7 @@
 """What an epoch of train.py spends outside its training steps (the feature probe, logging, the loss read-out),
 for every shipped config, on synthetic images of each data set's training-set size.
 
-    python scripts/epoch_overhead.py [--device cpu] [--configs cfgs/RSNA_AE.yaml ...] [--epochs E]
+    python scripts/dev/epoch_overhead.py [--device cpu] [--configs cfgs/RSNA_AE.yaml ...] [--epochs E]
 
 Trains learner 0 and one junior of each config for E epochs (default: twice the probe's interval, at least 4) with
 train.train_learner itself, times its steps (train_one_epoch), its looks at the probe and the whole epoch loop, and
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 import train  # noqa: E402
 from utils.errors import cli  # noqa: E402

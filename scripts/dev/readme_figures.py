@@ -1,6 +1,6 @@
 """The README's figures, drawn from a trained run by the project's own code:
 
-    python scripts/readme_figures.py --run runs/demo_AE --out images      (or ./scripts/figures.sh [RUN_DIR])
+    python scripts/dev/readme_figures.py --run runs/demo_AE --out images      (or ./scripts/dev/figures.sh [RUN_DIR])
 
 overview.png   the method: RAR training of the K learners, then rec / unc / dsu scoring
 rar_tsne.png   t-SNE of every learner's tapped features on the run's test images, and their pairwise linear CKA
@@ -20,7 +20,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from datasets.medad import dataset_dir, load_images, load_masks, read_split  # noqa: E402
 from models import to_model_input  # noqa: E402

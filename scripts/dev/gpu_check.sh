@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The checks and timings of the CUDA path, for a lent GPU, in stages that each fit one 10-minute device call:
 #
-#   PYTHON=python3 ./scripts/gpu_check.sh tests bench e2e grid      (results under $OUT, default runs/gpu_check/out)
+#   PYTHON=python3 ./scripts/dev/gpu_check.sh tests bench e2e grid      (results under $OUT, default runs/gpu_check/out)
 #
 #   tests  the whole suite, the CUDA tests included                                  -> tests.txt
-#   bench  scripts/bench.py --device cuda --epochs 250, and a profiled junior         -> bench.json, profile.txt
+#   bench  scripts/dev/bench.py --device cuda --epochs 250, and a profiled junior     -> bench.json, profile.txt
 #   e2e    synthetic RSNA-sized data on disk (3851 train, 1000 + 1000 test, 512 x 512 PNGs, made once), then
 #          train.py + eval.py of cfgs/RSNA_AE.yaml on it, timed end to end, with Exp.cuda_graph=true and =false  -> e2e.txt
 #   grid   8 RSNA_AE cells (seeds 1-8, 25 epochs) on that data, run by 1, 2, 4 and 8 torchrun workers sharing
@@ -14,7 +14,7 @@
 # runs/gpu_check), outside $OUT. Smaller settings for a quick run anywhere (the CPU test uses them): DEVICE (cuda),
 # N_TRAIN (3851), N_TEST (2000) (bench and e2e), SIZE (512), EPOCHS (250), GRID_CELLS (8), GRID_EPOCHS (25), GRID_WORKERS ("1 2 4 8").
 set -euo pipefail
-source "$(dirname "$0")/_env.sh"
+source "$(dirname "$0")/../_env.sh"
 setup_python requirements-test.txt
 OUT="${OUT:-runs/gpu_check/out}"
 WORK="${WORK:-runs/gpu_check}"
@@ -61,7 +61,7 @@ for stage in "$@"; do
         note "tests: exit $status in $(seconds_since "$began") s: $(tail -n 1 "$OUT/tests.txt")"
         ;;
     bench)
-        "$PY" scripts/bench.py --device "$DEVICE" --epochs "$EPOCHS" --n-train "$N_TRAIN" --n-test "$N_TEST" \
+        "$PY" scripts/dev/bench.py --device "$DEVICE" --epochs "$EPOCHS" --n-train "$N_TRAIN" --n-test "$N_TEST" \
             --profile "$OUT/profile.txt" | tee "$OUT/bench.txt"
         tail -n 1 "$OUT/bench.txt" >"$OUT/bench.json"
         note "bench: $(cat "$OUT/bench.json")"

@@ -1,19 +1,17 @@
-"""scripts/rar_study.py: candidate labels, the archive and its restore, paired differences, the decision, the figure."""
+"""studies/rar/analysis.py: candidate labels, the archive, paired differences, the decision, the figure."""
 import json
-import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from eval import write_json
-from tests.conftest import REPO, load_script
+from studies import common
+from studies.rar import analysis as study
 from utils.errors import UserError
-from utils.grid import grid as grids
-from utils.run import config
 
-study = load_script("rar_study")
-SCREEN = REPO / "cfgs" / "grids" / "rar_screen.yaml"
+STUDY = Path(__file__).resolve().parent
+SCREEN = STUDY / "records" / "rar_screen"  # the screen's runs, as its grid made them
 PUBLISHED = "published (linear_cka, Lambda 1)"
 PLAIN, PLAIN_PBN = "Lambda 0 (plain ensemble)", "Lambda 0 (plain ensemble) + precise BN"
 SETTINGS = {PUBLISHED: dict(Lambda=1.0), PLAIN: dict(Lambda=0.0), PLAIN_PBN: dict(Lambda=0.0, precise_bn=True),
@@ -60,8 +58,7 @@ def test_curves_and_seconds_of_learners_taken_from_the_shared_folder_are_left_ou
 
 
 def test_labels_name_the_eleven_candidates_of_the_screen_in_order():
-    cells = grids.load(SCREEN).cells
-    labels = [study.label(config.run_settings(cell.cfg)) for cell in cells]
+    labels = [study.label(common.read_record(path)["results"]["run"]) for path in sorted(SCREEN.glob("*.json"))]
     ordered = sorted(set(labels), key=study.display_order)
     assert ordered == [PUBLISHED, PUBLISHED + " + precise BN", PLAIN, PLAIN_PBN,
                        "debiased_cca, Lambda 1 + precise BN", "debiased_cca, Lambda 1, on pasted images + precise BN",
@@ -75,53 +72,53 @@ def test_labels_name_the_eleven_candidates_of_the_screen_in_order():
     assert study.label({"Lambda": 1.0, "repulsion": "linear_cka"}) == PUBLISHED
 
 
-def test_archive_then_restore_gives_each_run_its_own_results_json(tmp_path, capsys):
-    """Archive the runs of the screen grid, lose the run folders, restore: the same bytes, and the grid runner
-    counts the cells as done; archiving again keeps the curves of the archive."""
-    grid = grids.load(SCREEN, out_dir=tmp_path / "runs")
+class Cell:
+    """A run folder of the screen grid, named and set as the grid named and set it (from the screen's records)."""
+
+    def __init__(self, folder, name):
+        self.name, self.run_dir = name, folder / name
+        self.settings = common.read_record(SCREEN / f"{name}.json")["results"]["run"]
+
+
+def test_archive_keeps_each_runs_results_json_and_curves(tmp_path, capsys):
+    """Archive the runs of the screen grid: their results.json and curves; archiving again once their metrics.jsonl
+    is gone (a restored run) keeps the curves of the archive."""
+    folder = tmp_path / "runs" / "rar_screen"
     rng = np.random.default_rng(0)
-    cells = [grid.cells[index] for index in (0, 1, 6, 7)]  # published and Lambda 0 on FMNIST_c4 and _local_c4
+    cells = [Cell(folder, f"{dataset}_AE_precise_bnfalse_Lambda{lam}_s1")  # published and Lambda 0 on c4, local_c4
+             for dataset in ("FMNIST_c4", "FMNIST_local_c4") for lam in (1, 0)]
     texts = {}
     for cell in cells:
-        run = {**config.run_settings(cell.cfg), "split": "custom", "out_dir": str(cell.run_dir)}
+        run = {**cell.settings, "split": "custom", "out_dir": str(cell.run_dir)}
         cell.run_dir.mkdir(parents=True)
-        write_json(results_of(run, {s: float(rng.random()) for s in ("rec", "unc", "dsu")}, rng),
-                   cell.run_dir / "results.json")
+        (cell.run_dir / "results.json").write_text(
+            json.dumps(results_of(run, {s: float(rng.random()) for s in ("rec", "unc", "dsu")}, rng), indent=2))
         texts[cell.name] = (cell.run_dir / "results.json").read_bytes()
         records = [{"tag": f"learner{k}", "step": e, "loss": 1.0, "epoch_s": 10.0 * k + e, "effective_rank": k + e}
                    for k in range(3) for e in (1, 2, 3)]
         records.append({"tag": "learner2", "step": 3, "epoch_s": 100.0, "effective_rank": 9.0})  # after a resume
         (cell.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"tag": "lea')
-    unevaluated = grid.cells[2]
+    unevaluated = Cell(folder, "FMNIST_c6_AE_precise_bnfalse_Lambda1_s1")
     unevaluated.run_dir.mkdir(parents=True)  # trained partly, no results.json: not archived
     archive, figure = tmp_path / "archive", tmp_path / "rank.png"
 
-    assert study.main(["--runs", str(grid.folder), str(tmp_path / "missing"), "--archive", str(archive),
+    assert study.main(["--runs", str(folder), str(tmp_path / "missing"), "--study", str(archive),
                        "--figure", str(figure)]) is None
-    files = sorted((archive / "rar_screen").glob("*.json"))
+    files = sorted((archive / "records" / "rar_screen").glob("*.json"))
     assert [path.stem for path in files] == sorted(cell.name for cell in cells)
     archived = json.loads(files[0].read_text())
     assert archived["results"] == json.loads(texts[files[0].stem])
     assert archived["rank_curves"] == {"learner0": [1, 2, 3], "learner1": [2, 3, 4], "learner2": [3, 4, 9.0]}
     assert archived["train_seconds"] == pytest.approx({"learner0": 6.0, "learner1": 36.0, "learner2": 143.0})
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    curves = study.junior_curves(study.load_archive(archive))
+    curves = study.junior_curves(study.load_archive(archive / "records"))
     assert curves == {PUBLISHED: [[2, 3, 4], [3, 4, 9.0]] * 2, PLAIN: [[2, 3, 4], [3, 4, 9.0]] * 2}
     assert (archive / "study.md").read_text() in capsys.readouterr().out
 
-    shutil.rmtree(grid.folder)
-    mine = cells[1].run_dir
-    mine.mkdir(parents=True)
-    (mine / "results.json").write_text("{}")  # a run folder with its own results.json is left alone
-    assert study.main(["--restore", str(grid.folder), "--archive", str(archive)]) is None
-    assert (mine / "results.json").read_text() == "{}"
-    for cell in (cells[0], *cells[2:]):
-        assert (cell.run_dir / "results.json").read_bytes() == texts[cell.name]
-        assert grids.is_done(cell) and grids.state(cell) == "done"
-    assert not grids.is_done(cells[1]) and not grids.is_done(unevaluated)
-
+    for cell in cells:
+        (cell.run_dir / "metrics.jsonl").unlink()
     before = {path: path.read_bytes() for path in files}
-    study.main(["--runs", str(grid.folder), "--archive", str(archive), "--figure", str(figure)])
+    study.main(["--runs", str(folder), "--study", str(archive), "--figure", str(figure)])
     assert {path: path.read_bytes() for path in files} == before  # restored runs have no metrics.jsonl
 
 
@@ -139,8 +136,8 @@ def test_score_spread_is_read_from_scores_csv_and_added_to_entries_archived_with
     scores = rng.uniform(0.01, 2.0, size=(10, 3))
     run_dir = tmp_path / "runs" / "rar_screen" / "FMNIST_c4_AE_s1"
     run_dir.mkdir(parents=True)
-    write_json(results_of({**entry(PUBLISHED, "FMNIST_c4", 1)["results"]["run"], "out_dir": str(run_dir)},
-                          {"rec": 0.6, "unc": 0.6, "dsu": 0.6}, rng), run_dir / "results.json")
+    run = {**entry(PUBLISHED, "FMNIST_c4", 1)["results"]["run"], "out_dir": str(run_dir)}
+    (run_dir / "results.json").write_text(json.dumps(results_of(run, {"rec": 0.6, "unc": 0.6, "dsu": 0.6}, rng)))
     write_scores(run_dir / "scores.csv", labels, scores)
     spread = study.score_spread(run_dir / "scores.csv")
     logs, normal = np.log(scores), np.array(labels) == 0
@@ -234,9 +231,9 @@ def test_paired_differences_match_runs_on_data_set_and_seed_and_average_them_wit
 
 def test_a_semantic_set_and_its_local_twin_of_one_seed_are_one_unit():
     """FMNIST_local_cC trains on FMNIST_cC's images: with the same seed, the same learners, so one observation."""
-    assert [study.training_set(d) for d in ("FMNIST_local_c4", "FMNIST_c4", "FMNIST_local_c9", "MNIST_c1")] == \
+    assert [common.training_set(d) for d in ("FMNIST_local_c4", "FMNIST_c4", "FMNIST_local_c9", "MNIST_c1")] == \
         ["FMNIST_c4", "FMNIST_c4", "FMNIST_c9", "MNIST_c1"]
-    assert study.unit({"dataset": "FMNIST_local_c6", "seed": 3, "Lambda": 1.0}) == ("FMNIST_c6", 3)
+    assert common.unit({"dataset": "FMNIST_local_c6", "seed": 3, "Lambda": 1.0}) == ("FMNIST_c6", 3)
     candidate = "linear_cka, Lambda 0.1 + precise BN"
     entries = [entry(candidate, "FMNIST_c4", 1, dsu=0.8), entry(candidate, "FMNIST_local_c4", 1, dsu=0.7),
                entry(PUBLISHED, "FMNIST_c4", 1, dsu=0.6), entry(PUBLISHED, "FMNIST_local_c4", 1, dsu=0.6)]
@@ -394,3 +391,7 @@ def test_a_run_repeated_in_a_second_grid_counts_once(tmp_path, capsys):
     (tmp_path / "rar_screen" / "FMNIST_c4_AE_s1.json").write_text("{")
     with pytest.raises(UserError, match="archive file .* is unreadable"):
         study.load_archive(tmp_path)
+
+
+def test_the_report_is_rebuilt_from_the_records_alone():
+    assert study.study_markdown(study.load_archive(STUDY / "records")) == (STUDY / "study.md").read_text()
