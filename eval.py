@@ -13,6 +13,7 @@ evaluation at once (rerunning starts it over).
 import argparse
 import json
 import sys
+import time
 
 import numpy as np
 from PIL import Image
@@ -204,14 +205,17 @@ def _evaluate(cfg, run_dir, device, echo):
         masks = None
         if split.has_masks:  # a data set without a masks/ folder simply gets no pixel metrics
             masks = load_masks(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
+        began = time.perf_counter()
         scored = score_dataset(learners, images, cfg.Exp.score_batch, device, features=True,
                                curve_maps=masks is not None)
+        score_s = time.perf_counter() - began
         maps = scored.maps
         reference = ensure_reference(run_dir, cfg, learners, device, log, lambda: reference_images(split, cfg))
         scores = referred_scores(maps, reference["statistics"])
         scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
         results = metrics_table(labels, scores, maps, masks, p_values(scores, reference))
         results["ensemble_size"] = size_curve(labels, scored, masks)
+        results["timing"] = {"score_s": score_s, "images": len(labels), "device": str(device)}
         results["run"] = {**config.run_settings(cfg), "split": describe(split.lists).label, "out_dir": str(run_dir)}
         results["reference"] = {"in_sample": reference["in_sample"], "fit": len(reference["fit_files"]),
                                 "calibration": len(reference["calibration_files"]),

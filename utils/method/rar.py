@@ -7,7 +7,7 @@ into one direction the senior lacks, which is what the published setting does (s
 rank falls to about 1); the other similarities tried there are at commit 81a2410.
 
 Everything here uses tensor operations only (no host sync, no branching on values), so the repulsion runs inside a
-captured CUDA graph (utils/run/fast.py).
+captured CUDA graph (utils/run/cuda_graph.py).
 """
 import torch
 
