@@ -1,6 +1,7 @@
 """Figures for anomaly scores: score histograms, ROC / PR curves, a grid of maps and a single-image overlay.
 
-Every function writes one PNG (creating its folder) and closes its figure, so it is safe in long loops.
+Every function writes one PNG (creating its folder) and closes its figure, so it is safe in long loops. The overlay
+draws no figure: it colours the arrays directly (overlay_array), for predict.py's many images.
 """
 from pathlib import Path
 
@@ -10,6 +11,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
+from PIL import Image  # noqa: E402
+from PIL.PngImagePlugin import PngInfo  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from utils.errors import UserError  # noqa: E402
@@ -17,6 +20,8 @@ from utils.report.metrics import chi_square_distance, finite_1d, image_metrics  
 
 DPI = 100
 NORMAL_COLOR, ABNORMAL_COLOR = "tab:blue", "tab:red"
+OVERLAY_CMAP = "jet"  # as the grid's map columns
+OVERLAY_MIN_SIDE = 256  # a 64-pixel overlay is enlarged 4x: a thumbnail would be too small to read
 
 
 def score_histograms(scores: dict, labels, path, bins=50) -> dict:
@@ -127,23 +132,35 @@ def anomaly_grid(images, recon, maps: dict, image_scores, labels, path, n=4, sco
     return shown
 
 
-def overlay(image, anomaly_map, path, vmax=None, alpha=0.45):
-    """One image in grey with its anomaly map overlaid as a heat map (0 to vmax, default the map's maximum)."""
+def overlay_array(image, anomaly_map, vmax, cmap=OVERLAY_CMAP) -> np.ndarray:
+    """uint8 (H, W, 3): a grey image in [-1, 1] with its anomaly map painted over it on the colour scale 0 to vmax.
+
+    A pixel's colour is the colour map's colour at map / vmax, blended over the grey with that same share as its
+    opacity: 0 keeps the grey, vmax and above is the colour map's top colour. One vmax for many images puts them
+    on one scale. No figure is drawn, so thousands of images take seconds.
+    """
     image, anomaly_map = np.squeeze(np.asarray(image)), np.squeeze(np.asarray(anomaly_map, dtype=np.float64))
     if image.ndim != 2 or image.shape != anomaly_map.shape:
         raise UserError(f"overlay needs one 2-D image and a map of the same size, got {image.shape} and "
                         f"{anomaly_map.shape}")
-    if vmax is None:
-        vmax = float(anomaly_map.max())
-    vmax = max(vmax, 1e-12)
-    fig, ax = plt.subplots(figsize=(4.6, 4), layout="constrained")
-    try:
-        _show_gray(ax, image)
-        heat = ax.imshow(anomaly_map, cmap="jet", alpha=alpha, vmin=0, vmax=vmax)
-        fig.colorbar(heat, ax=ax, shrink=0.8)
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+    share = np.clip(np.nan_to_num(anomaly_map / max(vmax, 1e-30)), 0, 1)[..., None]
+    grey = np.clip((np.asarray(image, dtype=np.float64)[..., None] + 1) / 2, 0, 1)
+    colour = matplotlib.colormaps[cmap](share[..., 0])[..., :3]
+    return np.round(255 * ((1 - share) * grey + share * colour)).astype(np.uint8)
+
+
+def write_overlay(pixels, path, note="", min_side=OVERLAY_MIN_SIDE):
+    """Write overlay_array's pixels as a PNG, enlarged by a whole factor (each pixel a sharp block) to at least
+    min_side; `note` (e.g. the colour scale) goes into the file's text metadata."""
+    height, width = pixels.shape[:2]
+    factor = max(1, -(-min_side // min(height, width)))
+    info = PngInfo()
+    if note:
+        info.add_text("Description", note)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).resize((width * factor, height * factor), Image.Resampling.NEAREST).save(
+        path, pnginfo=info, compress_level=1)
 
 
 def _show_gray(ax, image):
