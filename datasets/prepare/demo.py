@@ -26,7 +26,7 @@ from utils.errors import UserError, cli
 
 LESIONS = ("opacity", "missing", "texture")
 DEMO_DIR = Path("data") / "demo"  # Data.root ./data and Data.dataset demo of cfgs/Demo_AE.yaml
-DEMO_TRAIN = 400  # the demo's normal training images
+DEMO_TRAIN = 1000  # the demo's normal training images: many, each seen in few epochs (cfgs/Demo_AE.yaml says why)
 
 
 def _soft_ellipse(yy, xx, center, axes, angle, edge):
