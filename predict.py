@@ -1,16 +1,23 @@
 """Score new images with a trained D2UE ensemble: no labels, the run's own preprocessing.
 
-    python predict.py --run runs/demo_AE IMAGES... [--out DIR] [--device auto] [--fpr 0.05 --score dsu]
+    python predict.py --run runs/demo_AE IMAGES... [--out DIR] [--device auto] [--score rec] [--fpr 0.05]
+                      [--overlays top|all|none]
 
 IMAGES are files or folders (searched recursively; hidden files are skipped): PNG, JPEG, BMP, TIFF, and DICOM
 (.dcm, .dicom). A DICOM goes through the preparation rule of datasets.dicom (dicom_to_array), then,
 like every other image, the loader's grayscale / bilinear resize to the run's img_size, exactly as in training.
-Writes <out>/predictions.csv (file, every score of utils/method/scores.py, and, when the run's normal reference is held
-out of training, each score's p-value: the share of reference images scoring at least as high) and
-<out>/overlays/<name>_dsu.png (dsu heat maps on one shared colour scale, so overlays compare by colour) and prints
-the most anomalous images. --fpr A flags the images whose p-value of --score is at most A: on normal images, a
-share of at most A is flagged (in expectation). Default out: <run>/predict. The run needs its reference
-(reference.pt; train.py and eval.py make it).
+Writes <out>/predictions.csv (file, every image score of utils/method/reference.py, and, when the run's normal
+reference is held out of training, each score's p-value: the share of reference images scoring at least as high) and prints the
+images highest on --score (default rec, the score the project advises reading). --fpr A flags the images whose
+p-value of --score is at most A: on normal images, a share of at most A is flagged (in expectation).
+
+Overlays, <out>/overlays/<name>_<map>.png, paint the pixel map of --score over the image: for a referred or pooled
+score (rec_z_top1, dsu_z_top1) the raw map of the published score it comes from (rec or dsu). All share one colour scale, 0 (grey) to the 99th percentile of that map over every image scored (the top
+colour), printed at the end, so overlays compare by colour. --overlays chooses the images:
+    top   (default) the images --fpr flags; without --fpr the 10 highest on --score, the rows of the printed table
+    all   every image
+    none  no overlays
+Default out: <run>/predict. The run needs its reference (reference.pt; train.py and eval.py make it).
 """
 import argparse
 from collections import Counter
@@ -29,12 +36,14 @@ from utils.atomic import atomic_write_csv
 from utils.errors import UserError, cli
 from utils.method.dsu import SCORES, score_dataset
 from utils.method.reference import IMAGE_SCORES, load as load_reference, p_values, referred_scores
-from utils.report.figures import overlay
+from utils.report.overlay import overlay_array, write_overlay
 from utils.run.checkpoint import load_run
 from utils.run.runtime import pick_device
 
 SHOWN = 10  # rows of the printed table
-OVERLAY_PERCENTILE = 99  # the shared colour scale of the overlays tops out at this percentile of all dsu pixels
+TOP_OVERLAYS = SHOWN  # --overlays top without --fpr: every row of the printed table has its overlay
+OVERLAY_PERCENTILE = 99  # the shared colour scale of the overlays tops out at this percentile of the map's pixels
+OVERLAY_CHOICES = ("top", "all", "none")
 
 
 def parse_args(argv=None):
@@ -44,7 +53,10 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="output folder (default: <run>/predict)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--fpr", type=float, help="flag the images whose p-value is at most this false-alarm rate")
-    parser.add_argument("--score", default="dsu", choices=IMAGE_SCORES, help="the score --fpr and the table use")
+    parser.add_argument("--score", default="rec", choices=IMAGE_SCORES,
+                        help="the score --fpr, the table and the overlays use (default rec)")
+    parser.add_argument("--overlays", default="top", choices=OVERLAY_CHOICES,
+                        help="top: the flagged images, or without --fpr the 10 highest; all; none (default top)")
     return parser.parse_args(argv)
 
 
@@ -117,8 +129,13 @@ def load_files(paths, img_size) -> torch.Tensor:
     return torch.from_numpy(np.stack([array for array, _ in results])).unsqueeze(1)
 
 
-def overlay_names(paths) -> list[str]:
-    """`<stem>_dsu.png`; when stems repeat (a/x.png, b/x.png, b/x.dcm) the folder and suffix join in: a_x_png."""
+def map_of(score) -> str:
+    """The published score whose raw pixel map an overlay of `score` shows: rec_z_top1 -> rec."""
+    return score.split("_")[0]
+
+
+def overlay_names(paths, map_name) -> list[str]:
+    """`<stem>_<map>.png`; when stems repeat (a/x.png, b/x.png, b/x.dcm) the folder and suffix join in: a_x_png."""
     repeats = Counter(path.stem for path in paths)
     names, taken = [], set()  # a set: no quadratic search over thousands of images
     for path in paths:
@@ -131,7 +148,30 @@ def overlay_names(paths) -> list[str]:
             name = f"{stem}_{copy}"
         names.append(name)
         taken.add(name)
-    return [f"{name}_dsu.png" for name in names]
+    return [f"{name}_{map_name}.png" for name in names]
+
+
+def overlay_rows(which, scores, by, flagged) -> np.ndarray:
+    """Indices of the images to overlay, highest on `by` first: see --overlays."""
+    order = np.argsort(-scores[by], kind="stable")
+    if which == "all":
+        return order
+    if which == "none":
+        return order[:0]
+    return order[flagged[order]] if flagged is not None else order[:TOP_OVERLAYS]
+
+
+def write_overlays(folder, paths, images, maps, rows, map_name) -> str:
+    """The overlays of the images `rows` (of uint8 `images`) on the shared scale; returns the scale in words."""
+    values = maps[map_name].numpy()[:, 0]
+    vmax = float(np.percentile(values, OVERLAY_PERCENTILE))  # of every image: the scale does not depend on `rows`
+    scale = (f"one colour scale: 0 (grey) to {vmax:.3g} (top colour), the {OVERLAY_PERCENTILE}th percentile of the "
+             f"{map_name} map over all {len(paths)} image(s)")
+    names = overlay_names(paths, map_name)
+    for row in rows:
+        pixels = to_model_input(images[row]).numpy()[0]
+        write_overlay(overlay_array(pixels, values[row], vmax), folder / names[row], note=f"{map_name} map; {scale}")
+    return scale
 
 
 def write_predictions(path, paths, scores, p=None, flagged=None):
@@ -154,6 +194,27 @@ def format_top(paths, scores, by, p=None, shown=SHOWN) -> str:
     return "\n".join(lines)
 
 
+def overlay_line(args, rows, flagged, map_name, folder, scale) -> str:
+    """What the overlays hold, for the last printed line."""
+    if args.overlays == "none":
+        return "no overlays (--overlays none)"
+    if args.overlays == "all":
+        chosen = "every image"
+    elif flagged is not None:
+        chosen = "the flagged images"
+    else:
+        chosen = f"the {len(rows)} highest on {args.score} (--overlays all: every image)"
+    if not len(rows):
+        return "no overlays: no image is flagged"
+    if map_name == args.score:
+        shown = f"the {map_name} map"
+    elif args.score.startswith(map_name):
+        shown = f"the raw {map_name} map, which {args.score} comes from,"
+    else:
+        shown = f"the {map_name} map ({args.score} has no map of its own)"
+    return f"wrote {len(rows)} overlay(s) of {shown} for {chosen} in {folder} ({scale})"
+
+
 @cli
 def main(argv=None):
     args = parse_args(argv)
@@ -171,13 +232,11 @@ def main(argv=None):
     flagged = None if args.fpr is None else p[args.score] <= args.fpr
 
     out = Path(args.out) if args.out else Path(args.run) / "predict"
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions.csv", paths, scores, p, flagged)
-    dsu_maps = maps["dsu"].numpy()[:, 0]
-    vmax = float(np.percentile(dsu_maps, OVERLAY_PERCENTILE))
-    pixels = to_model_input(images).numpy()[:, 0]
-    for index, name in enumerate(overlay_names(paths)):
-        overlay(pixels[index], dsu_maps[index], out / "overlays" / name, vmax=vmax)
+    rows = overlay_rows(args.overlays, scores, args.score, flagged)
+    map_name = map_of(args.score)
+    scale = write_overlays(out / "overlays", paths, images, maps, rows, map_name) if len(rows) else None
 
     print(f"scored {len(paths)} image(s) with {len(learners)} learners ({cfg.Model.network}, {cfg.Data.img_size} px);"
           f" highest {args.score} first:")
@@ -188,8 +247,8 @@ def main(argv=None):
     if flagged is not None:
         print(f"flagged {int(flagged.sum())} of {len(paths)} image(s) at p <= {args.fpr} on {args.score} "
               f"({len(reference['calibration_files'])} reference images calibrate it)")
-    print(f"wrote {out / 'predictions.csv'} and {len(paths)} overlays in {out / 'overlays'} "
-          f"(one colour scale: 0 to {vmax:.3g}, the {OVERLAY_PERCENTILE}th percentile of all dsu pixels)")
+    print(f"wrote {out / 'predictions.csv'}")
+    print(overlay_line(args, rows, flagged, map_name, out / "overlays", scale))
 
 
 if __name__ == "__main__":

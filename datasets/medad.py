@@ -6,7 +6,8 @@
         {"train": {"0": [normal training files], "unlabeled": {...}},    # "unlabeled" is ignored
          "test":  {"0": [normal test files], "1": [abnormal test files]}}
 
-Config names map to folders through FOLDERS (rsna -> RSNA, ...); "demo" is generated on first use.
+Config names map to folders through FOLDERS (rsna -> RSNA, ...); "demo" is the synthetic set that ./scripts/demo.sh
+makes (python -m datasets.prepare.demo).
 """
 import json
 import os
@@ -36,18 +37,12 @@ MIN_REFERENCE = 4  # a held-out reference is split in two halves, and a spread n
 
 
 def dataset_dir(root, dataset) -> Path:
-    """The folder of a data set given its config name; the demo data set is generated on first use."""
+    """The folder of a data set given its config name."""
     root = Path(root)
     directory = root / FOLDERS.get(dataset, dataset)
-    if dataset == "demo" and not (directory / "data.json").is_file():
-        from datasets.prepare.demo import make_demo  # only the demo needs the generator
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"cannot create data root {root} for the demo data ({err.strerror}); "
-                            "set Data.root=... to a writable folder") from None
-        print(f"generating the demo data set in {directory}")
-        make_demo(directory)
+    if dataset == "demo" and not directory.is_dir():
+        raise UserError(f"data set folder {directory} does not exist; make the demo data with ./scripts/demo.sh or "
+                        f"python -m datasets.prepare.demo {directory}")
     if not root.is_dir():
         raise UserError(f"data root {root} does not exist; set Data.root=... to the folder holding your data sets")
     if not directory.is_dir():

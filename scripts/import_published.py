@@ -5,9 +5,10 @@ other.
 
 <out_dir> is the folder the published code trained in: train/0.pth, train/1.pth, ... (bare state dicts, read in
 numeric order as the published evaluation does). --config is this project's config or the published YAML the
-learners were trained with (keys this project lacks, such as Exp.gpu, are ignored and named). The run folder is
-Exp.out_dir; it must not exist yet and is written whole or not at all. The learners bring their weights and
-BatchNorm statistics, nothing of their training: train.py refuses to resume or extend the folder.
+learners were trained with (keys this project lacks, such as Exp.gpu, and keys left empty, such as the published AE
+YAML's mem_dim: Null, are ignored and named). The run folder is Exp.out_dir; it must not exist yet and is written
+whole or not at all. The learners bring their weights and BatchNorm statistics, nothing of their training: train.py
+refuses to resume or extend the folder.
 """
 import argparse
 import sys

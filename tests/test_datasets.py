@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,10 +10,12 @@ import torch
 from PIL import Image
 
 from datasets.medad import dataset_dir, load_images, load_masks, read_split
+from datasets.prepare import demo as demo_command
 from datasets.prepare.demo import LESIONS, make_demo, make_image
 from models import to_model_input
-from tests.conftest import REPO
+from tests.conftest import REPO, run_main, write_config
 from utils.errors import UserError
+from utils.run import config
 
 rng = np.random.default_rng(0)
 
@@ -246,13 +249,33 @@ def test_demo_masks_match_files(demo):
     assert len(abnormal) == 6
 
 
-def test_dataset_dir_generates_demo_once(tmp_path):
-    root = tmp_path / "Med-AD"
-    directory = dataset_dir(root, "demo")
-    assert directory == root / "demo" and (directory / "data.json").is_file()
-    stamp = (directory / "data.json").stat().st_mtime_ns
-    assert dataset_dir(root, "demo") == directory
-    assert (directory / "data.json").stat().st_mtime_ns == stamp
+def test_missing_demo_data_is_one_line_that_says_how_to_make_it(tmp_path):
+    """The loader makes no data: a demo config without its data stops in one line naming the command."""
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "data", tmp_path / "run", Data={"dataset": "demo"})
+    result = run_main("train.py", "--config", cfg)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"error: data set folder {tmp_path / 'data' / 'demo'} does not exist; make the "
+                                     f"demo data with ./scripts/demo.sh or python -m datasets.prepare.demo "
+                                     f"{tmp_path / 'data' / 'demo'}")
+    assert not (tmp_path / "data").exists()
+    make_demo(tmp_path / "data" / "demo", **SMALL)
+    assert dataset_dir(tmp_path / "data", "demo") == tmp_path / "data" / "demo"
+
+
+def test_demo_command_without_arguments_makes_the_demo_configs_data(tmp_path, monkeypatch, capsys):
+    cfg = config.load(REPO / "cfgs" / "Demo_AE.yaml")
+    assert Path(cfg.Data.root) / cfg.Data.dataset == demo_command.DEMO_DIR  # where the demo config reads
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo_command, "DEMO_TRAIN", 6)  # the default size, made smaller for the test
+    demo_command.main([])
+    assert capsys.readouterr().out == ("wrote the synthetic data set to data/demo: 6 normal training images, 100 "
+                                       "normal and 100 abnormal test images with lesion masks, 128 px\n")
+    split = read_split(tmp_path / "data" / "demo")
+    assert (len(split.train), split.test_labels.count(0), split.test_labels.count(1)) == (6, 100, 100)
+    before = (tmp_path / "data" / "demo" / "data.json").stat().st_mtime_ns
+    demo_command.main([])
+    assert "data/demo already holds a data set (data.json); left as it is" in capsys.readouterr().out
+    assert (tmp_path / "data" / "demo" / "data.json").stat().st_mtime_ns == before
 
 
 def test_make_demo_refuses_a_foreign_folder(tmp_path):
@@ -261,13 +284,6 @@ def test_make_demo_refuses_a_foreign_folder(tmp_path):
     with pytest.raises(UserError, match="busy.*not empty"):
         make_demo(tmp_path / "busy", **SMALL)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
-
-
-def test_demo_root_that_is_a_file_is_a_user_error(tmp_path):
-    blocker = tmp_path / "not_a_folder"
-    blocker.write_text("")
-    with pytest.raises(UserError, match="cannot create data root"):
-        dataset_dir(blocker, "demo")
 
 
 def test_hold_out_draws_a_seeded_share_and_refuses_too_few():

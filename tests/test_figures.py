@@ -1,11 +1,13 @@
 """Figures: the grid's row selection, and every function writing a real PNG."""
+import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
 
 from utils.errors import UserError
 from utils.report import figures
-from utils.report.figures import anomaly_grid, overlay, roc_pr_curves, score_histograms, select_extremes
+from utils.report.figures import anomaly_grid, roc_pr_curves, score_histograms, select_extremes
+from utils.report.overlay import overlay_array, write_overlay
 from utils.report.metrics import chi_square_distance
 
 
@@ -68,14 +70,31 @@ def test_anomaly_grid_writes_png_with_one_row_per_selected_image(tmp_path):
         anomaly_grid(images, recon[:5], maps, image_scores, labels, tmp_path / "bad.png")
 
 
-def test_overlay_writes_png(tmp_path):
+def test_overlay_array_colours_the_map_on_one_scale():
     rng = np.random.default_rng(0)
-    path = tmp_path / "overlay.png"
-    overlay(rng.uniform(-1, 1, size=(32, 32)), rng.random((1, 32, 32)), path)
-    width, height = _png_size(path)
-    assert width / height == pytest.approx(4.6 / 4, rel=0.02)
+    image = rng.uniform(-1, 1, size=(32, 32))
+    anomaly_map = rng.random((1, 32, 32))
+    anomaly_map[0, 0, :3] = [0.0, 2.0, 4.0]  # zero, the scale's top, beyond it
+    pixels = overlay_array(image, anomaly_map, vmax=2.0)
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+    grey = np.round(255 * (image[0, 0] + 1) / 2)
+    assert pixels[0, 0].tolist() == [grey] * 3  # zero keeps the grey
+    top = np.round(255 * np.asarray(matplotlib.colormaps[figures.OVERLAY_CMAP](1.0)[:3]))
+    assert pixels[0, 1].tolist() == pixels[0, 2].tolist() == top.tolist()  # vmax and above: the top colour
+    half = 0.5 * (image[1, 1] + 1) / 2 + 0.5 * np.asarray(matplotlib.colormaps[figures.OVERLAY_CMAP](0.5)[:3])
+    anomaly_map[0, 1, 1] = 1.0
+    assert np.abs(overlay_array(image, anomaly_map, vmax=2.0)[1, 1] - 255 * half).max() <= 0.5  # half way: half
     with pytest.raises(UserError, match="same size"):
-        overlay(np.zeros((32, 32)), np.zeros((16, 16)), tmp_path / "bad.png")
+        overlay_array(np.zeros((32, 32)), np.zeros((16, 16)), vmax=1.0)
+
+
+def test_write_overlay_enlarges_to_a_whole_factor(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    write_overlay(pixels, tmp_path / "a" / "overlay.png", note="rec map, 0 to 1")
+    assert _png_size(tmp_path / "a" / "overlay.png") == (64 * 6, 48 * 6)  # the short side 48 -> 288 >= 256
+    with Image.open(tmp_path / "a" / "overlay.png") as image:
+        assert image.text["Description"] == "rec map, 0 to 1"
+        assert np.array_equal(np.asarray(image)[::6, ::6], pixels)  # every pixel a sharp block
 
 
 def test_figures_are_closed(tmp_path):

@@ -65,22 +65,59 @@ def test_predict_equals_eval_and_reads_jpeg_and_dicom(tiny_root, tiny_run, tmp_p
                                                                       rel=1e-6)
         assert np.isfinite(float(by_file["photo.jpg"][score]))
 
-    overlays = sorted((tmp_path / "out" / "overlays").iterdir())
-    assert len(overlays) == 7 and all(path.name.endswith("_dsu.png") for path in overlays)
+    overlays = sorted((tmp_path / "out" / "overlays").iterdir())  # 7 images: fewer than TOP_OVERLAYS
+    assert len(overlays) == 7 and all(path.name.endswith("_rec.png") for path in overlays)
     for path in overlays:
         with Image.open(path) as image:
             assert image.format == "PNG"
     printed = capsys.readouterr().out
-    top = max(rows, key=lambda row: float(row["dsu"]))["file"]
-    assert "dsu" in printed and top in printed
+    top = max(rows, key=lambda row: float(row["rec"]))["file"]
+    assert "highest rec first" in printed and top in printed
 
 
 def test_overlay_names_are_unique():
     paths = [Path("a/x.png"), Path("b/x.png"), Path("b/x.dcm"), Path("y.png")]
-    assert predict.overlay_names(paths) == ["a_x_png_dsu.png", "b_x_png_dsu.png", "b_x_dcm_dsu.png", "y_dsu.png"]
+    assert predict.overlay_names(paths, "dsu") == ["a_x_png_dsu.png", "b_x_png_dsu.png", "b_x_dcm_dsu.png",
+                                                   "y_dsu.png"]
     # A generated name that is also a real stem gets a counter.
     clash = [Path("a_x_png.png"), Path("a/x.png"), Path("b/x.png")]
-    assert predict.overlay_names(clash) == ["a_x_png_dsu.png", "a_x_png_2_dsu.png", "b_x_png_dsu.png"]
+    assert predict.overlay_names(clash, "dsu") == ["a_x_png_dsu.png", "a_x_png_2_dsu.png", "b_x_png_dsu.png"]
+
+
+def overlay_files(folder) -> set:
+    return {path.name for path in (folder / "overlays").iterdir()} if (folder / "overlays").exists() else set()
+
+
+def test_overlays_of_the_highest_images_by_default_and_of_all_on_request(tiny_root, tiny_run, tmp_path, monkeypatch,
+                                                                         capsys):
+    images = tiny_root / "tiny" / "images"
+    monkeypatch.setattr(predict, "TOP_OVERLAYS", 3)
+    predict.main(["--run", str(tiny_run), str(images), "--out", str(tmp_path / "top")])
+    rows = list(csv.DictReader(open(tmp_path / "top" / "predictions.csv")))
+    assert len(rows) == 64
+    highest = sorted(rows, key=lambda row: -float(row["rec"]))[:3]  # the default score is rec
+    assert overlay_files(tmp_path / "top") == {f"{Path(row['file']).stem}_rec.png" for row in highest}
+    assert "wrote 3 overlay(s) of the rec map for the 3 highest on rec" in capsys.readouterr().out
+
+    predict.main(["--run", str(tiny_run), str(images), "--out", str(tmp_path / "all"), "--overlays", "all",
+                  "--score", "dsu_z_top1"])
+    assert overlay_files(tmp_path / "all") == {f"{Path(row['file']).stem}_dsu.png" for row in rows}
+    assert "overlay(s) of the raw dsu map, which dsu_z_top1 comes from," in capsys.readouterr().out
+    predict.main(["--run", str(tiny_run), str(images), "--out", str(tmp_path / "none"), "--overlays", "none"])
+    assert overlay_files(tmp_path / "none") == set()
+
+
+def test_overlays_of_the_flagged_images(tiny_root, tmp_path_factory, tmp_path, capsys):
+    folder = tmp_path_factory.mktemp("held_out")
+    cfg = write_config(folder / "c.yaml", tiny_root, folder / "run", Solver={"num_epoch": 1}, Data={"holdout": 0.25})
+    train.main(["--config", str(cfg)])
+    predict.main(["--run", str(folder / "run"), str(tiny_root / "tiny" / "images"), "--out", str(tmp_path / "out"),
+                  "--fpr", "0.5"])
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    flagged = {f"{Path(row['file']).stem}_rec.png" for row in rows if row["flagged"] == "1"}
+    assert flagged and len(flagged) < len(rows)  # the test says something only when it picks a subset
+    assert overlay_files(tmp_path / "out") == flagged
+    assert f"wrote {len(flagged)} overlay(s) of the rec map for the flagged images" in capsys.readouterr().out
 
 
 def test_incomplete_run_is_refused(tiny_run, tmp_path, capsys):

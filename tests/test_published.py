@@ -207,6 +207,106 @@ def test_the_published_yaml_is_read_with_the_settings_the_published_code_used(tm
     assert not failing(differences(imported_learners(tmp_path / "run"), "MemAE"))
 
 
+# The published code's RSNA YAMLs (github.com/Rubiscol/D2UE, cfgs/RSNA_<name>.yaml), key for key: AE and AE-U leave
+# MemAE's keys empty (Null).
+PUBLISHED_YAMLS = {
+    "AE": """Exp:
+  out_dir: "output/AE/rsna/"
+  gpu: 6
+
+Model:
+  network: "AE"  # AE, AE-U, MemAE
+  mp: 1  # multiplier that controls the capacity of AE
+  ls: 16  # the output size of encoder
+  mem_dim: Null
+  shrink_thres: Null
+  layer: 4
+
+Data:
+  dataset: "rsna"  # rsna, vin
+  img_size: 64
+
+Solver:
+  bs: 64
+  lr: 5.0e-4
+  weight_decay: 0
+  num_epoch: 250
+  seed: 8
+  Lambda: 1
+""",
+    "AE-U": """Exp:
+  out_dir: "output/AEU/rsna/"
+  gpu: 6
+
+Model:
+  network: "AE-U"  # AE, AE-U, MemAE
+  mp: 1  # multiplier that controls the capacity of AE
+  ls: 16  # the output size of encoder
+  mem_dim: Null
+  shrink_thres: Null
+  layer: 4
+
+Data:
+  dataset: "rsna"  # rsna, vin
+  img_size: 64
+
+Solver:
+  bs: 64
+  lr: 1.0e-3
+  weight_decay: 0
+  num_epoch: 250
+  seed: 2
+  Lambda: 1
+""",
+    "MemAE": """Exp:
+  out_dir: "output/MemAE/rsna/"
+  gpu: 6
+
+Model:
+  network: "MemAE"  # AE, AE-U, MemAE
+  mp: 1  # multiplier that controls the capacity of AE
+  ls: 16  # the output size of encoder
+  mem_dim: 25
+  shrink_thres: 0.0
+  entropy_loss_weight: 0.0002
+  layer: 4
+
+Data:
+  dataset: "rsna"  # rsna, vin
+  img_size: 64
+
+Solver:
+  bs: 64
+  lr: 5.0e-4
+  weight_decay: 0
+  num_epoch: 250
+  seed: 7
+  Lambda: 1
+"""}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_each_published_rsna_yaml_imports_its_learners(backbone, tmp_path, capsys):
+    """Each published YAML as it is, only the fixtures' image size and learner count overridden: its empty keys
+    are named and dropped (their defaults stand), and the imported learners give the published numbers."""
+    folder = save_published(tmp_path / "published", backbone)
+    published_yaml = tmp_path / "RSNA.yaml"
+    published_yaml.write_text(PUBLISHED_YAMLS[backbone])
+    importer.main(["--published", str(folder), "--config", str(published_yaml), "Model.num_learners=2",
+                   "Data.img_size=32", f"Exp.out_dir={tmp_path / 'run'}"])
+    out = capsys.readouterr().out
+    assert "ignored config keys this project does not have: Exp.gpu" in out
+    empty_line = f"ignored config keys left empty in {published_yaml}: Model.mem_dim, Model.shrink_thres"
+    assert (empty_line in out) == (backbone != "MemAE")
+    cfg = config.load(tmp_path / "run" / "config.yaml")
+    stated = yaml.safe_load(PUBLISHED_YAMLS[backbone])
+    assert cfg.Model.network == backbone and cfg.Model.mem_dim == config.Model().mem_dim == 25
+    assert (cfg.Solver.lr, cfg.Solver.seed) == (stated["Solver"]["lr"], stated["Solver"]["seed"])
+    record = json.loads((tmp_path / "run" / "imported.json").read_text())
+    assert record["empty_keys"] == ([] if backbone == "MemAE" else ["Model.mem_dim", "Model.shrink_thres"])
+    assert not failing(differences(imported_learners(tmp_path / "run"), backbone))
+
+
 def test_eval_and_predict_score_an_imported_run_and_train_refuses_it(tiny_root, tmp_path):
     folder = save_published(tmp_path / "published", "AE")
     cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run")

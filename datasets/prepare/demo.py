@@ -8,6 +8,7 @@ Abnormal test images carry one lesion each (6-20 % of a lung), cycling through t
   texture  a patch of fine reticular texture
 Masks (255 = lesion) are written for the abnormal test images only.
 
+    python -m datasets.prepare.demo                  the demo's data in ./data/demo, where cfgs/Demo_AE.yaml reads it
     python -m datasets.prepare.demo OUT_DIR [--n-train 3851 --n-test 2000 --size 512 --workers 16]   (RSNA-sized)
 """
 import argparse
@@ -24,6 +25,8 @@ from PIL import Image
 from utils.errors import UserError, cli
 
 LESIONS = ("opacity", "missing", "texture")
+DEMO_DIR = Path("data") / "demo"  # Data.root ./data and Data.dataset demo of cfgs/Demo_AE.yaml
+DEMO_TRAIN = 1000  # the demo's normal training images: many, each seen in few epochs (cfgs/Demo_AE.yaml says why)
 
 
 def _soft_ellipse(yy, xx, center, axes, angle, edge):
@@ -137,7 +140,8 @@ def _write(directory, seed, n_train, n_test_normal, n_test_abnormal, size, worke
     (directory / "data.json").write_text(json.dumps(data, indent=1) + "\n")
 
 
-def make_demo(directory, seed=0, n_train=400, n_test_normal=100, n_test_abnormal=100, size=128, workers=1) -> Path:
+def make_demo(directory, seed=0, n_train=DEMO_TRAIN, n_test_normal=100, n_test_abnormal=100, size=128,
+              workers=1) -> Path:
     """Write the demo data set to directory (which must not exist or be empty); returns the directory. The images
     do not depend on `workers` (processes drawing them)."""
     directory = Path(directory)
@@ -159,20 +163,29 @@ def make_demo(directory, seed=0, n_train=400, n_test_normal=100, n_test_abnormal
 
 
 @cli
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", help="folder to create, e.g. Med-AD/demo")
+    parser.add_argument("out_dir", nargs="?", default=str(DEMO_DIR),
+                        help=f"folder to create (default {DEMO_DIR}, the demo config's data)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    parser.add_argument("--n-train", type=int, default=400, help="normal training images (default 400)")
+    parser.add_argument("--n-train", type=int, default=DEMO_TRAIN,
+                        help=f"normal training images (default {DEMO_TRAIN})")
     parser.add_argument("--n-test", type=int, default=200, help="test images, half of them abnormal (default 200)")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing the images (default 1)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name in ("size", "n_train", "n_test", "workers"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    print(make_demo(args.out_dir, seed=args.seed, n_train=args.n_train, n_test_normal=args.n_test - args.n_test // 2,
-                    n_test_abnormal=args.n_test // 2, size=args.size, workers=args.workers))
+    out = Path(args.out_dir)
+    if (out / "data.json").is_file():
+        print(f"{out} already holds a data set (data.json); left as it is (remove the folder to make it again)")
+        return
+    make_demo(out, seed=args.seed, n_train=args.n_train, n_test_normal=args.n_test - args.n_test // 2,
+              n_test_abnormal=args.n_test // 2, size=args.size, workers=args.workers)
+    print(f"wrote the synthetic data set to {out}: {args.n_train} normal training images, "
+          f"{args.n_test - args.n_test // 2} normal and {args.n_test // 2} abnormal test images with lesion masks, "
+          f"{args.size} px")
 
 
 if __name__ == "__main__":

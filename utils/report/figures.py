@@ -1,6 +1,7 @@
 """Figures for anomaly scores: score histograms, ROC / PR curves, a grid of maps and a single-image overlay.
 
-Every function writes one PNG (creating its folder) and closes its figure, so it is safe in long loops.
+Every function writes one PNG (creating its folder) and closes its figure, so it is safe in long loops. The overlay
+draws no figure: it colours the arrays directly (overlay_array), for predict.py's many images.
 """
 from pathlib import Path
 
@@ -125,25 +126,6 @@ def anomaly_grid(images, recon, maps: dict, image_scores, labels, path, n=4, sco
     finally:
         plt.close(fig)
     return shown
-
-
-def overlay(image, anomaly_map, path, vmax=None, alpha=0.45):
-    """One image in grey with its anomaly map overlaid as a heat map (0 to vmax, default the map's maximum)."""
-    image, anomaly_map = np.squeeze(np.asarray(image)), np.squeeze(np.asarray(anomaly_map, dtype=np.float64))
-    if image.ndim != 2 or image.shape != anomaly_map.shape:
-        raise UserError(f"overlay needs one 2-D image and a map of the same size, got {image.shape} and "
-                        f"{anomaly_map.shape}")
-    if vmax is None:
-        vmax = float(anomaly_map.max())
-    vmax = max(vmax, 1e-12)
-    fig, ax = plt.subplots(figsize=(4.6, 4), layout="constrained")
-    try:
-        _show_gray(ax, image)
-        heat = ax.imshow(anomaly_map, cmap="jet", alpha=alpha, vmin=0, vmax=vmax)
-        fig.colorbar(heat, ax=ax, shrink=0.8)
-        _save(fig, path)
-    finally:
-        plt.close(fig)
 
 
 def _show_gray(ax, image):

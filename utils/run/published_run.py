@@ -15,17 +15,21 @@ from utils.run import checkpoint, config, published_files
 
 def read_config(path, overrides, log):
     """(config, what the import changed of it): ours, or the published YAML the learners were trained with. Keys
-    this project lacks (Exp.gpu) are dropped; the settings the published code made every learner with whatever its
-    config said (models/published.py) are set so."""
+    this project lacks (Exp.gpu) and keys left empty (the published AE and AE-U YAMLs' `mem_dim: Null`) are dropped
+    and named; the settings the published code made every learner with whatever its config said
+    (models/published.py) are set so."""
     raw = config.read(path)
-    ignored = []
+    ignored, empty = [], []
     for section, values in raw.items():
         if section in config.SECTIONS and isinstance(values, dict):
             known = {item.name for item in fields(config.SECTIONS[section])}
             ignored += [f"{section}.{key}" for key in values if key not in known]
-            raw[section] = {key: value for key, value in values.items() if key in known}
+            empty += [f"{section}.{key}" for key, value in values.items() if key in known and value is None]
+            raw[section] = {key: value for key, value in values.items() if key in known and value is not None}
     if ignored:
         log(f"ignored config keys this project does not have: {', '.join(ignored)}")
+    if empty:
+        log(f"ignored config keys left empty in {path}: {', '.join(empty)} (their defaults stand)")
     cfg = config.from_dict(config.apply_overrides(raw, overrides))
     stated = config.experiment(cfg)
     replaced = {name: value for name, value in published.built_with(cfg.Model.network).items()
@@ -34,7 +38,7 @@ def read_config(path, overrides, log):
         log(f"set {', '.join(f'{name}={value} (the config says {stated[name]})' for name, value in replaced.items())}"
             f": the published code made every {cfg.Model.network} learner so, whatever its config said")
         cfg = config.from_dict(config.apply_overrides(cfg.to_dict(), list(replaced.items())))
-    return cfg, {"ignored_keys": ignored, "set_as_published": replaced}
+    return cfg, {"ignored_keys": ignored, "empty_keys": empty, "set_as_published": replaced}
 
 
 def learner_checkpoints(folder, cfg, log) -> list:
