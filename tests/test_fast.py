@@ -439,6 +439,6 @@ def test_epoch_overhead_script_times_the_real_loop(monkeypatch):
         assert line["n_train"] == 96 and line["epochs"] == 3 and line["probe_every"] == feature_shape.probe_every(96)
         assert 0 < line["steps_s"] < line["loop_s"] and line["probe_s"] > 0
         assert line["outside_share"] == pytest.approx(1 - line["steps_s"] / line["loop_s"], abs=2e-3)
-        assert 0 < line["full_run_outside_share"] < 1 and line["full_run_epochs"] == 150
+        assert 0 < line["full_run_outside_share"] < 1 and line["full_run_epochs"] == 14
     assert lines[-1]["checkpoint_s"] > 0
     assert (train.train_one_epoch, feature_shape.on_probe, batchnorm.finish_learner) == originals  # undone

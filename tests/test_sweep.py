@@ -236,14 +236,14 @@ def test_variants_get_their_own_folders_and_settings(tmp_path):
 
 
 def test_a_list_of_vary_mappings_gives_each_product_in_turn(tmp_path):
-    path = write_grid(tmp_path / "grid.yaml", [REPO / "cfgs" / "Demo_AE.yaml"], seeds=[1, 2],
+    path = write_grid(tmp_path / "grid.yaml", [REPO / "cfgs" / "RSNA_AE.yaml"], seeds=[1, 2],
                       vary=[{"Solver.Lambda": [0.0]},
                             {"Model.layer": [3, 5], "Solver.precise_bn": [True]}])
     grid = grids.load(path)
     assert [cell.name for cell in grid.cells] == [
-        "demo_AE_Lambda0_s1", "demo_AE_Lambda0_s2", "demo_AE_layer3_precise_bntrue_s1",
-        "demo_AE_layer3_precise_bntrue_s2", "demo_AE_layer5_precise_bntrue_s1",
-        "demo_AE_layer5_precise_bntrue_s2"]
+        "rsna_AE_Lambda0_s1", "rsna_AE_Lambda0_s2", "rsna_AE_layer3_precise_bntrue_s1",
+        "rsna_AE_layer3_precise_bntrue_s2", "rsna_AE_layer5_precise_bntrue_s1",
+        "rsna_AE_layer5_precise_bntrue_s2"]
     baseline, option = grid.cells[0].cfg, grid.cells[4].cfg
     assert (baseline.Solver.Lambda, baseline.Model.layer, baseline.Solver.precise_bn) == (0.0, 4, False)
     assert (option.Solver.Lambda, option.Model.layer, option.Solver.precise_bn) == (1.0, 5, True)

@@ -26,7 +26,7 @@ from utils.method import batchnorm, feature_shape  # noqa: E402
 from utils.run import checkpoint, config  # noqa: E402
 from utils.run.runtime import RunLog, pick_device  # noqa: E402
 
-TRAIN_SIZES = {"rsna": 3851, "vin": 4000, "brain": 1000, "lag": 1500, "demo": 400}  # normal training images
+TRAIN_SIZES = {"rsna": 3851, "vin": 4000, "brain": 1000, "lag": 1500, "demo": 800}  # normal training images
 
 
 class Clock:
