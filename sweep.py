@@ -30,7 +30,9 @@ import torch.distributed as dist
 
 import eval as evaluate
 import train
+from datasets.medad import dataset_dir, hold_out, load_images, read_split
 from utils.errors import Interrupted, UserError, cli
+from utils.fingerprint import fingerprint
 from utils.grid import grid as grids
 from utils.grid import sharing
 from utils.grid.summary import markdown_wide, summarize, widen, write_summary
@@ -124,12 +126,19 @@ def train_sharing(cfg, device, wait=True) -> None:
     """Exp.share_learners: the run's learners one at a time, each placed from the shared folder when a run with the
     same inputs left it there, else trained here and left there (utils/grid/sharing.py). wait=False: sharing.Busy
     instead of waiting for a learner another run is training."""
-    images = sharing.training_images(cfg)
+    images = training_images(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     for index in range(cfg.Model.num_learners):
         with sharing.take(cfg, index, images, cfg.run_dir, print_to_run(cfg.run_dir), wait) as shared:
             train.train(cfg, device, echo=False, learners=index + 1)
             sharing.leave(shared, cfg.run_dir)
+
+
+def training_images(cfg) -> str:
+    """The fingerprint of a run's decoded training images (after Data.holdout), as train.py loads them."""
+    split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
+    files, _ = hold_out(split.train, cfg.Data.holdout, cfg.Solver.seed, cfg.Solver.bs)
+    return fingerprint([load_images(split.directory, files, cfg.Data.img_size, cfg.Exp.workers or None)])
 
 
 def print_to_run(run_dir):

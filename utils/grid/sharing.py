@@ -17,7 +17,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets.medad import dataset_dir, hold_out, load_images, read_split
 from utils.fingerprint import fingerprint
 from utils.method import batchnorm
 from utils.run import checkpoint, config, runlock
@@ -30,13 +29,6 @@ BUSY_AFTER_S = 30.0  # wait=False: how long a lock may stay taken (a copy being 
 
 class Busy(Exception):
     """Another run holds the lock of a learner this run would take: it is training it now."""
-
-
-def training_images(cfg) -> str:
-    """The fingerprint of the run's decoded training images (after Data.holdout), as train.py loads them."""
-    split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
-    files, _ = hold_out(split.train, cfg.Data.holdout, cfg.Solver.seed, cfg.Solver.bs)
-    return fingerprint([load_images(split.directory, files, cfg.Data.img_size, cfg.Exp.workers or None)])
 
 
 def key(cfg, index: int, images: str, seniors: list) -> str:
