@@ -63,15 +63,6 @@ def train_step(learner, optimizer, x, seniors, Lambda) -> dict:
     return {name: value.detach() for name, value in {"loss": loss, **terms}.items()}
 
 
-def train_one_epoch(step, order, batch_size) -> "EpochTotals":
-    """One pass over the training set in the given order (the last incomplete batch dropped): each step's loss
-    terms summed, and where each first went non-finite."""
-    totals = EpochTotals()
-    for i in range(len(order) // batch_size):
-        totals.add(step(order[i * batch_size:(i + 1) * batch_size]), i)
-    return totals
-
-
 class EpochTotals:
     """The loss terms summed over an epoch's steps, and the step at which each first went non-finite, kept on the
     device as one vector each (no host sync inside the epoch, a handful of small ops per step)."""
@@ -165,9 +156,11 @@ def train_learner(index, seniors, images, cfg, device, capture, run_dir, log):
     last_save = time.monotonic()
     bar = tqdm(range(start + 1, solver.num_epoch + 1), desc=f"learner {index}", initial=start,
                total=solver.num_epoch, disable=not log.echo)
-    for epoch in bar:  # counted from 1
+    for epoch in bar:  # counted from 1; the last incomplete batch is dropped
         began = time.perf_counter()
-        totals = train_one_epoch(step, epoch_order(len(images), solver.seed, index, epoch - 1).to(device), solver.bs)
+        order, totals = epoch_order(len(images), solver.seed, index, epoch - 1).to(device), EpochTotals()
+        for i in range(steps):
+            totals.add(step(order[i * solver.bs:(i + 1) * solver.bs]), i)
         values = totals.means(steps)
         if not all(math.isfinite(value) for value in values.values()):
             raise not_finite(f"learner {index}, epoch {epoch}", totals.first_not_finite(), path)

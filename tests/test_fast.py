@@ -432,7 +432,7 @@ def test_cuda_training_fast_equals_eager_and_resumes(tiny_root, tmp_path):
 def test_epoch_overhead_script_times_the_real_loop(monkeypatch):
     overhead = load_script("dev/epoch_overhead")
     monkeypatch.setitem(overhead.TRAIN_SIZES, "demo", 96)
-    originals = train.train_one_epoch, feature_shape.on_probe, batchnorm.finish_learner
+    originals = train.EpochTotals, feature_shape.on_probe, batchnorm.finish_learner
     lines = overhead.measure(REPO / "cfgs" / "Demo_AE.yaml", torch.device("cpu"), epochs=3)
     assert [line["learner"] for line in lines] == [0, 1]
     for line in lines:
@@ -441,4 +441,4 @@ def test_epoch_overhead_script_times_the_real_loop(monkeypatch):
         assert line["outside_share"] == pytest.approx(1 - line["steps_s"] / line["loop_s"], abs=2e-3)
         assert 0 < line["full_run_outside_share"] < 1 and line["full_run_epochs"] == 14
     assert lines[-1]["checkpoint_s"] > 0
-    assert (train.train_one_epoch, feature_shape.on_probe, batchnorm.finish_learner) == originals  # undone
+    assert (train.EpochTotals, feature_shape.on_probe, batchnorm.finish_learner) == originals  # undone

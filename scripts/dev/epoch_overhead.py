@@ -4,8 +4,8 @@ for every shipped config, on synthetic images of each data set's training-set si
     python scripts/dev/epoch_overhead.py [--device cpu] [--configs cfgs/RSNA_AE.yaml ...] [--epochs E]
 
 Trains learner 0 and one junior of each config for E epochs (default: twice the probe's interval, at least 4) with
-train.train_learner itself, times its steps (train_one_epoch), its looks at the probe and the whole epoch loop, and
-prints one line per config and learner, then one JSON line: the share of the measured epochs spent outside the
+train.train_learner itself, times its steps (from the making of an epoch's EpochTotals to the reading of its
+means), its looks at the probe and the whole epoch loop, and prints one line per config and learner, then one JSON line: the share of the measured epochs spent outside the
 steps, the same share projected on the config's whole run (its num_epoch, the probe looked at as train.py does),
 and one checkpoint's write time (the loop writes one at most every Exp.checkpoint_every_s, 60 s by default).
 """
@@ -34,7 +34,7 @@ class Clock:
 
     def __init__(self, monkeypatch_target):
         self.steps, self.probe, self.probes, self.first, self.last = 0.0, 0.0, 0, None, None
-        self.inner = monkeypatch_target.train_one_epoch
+        self.inner = monkeypatch_target.EpochTotals
 
     def on_probe(self, *args):
         began = time.perf_counter()
@@ -43,13 +43,23 @@ class Clock:
         self.probes += 1
         return shape
 
-    def train_one_epoch(self, *args):
-        began = time.perf_counter()
-        self.first = self.first or began
-        totals = self.inner(*args)
-        totals.means(1)  # the steps are done when their totals can be read
-        self.steps += time.perf_counter() - began
-        return totals
+    def totals(self):
+        """train.EpochTotals, timed from its making, before an epoch's first step, to the reading of its means after
+        the last (the steps are done when their totals can be read)."""
+        clock = self
+
+        class Timed(self.inner):
+            def __init__(self):
+                super().__init__()
+                self.began = time.perf_counter()
+                clock.first = clock.first or self.began
+
+            def means(self, steps):
+                values = super().means(steps)
+                clock.steps += time.perf_counter() - self.began
+                return values
+
+        return Timed
 
     def finish_learner(self, *args, **kwargs):
         self.last = time.perf_counter()
@@ -81,13 +91,13 @@ def measure(cfg_path, device, epochs=None):
         log = RunLog(run_dir, "train", echo=False)
         for index in range(2):
             clock = Clock(train)
-            train.train_one_epoch, batchnorm.finish_learner = clock.train_one_epoch, clock.finish_learner
+            train.EpochTotals, batchnorm.finish_learner = clock.totals(), clock.finish_learner
             feature_shape.on_probe = clock.on_probe
             try:
                 learner = train.train_learner(index, seniors, images, cfg, device, device.type == "cuda",
                                               Path(run_dir), log)
             finally:
-                train.train_one_epoch, batchnorm.finish_learner = clock.inner, finish
+                train.EpochTotals, batchnorm.finish_learner = clock.inner, finish
                 feature_shape.on_probe = on_probe
             loop, every = clock.last - clock.first, feature_shape.probe_every(n_train)
             lines.append({"config": Path(cfg_path).name, "learner": index, "n_train": n_train, "epochs": epochs,
