@@ -6,9 +6,9 @@ for the whole ensemble and for its first k learners, k = 2..K (the ensemble-size
     python eval.py --summary runs        # mean ± std over seeds of every results.json under runs/
 
 The K learners are rebuilt from their checkpoints alone. Writes <run>/results.json and <run>/scores.csv, prints a
-table, then draws hist.png, roc_pr.png, grid.png and ensemble_size.png and logs metrics, hyper-parameters and a fixed set of test
-images to TensorBoard (<run>/tb). A run folder another command works in is refused; SIGTERM or SIGUSR1 stops
-evaluation at once (rerunning starts it over).
+table, then draws hist.png, roc_pr.png, grid.png and ensemble_size.png and logs metrics, hyper-parameters and a fixed
+set of test images to TensorBoard (<run>/tb). A run folder another command works in is refused; SIGTERM or SIGUSR1
+stops evaluation at once (rerunning starts it over).
 """
 import argparse
 import json

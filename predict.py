@@ -7,13 +7,14 @@ IMAGES are files or folders (searched recursively; hidden files are skipped): PN
 (.dcm, .dicom). A DICOM goes through the preparation rule of datasets.dicom (dicom_to_array), then,
 like every other image, the loader's grayscale / bilinear resize to the run's img_size, exactly as in training.
 Writes <out>/predictions.csv (file, every image score of utils/method/reference.py, and, when the run's normal
-reference is held out of training, each score's p-value: the share of reference images scoring at least as high) and prints the
-images highest on --score (default rec, the score the project advises reading). --fpr A flags the images whose
-p-value of --score is at most A: on normal images, a share of at most A is flagged (in expectation).
+reference is held out of training, each score's p-value: the share of reference images scoring at least as high) and
+prints the images highest on --score (default rec, the score the project advises reading). --fpr A flags the images
+whose p-value of --score is at most A: on normal images, a share of at most A is flagged (in expectation).
 
 Overlays, <out>/overlays/<name>_<map>.png, paint the pixel map of --score over the image: for a referred or pooled
-score (rec_z_top1, dsu_z_top1) the raw map of the published score it comes from (rec or dsu). All share one colour scale, 0 (grey) to the 99th percentile of that map over every image scored (the top
-colour), printed at the end, so overlays compare by colour. --overlays chooses the images:
+score (rec_z_top1, dsu_z_top1) the raw map of the published score it comes from (rec or dsu). All share one colour
+scale, 0 (grey) to the 99th percentile of that map over every image scored (the top colour), printed at the end, so
+overlays compare by colour. --overlays chooses the images:
     top   (default) the images --fpr flags; without --fpr the 10 highest on --score, the rows of the printed table
     all   every image
     none  no overlays

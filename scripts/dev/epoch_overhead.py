@@ -4,10 +4,11 @@ for every shipped config, on synthetic images of each data set's training-set si
     python scripts/dev/epoch_overhead.py [--device cpu] [--configs cfgs/RSNA_AE.yaml ...] [--epochs E]
 
 Trains learner 0 and one junior of each config for E epochs (default: twice the probe's interval, at least 4) with
-train.train_learner itself, times its steps (from the making of an epoch's EpochTotals to the reading of its
-means), its looks at the probe and the whole epoch loop, and prints one line per config and learner, then one JSON line: the share of the measured epochs spent outside the
-steps, the same share projected on the config's whole run (its num_epoch, the probe looked at as train.py does),
-and one checkpoint's write time (the loop writes one at most every Exp.checkpoint_every_s, 60 s by default).
+train.train_learner itself, times its steps (from the making of an epoch's EpochTotals to the reading of its means),
+its looks at the probe and the whole epoch loop, and prints one line per config and learner, then one JSON line: the
+share of the measured epochs spent outside the steps, the same share projected on the config's whole run (its
+num_epoch, the probe looked at as train.py does), and one checkpoint's write time (the loop writes one at most every
+Exp.checkpoint_every_s, 60 s by default).
 """
 import argparse
 import json

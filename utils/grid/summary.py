@@ -21,7 +21,8 @@ from utils.run import config
 
 METRICS = ["auc", "ap", "fpr05", "tpr05", "pixel_auroc", "pixel_ap", "pixel_best_dice"]
 REQUIRED_METRICS = ["auc", "ap"]
-NOT_SCORES = ("run", "source", "diagnostics", "reference", "ensemble_size", "timing")  # the other entries of a results.json
+# the entries of a results.json that are not scores
+NOT_SCORES = ("run", "source", "diagnostics", "reference", "ensemble_size", "timing")
 NOT_IDENTITY = {*map(config.bare, config.REPLICATE), "out_dir"}  # replicates of one experiment, and where it ran
 SHOWN_ELSEWHERE = {"dataset", "network", "split"}  # identity keys with a place of their own in the table
 HEADERS = {"auc": "AUC", "ap": "AP", "fpr05": "FPR at p<=0.05", "tpr05": "TPR at p<=0.05", "pixel_auroc": "pixel AUROC",

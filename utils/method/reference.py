@@ -46,7 +46,8 @@ class NoReference(UserError):
 
 
 def reference_statistics(maps: dict) -> dict:
-    """{score: {"center", "spread"}} per pixel (spread floored) from the maps of the fit half (N x 1 x S x S, N >= 2)."""
+    """{score: {"center", "spread"}} per pixel (spread floored) from the maps of the fit half (N x 1 x S x S,
+    N >= 2)."""
     statistics = {}
     for name in REFERRED:
         values = maps[name].double()
