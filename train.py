@@ -101,12 +101,18 @@ def epoch_order(n, seed, index, epoch):
     return torch.randperm(n, generator=seeding.generator(seed, index, "shuffle", epoch))
 
 
-def resume(index, cfg, device, path, capture, log):
-    """Learner `index` at its initialisation (a function of Solver.seed and index alone), its optimizer, its
-    backbone arguments and its checkpoint (None for a new learner), restored from the checkpoint when there is one."""
+def new_learner(cfg, index, device):
+    """Learner `index` at its initialisation, which depends on (Solver.seed, index) alone; returns it and its
+    backbone arguments."""
     seeding.seed_learner(cfg.Solver.seed, index)
     args = models.backbone_args(cfg.Model, cfg.Data.img_size)
-    learner = models.place(models.build(args), device)
+    return models.place(models.build(args), device), args
+
+
+def resume(index, cfg, device, path, capture, log):
+    """Learner `index` (new_learner), its optimizer, its backbone arguments and its checkpoint (None for a new
+    learner), restored from the checkpoint when there is one."""
+    learner, args = new_learner(cfg, index, device)
     optimizer = adam(learner, cfg.Solver, device, capture=capture)
     if not path.exists():
         return learner, optimizer, args, None

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from utils.errors import UserError
-from utils.report import figures
+from utils.report import figures, overlay
 from utils.report.figures import anomaly_grid, roc_pr_curves, score_histograms, select_extremes
 from utils.report.overlay import overlay_array, write_overlay
 from utils.report.metrics import chi_square_distance
@@ -79,9 +79,9 @@ def test_overlay_array_colours_the_map_on_one_scale():
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
     grey = np.round(255 * (image[0, 0] + 1) / 2)
     assert pixels[0, 0].tolist() == [grey] * 3  # zero keeps the grey
-    top = np.round(255 * np.asarray(matplotlib.colormaps[figures.OVERLAY_CMAP](1.0)[:3]))
+    top = np.round(255 * np.asarray(matplotlib.colormaps[overlay.OVERLAY_CMAP](1.0)[:3]))
     assert pixels[0, 1].tolist() == pixels[0, 2].tolist() == top.tolist()  # vmax and above: the top colour
-    half = 0.5 * (image[1, 1] + 1) / 2 + 0.5 * np.asarray(matplotlib.colormaps[figures.OVERLAY_CMAP](0.5)[:3])
+    half = 0.5 * (image[1, 1] + 1) / 2 + 0.5 * np.asarray(matplotlib.colormaps[overlay.OVERLAY_CMAP](0.5)[:3])
     anomaly_map[0, 1, 1] = 1.0
     assert np.abs(overlay_array(image, anomaly_map, vmax=2.0)[1, 1] - 255 * half).max() <= 0.5  # half way: half
     with pytest.raises(UserError, match="same size"):
