@@ -65,7 +65,8 @@ def make_run_dir(path) -> Path:
 
 
 class RunLog:
-    """Lines to stdout and <run>/log.txt, records to <run>/metrics.jsonl, scalars to TensorBoard (<run>/tb)."""
+    """Lines to stdout and <run>/<name>.log (train.log, eval.log), records to <run>/metrics.jsonl, scalars to
+    TensorBoard (<run>/tb)."""
 
     def __init__(self, run_dir, name="train", echo=True):
         self.run_dir = Path(run_dir)
