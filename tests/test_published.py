@@ -208,81 +208,35 @@ def test_the_published_yaml_is_read_with_the_settings_the_published_code_used(tm
 
 
 # The published code's RSNA YAMLs (github.com/Rubiscol/D2UE, cfgs/RSNA_<name>.yaml), key for key: AE and AE-U leave
-# MemAE's keys empty (Null).
+# MemAE's keys empty (Null). They differ only in the lines filled in below.
+PUBLISHED_YAML = """Exp:
+  out_dir: "output/{folder}/rsna/"
+  gpu: 6
+
+Model:
+  network: "{network}"  # AE, AE-U, MemAE
+  mp: 1  # multiplier that controls the capacity of AE
+  ls: 16  # the output size of encoder
+{memory}  layer: 4
+
+Data:
+  dataset: "rsna"  # rsna, vin
+  img_size: 64
+
+Solver:
+  bs: 64
+  lr: {lr}
+  weight_decay: 0
+  num_epoch: 250
+  seed: {seed}
+  Lambda: 1
+"""
+EMPTY_MEMORY = "  mem_dim: Null\n  shrink_thres: Null\n"
 PUBLISHED_YAMLS = {
-    "AE": """Exp:
-  out_dir: "output/AE/rsna/"
-  gpu: 6
-
-Model:
-  network: "AE"  # AE, AE-U, MemAE
-  mp: 1  # multiplier that controls the capacity of AE
-  ls: 16  # the output size of encoder
-  mem_dim: Null
-  shrink_thres: Null
-  layer: 4
-
-Data:
-  dataset: "rsna"  # rsna, vin
-  img_size: 64
-
-Solver:
-  bs: 64
-  lr: 5.0e-4
-  weight_decay: 0
-  num_epoch: 250
-  seed: 8
-  Lambda: 1
-""",
-    "AE-U": """Exp:
-  out_dir: "output/AEU/rsna/"
-  gpu: 6
-
-Model:
-  network: "AE-U"  # AE, AE-U, MemAE
-  mp: 1  # multiplier that controls the capacity of AE
-  ls: 16  # the output size of encoder
-  mem_dim: Null
-  shrink_thres: Null
-  layer: 4
-
-Data:
-  dataset: "rsna"  # rsna, vin
-  img_size: 64
-
-Solver:
-  bs: 64
-  lr: 1.0e-3
-  weight_decay: 0
-  num_epoch: 250
-  seed: 2
-  Lambda: 1
-""",
-    "MemAE": """Exp:
-  out_dir: "output/MemAE/rsna/"
-  gpu: 6
-
-Model:
-  network: "MemAE"  # AE, AE-U, MemAE
-  mp: 1  # multiplier that controls the capacity of AE
-  ls: 16  # the output size of encoder
-  mem_dim: 25
-  shrink_thres: 0.0
-  entropy_loss_weight: 0.0002
-  layer: 4
-
-Data:
-  dataset: "rsna"  # rsna, vin
-  img_size: 64
-
-Solver:
-  bs: 64
-  lr: 5.0e-4
-  weight_decay: 0
-  num_epoch: 250
-  seed: 7
-  Lambda: 1
-"""}
+    "AE": PUBLISHED_YAML.format(folder="AE", network="AE", memory=EMPTY_MEMORY, lr="5.0e-4", seed=8),
+    "AE-U": PUBLISHED_YAML.format(folder="AEU", network="AE-U", memory=EMPTY_MEMORY, lr="1.0e-3", seed=2),
+    "MemAE": PUBLISHED_YAML.format(folder="MemAE", network="MemAE", lr="5.0e-4", seed=7,
+                                   memory="  mem_dim: 25\n  shrink_thres: 0.0\n  entropy_loss_weight: 0.0002\n")}
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
