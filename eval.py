@@ -206,7 +206,7 @@ def _evaluate(cfg, run_dir, device, echo):
         if split.has_masks:  # a data set without a masks/ folder simply gets no pixel metrics
             masks = load_masks(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
         began = time.perf_counter()
-        scored = score_dataset(learners, images, cfg.Exp.score_batch, device, features=True,
+        scored = score_dataset(learners, images, cfg.Exp.score_batch, device, features=True, curve=True,
                                curve_maps=masks is not None)
         score_s = time.perf_counter() - began
         maps = scored.maps

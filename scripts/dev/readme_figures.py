@@ -26,7 +26,7 @@ from datasets.medad import dataset_dir, load_images, load_masks, read_split  # n
 from models import to_model_input  # noqa: E402
 from models import TAPS  # noqa: E402
 from utils.errors import cli  # noqa: E402
-from utils.method.dsu import SCORES, score_dataset  # noqa: E402
+from utils.method.dsu import SCORES, image_scores, score_dataset  # noqa: E402
 from utils.method.rar import features_of, pairwise_cka  # noqa: E402
 from utils.report.figures import anomaly_grid  # noqa: E402
 from utils.run.checkpoint import load_run  # noqa: E402
@@ -151,7 +151,7 @@ def rar_tsne(learners, images, labels, path, tap="z", seed=SEED) -> np.ndarray:
             for value, marker, kind in [(0, "o", "normal"), (1, "^", "abnormal")]:
                 chosen = part[shown_labels == value]
                 ax.scatter(chosen[:, 0], chosen[:, 1], s=14, marker=marker, color=colors[k], alpha=0.65,
-                           linewidths=0, label=f"learner {k + 1}, {kind}")
+                           linewidths=0, label=f"learner {k}, {kind}")
         ax.set(xticks=[], yticks=[], xlabel="t-SNE 1", ylabel="t-SNE 2")
         ax.set_title(f"t-SNE of the {count} learners' '{tap}' features on {len(subset)} test images "
                      "(one embedding)", fontsize=11)
@@ -163,7 +163,7 @@ def rar_tsne(learners, images, labels, path, tap="z", seed=SEED) -> np.ndarray:
             for j in range(count):
                 matrix_ax.text(j, i, f"{cka[i, j]:.2f}", ha="center", va="center", fontsize=11,
                                color="white" if cka[i, j] > 0.6 else "black")
-        ticks = [f"learner {k + 1}" for k in range(count)]
+        ticks = [f"learner {k}" for k in range(count)]
         matrix_ax.set(xticks=range(count), yticks=range(count), xticklabels=ticks, yticklabels=ticks)
         mean_off = cka[~np.eye(count, dtype=bool)].mean() if count > 1 else 1.0
         matrix_ax.set_title(f"linear CKA on all {len(labels)} test images\n(mean between learners {mean_off:.2f};"
@@ -205,11 +205,11 @@ def main(argv=None):
     overview_diagram(out / "overview.png", cfg.Model.num_learners)
     cka = rar_tsne(learners, to_model_input(images.to(device)), labels, out / "rar_tsne.png",
                    tap=TAPS[cfg.Model.layer])
-    pairs = [f"{i + 1}-{j + 1} {cka[i, j]:.3f}" for i in range(len(cka)) for j in range(i + 1, len(cka))]
+    pairs = [f"{i}-{j} {cka[i, j]:.3f}" for i in range(len(cka)) for j in range(i + 1, len(cka))]
     print(f"linear CKA between learners on {len(labels)} test images: {', '.join(pairs) or '(one learner)'}")
 
-    scored = score_dataset(learners, images, cfg.Exp.score_batch, device)
-    maps, scores = scored.maps, scored.curve[len(learners)]
+    maps = score_dataset(learners, images, cfg.Exp.score_batch, device).maps
+    scores = image_scores(maps)
     masks = load_masks(split.directory, split.test, cfg.Data.img_size) if split.has_masks else None
     anomaly_grid(to_model_input(images)[:, 0].numpy(), maps["x_hat"].numpy(),
                  {name: maps[name].numpy() for name in SCORES}, scores["dsu"].numpy(), labels,

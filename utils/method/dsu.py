@@ -86,29 +86,30 @@ def image_scores(maps: dict) -> dict:
 @dataclass
 class Scored:
     """An ensemble's scoring of an image set. maps: rec, unc, dsu and x_hat of all K learners, float32 (N, 1, S, S)
-    on the CPU; features: each learner's tapped features of every image, or None when not asked; curve: {k: image
-    scores of the first k learners} for k = 2..K (curve[K] from `maps`); curve_maps: {k: their maps} for k = 2..K
-    when asked (pixel metrics per ensemble size), else {}."""
+    on the CPU; features: each learner's tapped features of every image; curve: {k: image scores of the first k
+    learners} for k = 2..K (curve[K] from `maps`); curve_maps: {k: their maps} for k = 2..K (pixel metrics per
+    ensemble size). What score_dataset was not asked for is None or {}."""
     maps: dict
     features: list | None = None
     curve: dict = field(default_factory=dict)
     curve_maps: dict = field(default_factory=dict)
 
 
-def score_dataset(learners, images_u8, batch_size, device, features=False, curve_maps=False) -> Scored:
-    """Score every image in batches (Scored). The maps are allocated once at their final size and filled batch by
-    batch, so a large set is held in memory once (plus once per ensemble size below K with curve_maps). batch_size 0
-    picks the largest batch that fits: it starts high and halves on an out-of-memory error."""
+def score_dataset(learners, images_u8, batch_size, device, features=False, curve=False, curve_maps=False) -> Scored:
+    """Score every image in batches (Scored): the maps, and when asked the learners' features, the curve's image
+    scores and (curve_maps, which implies curve) its maps. The maps are allocated once at their final size and filled
+    batch by batch, so a large set is held in memory once (plus once per ensemble size below K with curve_maps).
+    batch_size 0 picks the largest batch that fits: it starts high and halves on an out-of-memory error."""
     batch_size = batch_size or (1024 if device.type == "cuda" else 128)
     count = len(learners)
-    sizes = range(2, count)  # the smaller ensembles; K's are the maps themselves
+    sizes = range(2, count) if curve or curve_maps else range(0)  # the smaller ensembles; K's are the maps
 
     def empty():
         return torch.empty(images_u8.shape, dtype=torch.float32)
 
     maps = {name: empty() for name in (*SCORES, "x_hat")}
     smaller = {k: {name: empty() for name in SCORES} for k in sizes} if curve_maps else {}
-    curve = {k: {name: torch.empty(len(images_u8)) for name in SCORES} for k in sizes}
+    by_size = {k: {name: torch.empty(len(images_u8)) for name in SCORES} for k in sizes}
     batches = []  # per batch, each learner's features
     start = 0
     while start < len(images_u8):
@@ -122,7 +123,7 @@ def score_dataset(learners, images_u8, batch_size, device, features=False, curve
             for k in sizes:
                 maps_k = maps_of(x, terms, k)
                 for name, value in image_scores(maps_k).items():
-                    curve[k][name][rows] = value
+                    by_size[k][name][rows] = value
                 for name in smaller.get(k, ()):
                     smaller[k][name][rows] = maps_k[name]
         except torch.cuda.OutOfMemoryError:
@@ -134,7 +135,8 @@ def score_dataset(learners, images_u8, batch_size, device, features=False, curve
         if features:
             batches.append(batch_features)
         start += len(x)
-    curve[count] = image_scores(maps)
+    if curve or curve_maps:
+        by_size[count] = image_scores(maps)
     if curve_maps:
         smaller[count] = {name: maps[name] for name in SCORES}
-    return Scored(maps, [torch.cat(parts) for parts in zip(*batches)] if features else None, curve, smaller)
+    return Scored(maps, [torch.cat(parts) for parts in zip(*batches)] if features else None, by_size, smaller)
