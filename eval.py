@@ -35,6 +35,7 @@ from utils.run import checkpoint, config, runlock, stop
 from utils.run.runtime import RunLog, existing_run_dir, setup
 
 SHOWN_PER_CLASS = 4  # TensorBoard shows the first 4 normal and first 4 abnormal test images: the same in every run
+CURVE_METRICS = ("auc", "ap", "pixel_auroc", "pixel_ap", "pixel_best_dice")  # the curve's, per score and k
 LEVEL = 0.05  # fpr05 / tpr05: the shares of normal / abnormal test images whose p-value is at most this
 
 
@@ -71,9 +72,10 @@ def metrics_table(labels, scores, maps, masks, p=None) -> dict:
     return results
 
 
-def size_curve(labels, scored, masks) -> dict:
+def size_curve(labels, scored, masks, whole, count) -> dict:
     """{k: {score: metrics}} of the first k learners, k = 2..K: image AUC and AP of rec, unc and dsu and, given
-    masks, their maps' pixel metrics (scored: dsu.Scored, with curve_maps when there are masks)."""
+    masks, their maps' pixel metrics (scored: dsu.Scored, with curve_maps when there are masks). The row of k = K is
+    the whole ensemble of `count` learners, taken from its metrics (`whole`, metrics_table's), not computed again."""
     curve = {}
     for k, scores in scored.curve.items():
         curve[k] = {name: image_metrics(labels, values.numpy().astype(np.float64)) for name, values in scores.items()}
@@ -81,6 +83,8 @@ def size_curve(labels, scored, masks) -> dict:
             pixel = pixel_metrics_of_maps(masks.numpy(), {name: scored.curve_maps[k][name].numpy() for name in SCORES})
             for name in SCORES:
                 curve[k][name].update(pixel[name])
+    curve[count] = {name: {key: value for key, value in whole[name].items() if key in CURVE_METRICS}
+                    for name in SCORES}
     return curve
 
 
@@ -214,7 +218,7 @@ def _evaluate(cfg, run_dir, device, echo):
         scores = referred_scores(maps, reference["statistics"])
         scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
         results = metrics_table(labels, scores, maps, masks, p_values(scores, reference))
-        results["ensemble_size"] = size_curve(labels, scored, masks)
+        results["ensemble_size"] = size_curve(labels, scored, masks, results, len(learners))
         results["timing"] = {"score_s": score_s, "images": len(labels), "device": str(device)}
         results["run"] = {**config.run_settings(cfg), "split": describe(split.lists).label, "out_dir": str(run_dir)}
         results["reference"] = {"in_sample": reference["in_sample"], "fit": len(reference["fit_files"]),

@@ -87,8 +87,8 @@ def image_scores(maps: dict) -> dict:
 class Scored:
     """An ensemble's scoring of an image set. maps: rec, unc, dsu and x_hat of all K learners, float32 (N, 1, S, S)
     on the CPU; features: each learner's tapped features of every image; curve: {k: image scores of the first k
-    learners} for k = 2..K (curve[K] from `maps`); curve_maps: {k: their maps} for k = 2..K (pixel metrics per
-    ensemble size). What score_dataset was not asked for is None or {}."""
+    learners} for k = 2..K-1 (K's are the means of `maps`); curve_maps: {k: their maps} for k = 2..K-1 (pixel
+    metrics per ensemble size). What score_dataset was not asked for is None or {}."""
     maps: dict
     features: list | None = None
     curve: dict = field(default_factory=dict)
@@ -97,7 +97,7 @@ class Scored:
 
 def score_dataset(learners, images_u8, batch_size, device, features=False, curve=False, curve_maps=False) -> Scored:
     """Score every image in batches (Scored): the maps, and when asked the learners' features, the curve's image
-    scores and (curve_maps, which implies curve) its maps. The maps are allocated once at their final size and filled
+    scores and (curve_maps, which implies curve) its maps, for every ensemble size below K. The maps are allocated once at their final size and filled
     batch by batch, so a large set is held in memory once (plus once per ensemble size below K with curve_maps).
     batch_size 0 picks the largest batch that fits: it starts high and halves on an out-of-memory error."""
     batch_size = batch_size or (1024 if device.type == "cuda" else 128)
@@ -135,8 +135,4 @@ def score_dataset(learners, images_u8, batch_size, device, features=False, curve
         if features:
             batches.append(batch_features)
         start += len(x)
-    if curve or curve_maps:
-        by_size[count] = image_scores(maps)
-    if curve_maps:
-        smaller[count] = {name: maps[name] for name in SCORES}
     return Scored(maps, [torch.cat(parts) for parts in zip(*batches)] if features else None, by_size, smaller)
