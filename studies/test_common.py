@@ -9,7 +9,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_analyses_import_nothing_of_the_method():
-    code = ("import sys, studies.rar.analysis, studies.scores.analysis, studies.length.analysis; "
+    code = ("import sys, studies.rar.analysis, studies.scores.analysis, studies.length.analysis, "
+            "studies.ensemble_size.analysis, studies.latent_size.analysis, studies.error_map.analysis; "
             "print(sorted(name for name in sys.modules if name.startswith('utils.method')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
