@@ -9,6 +9,7 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
+from matplotlib.text import Text
 
 import eval as evaluate
 import predict
@@ -157,6 +158,19 @@ def test_readme_figures_from_a_run(tiny_run, tmp_path, capsys):
             assert image.format == "PNG" and min(image.size) > 200
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("linear CKA"))
     assert 0 <= float(line.split()[-1]) <= 1  # "... 1-2 0.123": learners 1 and 2 of the tiny run
+
+
+@pytest.mark.parametrize("num_learners, roles, loss", [
+    (3, ["learner 0: no repulsion", "junior learner 1", "junior learner 2"], "CKA}(f_{2}, f_j)"),
+    (5, ["learner 0: no repulsion", "junior learner 1", "junior learner K-1"], "CKA}(f_{K-1}, f_j)")])
+def test_overview_counts_learners_from_0(num_learners, roles, loss, monkeypatch):
+    # As the logs, learner_0.pt and eval's tables do: learner 0 has no senior, the juniors are 1 .. K-1.
+    drawn = []
+    monkeypatch.setattr(readme_figures, "_save",
+                        lambda fig, path: drawn.extend(text.get_text() for text in fig.findobj(Text)))
+    readme_figures.overview_diagram("unused.png", num_learners)
+    assert [text.split("\n")[0] for text in drawn if text.startswith(("learner ", "junior learner "))] == roles
+    assert sum(loss in text for text in drawn) == 1 and not any("learner 3" in text for text in drawn)
 
 
 def test_rar_tsne_with_wide_features_and_few_points(tmp_path, monkeypatch):

@@ -63,19 +63,19 @@ def overview_diagram(path, num_learners=3):
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set(xlim=(0, 12), ylim=(-0.3, 6.35))
     ax.axis("off")
-    # K > 3 is drawn as learners 1, 2 and K.
-    ks = ["1", "2", "K" if num_learners > 3 else "3"][:min(num_learners, 3)]
+    # Counted from 0, as learner_0.pt and the logs: K > 3 is drawn as learners 0, 1 and K-1.
+    ks = ["0", "1", "K-1" if num_learners > 3 else "2"][:min(num_learners, 3)]
 
     # Training: learners one after another, each junior repelled (linear CKA) from its frozen seniors.
     ax.text(0.2, 6.2, "Training: Redundancy-Aware Repulsion (RAR), on normal images only", fontsize=13,
             weight="bold", va="top")
     _box(ax, (1.05, 4.45), (1.5, 0.95), "normal\ntraining\nimages $x$", "white")
-    xs = [3.55, 6.75, 9.95][:len(ks)]
-    losses = [r"$\mathcal{L}_{rec}(\hat{x}_1, x)$",
-              r"$\mathcal{L}_{rec} + \Lambda\,\mathrm{CKA}(f_2, f_1)$",
-              rf"$\mathcal{{L}}_{{rec}} + \Lambda\,\mathrm{{mean}}_{{j<{ks[-1]}}}\,\mathrm{{CKA}}(f_{ks[-1]}, f_j)$"]
+    xs, last = [3.55, 6.75, 9.95][:len(ks)], ks[-1]
+    losses = [r"$\mathcal{L}_{rec}(\hat{x}_0, x)$",
+              r"$\mathcal{L}_{rec} + \Lambda\,\mathrm{CKA}(f_1, f_0)$",
+              rf"$\mathcal{{L}}_{{rec}} + \Lambda\,\mathrm{{mean}}_{{j<{last}}}\,\mathrm{{CKA}}(f_{{{last}}}, f_j)$"]
     for index, (x, k) in enumerate(zip(xs, ks)):
-        role = "learner 1: no repulsion" if index == 0 else f"junior learner {k}"
+        role = "learner 0: no repulsion" if index == 0 else f"junior learner {k}"
         _box(ax, (x, 4.6), (2.55, 0.95), f"{role}\n{losses[index]}", LEARNER_COLOR, fontsize=10)
         _arrow(ax, (x, 3.75), (x, 4.12))  # the same training images feed every learner
     ax.plot([1.8, xs[-1]], [3.75, 3.75], color=EDGE_COLOR, linewidth=1.2)
