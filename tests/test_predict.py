@@ -1,5 +1,5 @@
 """predict.py scores new files exactly as eval.py scores the test set; scripts/dev/readme_figures.py draws from a real
-run."""
+run and shows what predict.py writes."""
 import csv
 import shutil
 from pathlib import Path
@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
-from PIL import Image
 from matplotlib.text import Text
+from PIL import Image
 
 import eval as evaluate
 import predict
 import train
 from datasets.dicom import dicom_to_array
+from datasets.medad import read_split
 from tests.conftest import load_script, run_main, write_config
 from utils.method.reference import IMAGE_SCORES
 
@@ -31,6 +31,15 @@ def tiny_run(tiny_root, tmp_path_factory):
     cfg = write_config(folder / "c.yaml", tiny_root, folder / "run", Solver={"num_epoch": 1})
     train.main(["--config", str(cfg)])
     evaluate.main(["--config", str(cfg)])
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def held_out_run(tiny_root, tmp_path_factory):
+    """A trained (1 epoch, 2 learners) run whose normal reference is held out of training: p-values and --fpr."""
+    folder = tmp_path_factory.mktemp("held_out")
+    cfg = write_config(folder / "c.yaml", tiny_root, folder / "run", Solver={"num_epoch": 1}, Data={"holdout": 0.25})
+    train.main(["--config", str(cfg)])
     return folder / "run"
 
 
@@ -108,11 +117,8 @@ def test_overlays_of_the_highest_images_by_default_and_of_all_on_request(tiny_ro
     assert overlay_files(tmp_path / "none") == set()
 
 
-def test_overlays_of_the_flagged_images(tiny_root, tmp_path_factory, tmp_path, capsys):
-    folder = tmp_path_factory.mktemp("held_out")
-    cfg = write_config(folder / "c.yaml", tiny_root, folder / "run", Solver={"num_epoch": 1}, Data={"holdout": 0.25})
-    train.main(["--config", str(cfg)])
-    predict.main(["--run", str(folder / "run"), str(tiny_root / "tiny" / "images"), "--out", str(tmp_path / "out"),
+def test_overlays_of_the_flagged_images(tiny_root, held_out_run, tmp_path, capsys):
+    predict.main(["--run", str(held_out_run), str(tiny_root / "tiny" / "images"), "--out", str(tmp_path / "out"),
                   "--fpr", "0.5"])
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     flagged = {f"{Path(row['file']).stem}_rec.png" for row in rows if row["flagged"] == "1"}
@@ -151,13 +157,41 @@ def test_user_errors_are_one_line(tiny_root, tiny_run, tmp_path):
         assert len(errors) == 1 and expected in errors[0], result.stderr
 
 
-def test_readme_figures_from_a_run(tiny_run, tmp_path, capsys):
-    readme_figures.main(["--run", str(tiny_run), "--out", str(tmp_path / "images")])
-    for name in ("overview.png", "rar_tsne.png", "maps.png"):
-        with Image.open(tmp_path / "images" / name) as image:
+def test_readme_figures_from_a_run(held_out_run, tmp_path, capsys):
+    readme_figures.main(["--run", str(held_out_run), "--out", str(tmp_path / "images"), "--fpr", "0.5"])
+    assert sorted(path.name for path in (tmp_path / "images").iterdir()) == ["overview.png", "predict_overlays.png"]
+    for path in (tmp_path / "images").iterdir():
+        with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) > 200
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("linear CKA"))
-    assert 0 <= float(line.split()[-1]) <= 1  # "... 1-2 0.123": learners 1 and 2 of the tiny run
+    assert "predict.py's overlays of test_" in capsys.readouterr().out
+
+
+def test_readme_figures_refuse_a_run_without_p_values(tiny_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        readme_figures.main(["--run", str(tiny_run), "--out", str(tmp_path / "images")])
+    assert exit_info.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "--fpr needs a run trained with Data.holdout" in errors[0]
+
+
+def test_overlay_figure_shows_what_predict_writes(tiny_root, held_out_run, tmp_path):
+    split = read_split(tiny_root / "tiny")
+    shown = readme_figures.predict_overlays(held_out_run, split, tmp_path / "overlays.png", fpr=0.5)
+    files = [str(split.directory / "images" / name) for name in split.test]
+    predict.main(["--run", str(held_out_run), *files, "--out", str(tmp_path / "out"), "--fpr", "0.5"])
+    written = read_csv(tmp_path / "out" / "predictions.csv", "file")
+    assert shown == [written[row["file"]] for row in shown]  # predict's own rows: its scores, p-values and flags
+    flags = [row["flagged"] for row in shown]
+    assert flags == sorted(flags, reverse=True) and set(flags) == {"0", "1"}  # a row flagged, then one not
+    assert all((float(row["p_rec"]) <= 0.5) == (row["flagged"] == "1") for row in shown)
+
+
+def test_shown_rows_take_the_first_abnormal_then_normal_images_of_each_outcome():
+    flagged = [1, 0, 1, 1, 0, 0, 1, 0]
+    labels = [1, 1, 0, 1, 0, 1, 0, 0]
+    assert readme_figures.shown_rows(flagged, labels) == [[0, 3, 2, 6], [1, 5, 4, 7]]
+    assert readme_figures.shown_rows(flagged, labels, per_kind=1) == [[0, 2], [1, 4]]
+    assert readme_figures.shown_rows([0, 0], [1, 0]) == [[], [0, 1]]  # nothing flagged: an empty first row
 
 
 @pytest.mark.parametrize("num_learners, roles, loss", [
@@ -171,15 +205,3 @@ def test_overview_counts_learners_from_0(num_learners, roles, loss, monkeypatch)
     readme_figures.overview_diagram("unused.png", num_learners)
     assert [text.split("\n")[0] for text in drawn if text.startswith(("learner ", "junior learner "))] == roles
     assert sum(loss in text for text in drawn) == 1 and not any("learner 3" in text for text in drawn)
-
-
-def test_rar_tsne_with_wide_features_and_few_points(tmp_path, monkeypatch):
-    # 2 learners x 12 images = 24 points of 200 features: PCA must not ask for 50 components.
-    generator = torch.Generator().manual_seed(0)
-    monkeypatch.setattr(readme_figures, "features_of",
-                        lambda learner, images: torch.randn(12, 200, generator=generator))
-    labels = np.repeat([0, 1], 6)
-    cka = readme_figures.rar_tsne([None, None], None, labels, tmp_path / "tsne.png", tap="en1")
-    assert cka.shape == (2, 2) and np.allclose(np.diag(cka), 1) and 0 <= cka[0, 1] < 1
-    with Image.open(tmp_path / "tsne.png") as image:
-        assert image.format == "PNG"

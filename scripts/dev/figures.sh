@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README figures (images/overview.png, rar_tsne.png, maps.png) from a trained run, by default the demo's.
+# The figures the docs show (images/overview.png, images/predict_overlays.png) from a trained run with a held-out
+# reference, by default the demo's. images/rar_rank.png is the RAR study's: ./studies/rar/run.sh makes it.
 # Usage: ./scripts/dev/figures.sh [RUN_DIR]     (make runs/demo_AE first with ./scripts/demo.sh)
 set -euo pipefail
 source "$(dirname "$0")/../_env.sh"

@@ -1,13 +1,18 @@
-"""The README's figures, drawn from a trained run by the project's own code:
+"""The figures the docs show, drawn from a trained run by the project's own code:
 
     python scripts/dev/readme_figures.py --run runs/demo_AE --out images      (or ./scripts/dev/figures.sh [RUN_DIR])
 
-overview.png   the method: RAR training of the K learners, then rec / unc / dsu scoring
-rar_tsne.png   t-SNE of every learner's tapped features on the run's test images, and their pairwise linear CKA
-maps.png       anomaly maps of the most and least anomalous test images (utils.report.figures.anomaly_grid)
+overview.png          the method: RAR training of learner 0 and the juniors 1 .. K-1, then rec / unc / dsu scoring
+predict_overlays.png  what predict.py writes for the run's test images at --fpr (default 0.05): a few of its overlays,
+                      flagged and not, each with its score and p-value from predict's predictions.csv; the run
+                      needs a held-out reference (Data.holdout), as the demo's has
 """
 import argparse
+import contextlib
+import csv
+import io
 import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -15,26 +20,21 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
+from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
-from datasets.medad import dataset_dir, load_images, load_masks, read_split  # noqa: E402
-from models import to_model_input  # noqa: E402
-from models import TAPS  # noqa: E402
+import predict  # noqa: E402
+from datasets.medad import dataset_dir, read_split  # noqa: E402
 from utils.errors import cli  # noqa: E402
-from utils.method.dsu import SCORES, image_scores, score_dataset  # noqa: E402
-from utils.method.rar import features_of, pairwise_cka  # noqa: E402
-from utils.report.figures import anomaly_grid  # noqa: E402
 from utils.run.checkpoint import load_run  # noqa: E402
 from utils.run.runtime import pick_device  # noqa: E402
 
 DPI = 150
-SEED = 0
-TSNE_PER_CLASS = 300  # test images per class in the embedding (CKA uses them all); more only crowds the plot
+FPR = 0.05  # the README's predict.py example
+SCORE = "rec"  # predict.py's default --score
+SHOWN_PER_KIND = 2  # overlays per label in each row (flagged, not flagged): a handful in all
 LEARNER_COLOR, SENIOR_COLOR, SCORE_COLOR, DSU_COLOR = "#dbe9f6", "#e6e6e6", "#eef5e9", "#fde2c8"
 REPEL_COLOR, EDGE_COLOR = "#c0392b", "#444444"
 
@@ -121,66 +121,70 @@ def overview_diagram(path, num_learners=3):
     _save(fig, path)
 
 
-# ---------------------------------------------------------------- RAR: t-SNE of the learners' features
+# ---------------------------------------------------------------- predict.py's overlays
 
-def tsne_subset(labels, per_class=TSNE_PER_CLASS, seed=SEED) -> np.ndarray:
-    """Indices of at most per_class images of each label, seeded, sorted."""
-    generator = np.random.default_rng(seed)
-    chosen = [generator.permutation(np.flatnonzero(labels == value))[:per_class] for value in np.unique(labels)]
-    return np.sort(np.concatenate(chosen))
+def shown_rows(flagged, labels, per_kind=SHOWN_PER_KIND) -> list[list[int]]:
+    """Two rows of image indices, flagged then not: the first per_kind abnormal, then normal, images of each, in
+    test order (fewer where there are fewer)."""
+    flagged, labels = np.asarray(flagged, dtype=bool), np.asarray(labels)
+    return [[int(i) for label in (1, 0) for i in np.flatnonzero((flagged == outcome) & (labels == label))[:per_kind]]
+            for outcome in (True, False)]
 
 
-def rar_tsne(learners, images, labels, path, tap="z", seed=SEED) -> np.ndarray:
-    """One t-SNE of all learners' features (colour = learner, marker = label) beside their CKA matrix."""
-    features = [features_of(learner, images).flatten(1).float().cpu() for learner in learners]
-    cka = pairwise_cka([f.double() for f in features]).numpy()
-    subset = tsne_subset(labels, seed=seed)
-    points = torch.cat([f[subset] for f in features]).numpy()
-    if points.shape[1] > 50:  # wide taps (encoder / decoder blocks): PCA first, the usual t-SNE practice
-        points = PCA(min(50, len(points)), random_state=seed).fit_transform(points)  # no more components than points
-    perplexity = min(30.0, (len(points) - 1) / 3)
-    embedded = TSNE(2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)\
-        .fit_transform(points)
+def predict_overlays(run, split, path, fpr=FPR, device="auto") -> list[dict]:
+    """Run predict.py on the run's test images at --fpr with every overlay, then compose the overlays of
+    shown_rows; each titled with its row of predict's predictions.csv. Returns the rows shown, flagged first."""
+    files = [split.directory / "images" / name for name in split.test]
+    with tempfile.TemporaryDirectory() as folder:
+        with contextlib.redirect_stdout(io.StringIO()):  # its table names a folder that is gone once drawn
+            predict.main(["--run", str(run), *map(str, files), "--out", folder, "--fpr", str(fpr),
+                          "--score", SCORE, "--overlays", "all", "--device", device])
+        with open(Path(folder) / "predictions.csv", newline="") as table:
+            predictions = list(csv.DictReader(table))  # one row per file, in the order given
+        names = predict.overlay_names(files, predict.map_of(SCORE))
+        rows = shown_rows([row["flagged"] == "1" for row in predictions], split.test_labels)
+        overlays = {}
+        for i in sum(rows, []):
+            with Image.open(Path(folder) / "overlays" / names[i]) as image:
+                overlays[i], scale = np.asarray(image.convert("RGB")), image.text.get("Description", "")
 
-    count, shown_labels = len(learners), labels[subset]
-    colors = plt.get_cmap("tab10").colors
-    fig, (ax, matrix_ax) = plt.subplots(1, 2, figsize=(12, 5.4), width_ratios=[1.55, 1], layout="constrained")
+    columns = max(map(len, rows))
+    fig, axes = plt.subplots(2, columns, figsize=(2.1 * columns, 5.1), squeeze=False, layout="constrained")
     try:
-        for k in range(count):
-            part = embedded[k * len(subset):(k + 1) * len(subset)]
-            for value, marker, kind in [(0, "o", "normal"), (1, "^", "abnormal")]:
-                chosen = part[shown_labels == value]
-                ax.scatter(chosen[:, 0], chosen[:, 1], s=14, marker=marker, color=colors[k], alpha=0.65,
-                           linewidths=0, label=f"learner {k}, {kind}")
-        ax.set(xticks=[], yticks=[], xlabel="t-SNE 1", ylabel="t-SNE 2")
-        ax.set_title(f"t-SNE of the {count} learners' '{tap}' features on {len(subset)} test images "
-                     "(one embedding)", fontsize=11)
-        ax.legend(fontsize=8, ncols=count, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False,
-                  markerscale=1.4)
-
-        heat = matrix_ax.imshow(cka, cmap="Reds", vmin=0, vmax=1)
-        for i in range(count):
-            for j in range(count):
-                matrix_ax.text(j, i, f"{cka[i, j]:.2f}", ha="center", va="center", fontsize=11,
-                               color="white" if cka[i, j] > 0.6 else "black")
-        ticks = [f"learner {k}" for k in range(count)]
-        matrix_ax.set(xticks=range(count), yticks=range(count), xticklabels=ticks, yticklabels=ticks)
-        mean_off = cka[~np.eye(count, dtype=bool)].mean() if count > 1 else 1.0
-        matrix_ax.set_title(f"linear CKA on all {len(labels)} test images\n(mean between learners {mean_off:.2f};"
-                            " 1 = same features)", fontsize=11)
-        fig.colorbar(heat, ax=matrix_ax, shrink=0.8)
-        _save(fig, path)
+        for axes_row, chosen, outcome in zip(axes, rows, (f"flagged (p \u2264 {fpr})", "not flagged")):
+            axes_row[0].set_ylabel(outcome, fontsize=10)
+            for ax, i in zip(axes_row, chosen + [None] * columns):
+                ax.set(xticks=[], yticks=[])
+                if i is None:  # a frameless blank keeps the row's label where no image had this outcome
+                    ax.set_frame_on(False)
+                    continue
+                row = predictions[i]
+                ax.imshow(overlays[i])
+                ax.set_title(f"{Path(row['file']).name}\n{SCORE} {float(row[SCORE]):.4g}   "  # as predict prints
+                             f"p {float(row['p_' + SCORE]):.4f}", fontsize=7.5)
+        flagged = sum(row["flagged"] == "1" for row in predictions)
+        fig.suptitle(f"predict.py --fpr {fpr}: {flagged} of {len(predictions)} test images flagged on {SCORE}",
+                     fontsize=10)
+        fig.supxlabel(f"colour: the {scale}", fontsize=7.5)
+        _save(fig, path, dpi=100, palette=True)
     finally:
         plt.close(fig)
-    return cka
+    return [predictions[i] for i in sum(rows, [])]
 
 
 # ---------------------------------------------------------------- the command
 
-def _save(fig, path):
+def _save(fig, path, dpi=DPI, palette=False):
+    """palette: 256 colours, a third of the bytes of a photo-like figure, no difference to see at its size."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    if palette:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+        Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)\
+            .save(path, optimize=True)
+    else:
+        fig.savefig(path, dpi=dpi, facecolor="white")
     plt.close(fig)
 
 
@@ -189,6 +193,7 @@ def parse_args(argv=None):
     parser.add_argument("--run", required=True, help="run folder written by train.py")
     parser.add_argument("--out", default="images", help="folder for the PNGs (default: images)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--fpr", type=float, default=FPR, help=f"predict.py's --fpr for the overlays (default {FPR})")
     return parser.parse_args(argv)
 
 
@@ -199,22 +204,10 @@ def main(argv=None):
     cfg, learners = load_run(args.run, device)
     out = Path(args.out)
     split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
-    images = load_images(split.directory, split.test, cfg.Data.img_size, cfg.Exp.workers or None)
-    labels = np.asarray(split.test_labels)
-
-    overview_diagram(out / "overview.png", cfg.Model.num_learners)
-    cka = rar_tsne(learners, to_model_input(images.to(device)), labels, out / "rar_tsne.png",
-                   tap=TAPS[cfg.Model.layer])
-    pairs = [f"{i}-{j} {cka[i, j]:.3f}" for i in range(len(cka)) for j in range(i + 1, len(cka))]
-    print(f"linear CKA between learners on {len(labels)} test images: {', '.join(pairs) or '(one learner)'}")
-
-    maps = score_dataset(learners, images, cfg.Exp.score_batch, device).maps
-    scores = image_scores(maps)
-    masks = load_masks(split.directory, split.test, cfg.Data.img_size) if split.has_masks else None
-    anomaly_grid(to_model_input(images)[:, 0].numpy(), maps["x_hat"].numpy(),
-                 {name: maps[name].numpy() for name in SCORES}, scores["dsu"].numpy(), labels,
-                 out / "maps.png", masks=None if masks is None else masks.numpy())
-    print(f"wrote {out / 'overview.png'}, {out / 'rar_tsne.png'}, {out / 'maps.png'}")
+    shown = predict_overlays(args.run, split, out / "predict_overlays.png", args.fpr, args.device)
+    overview_diagram(out / "overview.png", len(learners))
+    print(f"wrote {out / 'overview.png'}, {out / 'predict_overlays.png'} (predict.py's overlays of "
+          f"{', '.join(Path(row['file']).name for row in shown)})")
 
 
 if __name__ == "__main__":
