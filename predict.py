@@ -176,11 +176,22 @@ def write_overlays(folder, paths, images, maps, rows, map_name) -> str:
 
 
 def write_predictions(path, paths, scores, p=None, flagged=None):
-    """One row per image: every score, then each score's p-value (p_<score>) and the --fpr flag, when given."""
-    columns = {**scores, **{f"p_{name}": values for name, values in (p or {}).items()}}
-    atomic_write_csv(path, ["file", *columns, *(["flagged"] if flagged is not None else [])],
-                     ([str(file), *(float(values[row]) for values in columns.values()),
+    """One row per image: every score, then each score's p-value (p_<score>; empty for a non-finite score) and the
+    flag, when given."""
+    p_columns = {f"p_{name}": values for name, values in (p or {}).items()}
+    atomic_write_csv(path, ["file", *scores, *p_columns, *(["flagged"] if flagged is not None else [])],
+                     ([str(file), *(float(values[row]) for values in scores.values()),
+                       *("" if np.isnan(values[row]) else float(values[row]) for values in p_columns.values()),
                        *([int(flagged[row])] if flagged is not None else [])] for row, file in enumerate(paths)))
+
+
+def non_finite_line(paths, scores, by, shown=5) -> str | None:
+    """The images whose score `by` is NaN or infinite, in words, or None when there are none."""
+    rows = np.flatnonzero(~np.isfinite(scores[by]))
+    if not len(rows):
+        return None
+    named = ", ".join(str(paths[row]) for row in rows[:shown]) + (" ..." if len(rows) > shown else "")
+    return f"{len(rows)} image(s) with a non-finite {by} score (NaN or infinite): no p-value, never flagged: {named}"
 
 
 def format_top(paths, scores, by, p=None, shown=SHOWN) -> str:
@@ -242,6 +253,8 @@ def main(argv=None):
     print(f"scored {len(paths)} image(s) with {len(learners)} learners ({cfg.Model.network}, {cfg.Data.img_size} px);"
           f" highest {args.score} first:")
     print(format_top(paths, scores, args.score, p))
+    if non_finite := non_finite_line(paths, scores, args.score):
+        print(non_finite)
     if p is None:
         print("no p-values: this run's normal reference is its training images (in-sample); train with "
               "Data.holdout (e.g. 0.1) for p-values and --fpr")

@@ -18,6 +18,7 @@ from datasets.medad import load_images, read_split
 from models import to_model_input
 from tests.conftest import run_cli, run_main, write_config
 from utils.method import reference as references
+from utils.errors import UserError
 from utils.run import config
 from utils.run.checkpoint import load_learners
 from utils.method.dsu import SCORES, image_scores, score_maps
@@ -273,3 +274,37 @@ def test_reference_follows_the_learners_on_any_device_order():
     with torch.no_grad():
         learners[1].decoder[-1].weight.add_(1e-3)
     assert references.learners_fingerprint(learners) != fingerprint
+
+
+def test_a_non_finite_score_gets_no_p_value():
+    """A NaN or infinite image score is not an anomaly: its p-value is NaN, never the smallest one."""
+    reference = {"calibration": {"s": torch.tensor([1.0, 2.0, 3.0, 4.0])}}
+    p = references.p_values({"s": np.array([np.nan, 2.0, np.inf, -np.inf])}, reference)["s"]
+    assert np.isnan(p[0]) and p[1] == pytest.approx(4 / 5) and np.isnan(p[2]) and np.isnan(p[3])
+
+
+def test_a_reference_with_non_finite_calibration_scores_is_refused():
+    reference = {"calibration": {"rec": torch.tensor([1.0, np.nan, 3.0, np.inf]), "unc": torch.tensor([1.0, 2.0])}}
+    with pytest.raises(UserError) as refused:
+        references.p_values({"rec": np.array([2.0]), "unc": np.array([2.0])}, reference)
+    message = str(refused.value)
+    assert "rec" in message and "2 of 4" in message and "\n" not in message
+
+
+def test_predict_never_flags_a_non_finite_score(held_out_run, tiny_root, tmp_path, monkeypatch, capsys):
+    cfg, run = held_out_run
+    scored = predict.referred_scores
+
+    def first_image_nan(maps, statistics):  # as if the learners gave NaN on the first image
+        scores = scored(maps, statistics)
+        scores["rec"][0] = float("nan")
+        return scores
+
+    monkeypatch.setattr(predict, "referred_scores", first_image_nan)
+    predict.main(["--run", str(run), str(tiny_root / "tiny" / "images"), "--out", str(tmp_path / "out"),
+                  "--fpr", "0.5", "--overlays", "none"])
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert rows[0]["rec"] == "nan" and rows[0]["p_rec"] == "" and rows[0]["flagged"] == "0"
+    assert all(row["p_rec"] for row in rows[1:]) and any(row["flagged"] == "1" for row in rows[1:])
+    assert f"1 image(s) with a non-finite rec score (NaN or infinite): no p-value, never flagged: {rows[0]['file']}" \
+        in capsys.readouterr().out

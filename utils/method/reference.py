@@ -157,10 +157,18 @@ def ensure(run_dir, cfg, learners, device, log, source) -> dict:
 
 def p_values(scores: dict, reference: dict) -> dict:
     """Per image score the reference calibrates, the share (1 + count) / (n + 1) of calibration images scoring at
-    least as high."""
+    least as high; NaN for a score that is not finite (no image was assessed). A UserError when the reference's own
+    calibration scores are not all finite: they would count as higher than every score."""
     values = {}
     for name in (name for name in scores if name in reference["calibration"]):
-        ordered = np.sort(reference["calibration"][name].numpy())
-        at_least = len(ordered) - np.searchsorted(ordered, np.asarray(scores[name], dtype=np.float64), side="left")
-        values[name] = (1 + at_least) / (len(ordered) + 1)
+        calibration = reference["calibration"][name].numpy()
+        bad = int((~np.isfinite(calibration)).sum())
+        if bad:
+            raise UserError(f"{bad} of {len(calibration)} calibration scores of {name} in this run's normal reference "
+                            "are NaN or infinite; the learners diverged or a checkpoint is corrupt, so retrain or "
+                            "check the checkpoints")
+        ordered = np.sort(calibration)
+        scored = np.asarray(scores[name], dtype=np.float64)
+        at_least = len(ordered) - np.searchsorted(ordered, scored, side="left")
+        values[name] = np.where(np.isfinite(scored), (1 + at_least) / (len(ordered) + 1), np.nan)
     return values
