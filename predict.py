@@ -74,6 +74,22 @@ def check_level(level, reference):
                         f"{count} calibration images, so no image could be flagged; raise --fpr or Data.holdout")
 
 
+def output_folder(out, run) -> Path:
+    """--out (default <run>/predict) as a folder; a path that is there and is not a folder is a UserError."""
+    folder = Path(out) if out else Path(run) / "predict"
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file, not a folder; name a folder (made when missing) for "
+                        "predictions.csv and the overlays")
+    return folder
+
+
+def make_folder(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a parent that is a file, no permission
+        raise UserError(f"cannot make the output folder {folder} ({err.strerror}); name another with --out") from None
+
+
 def find_images(arguments) -> list[Path]:
     """Files as given, folders searched recursively for known image suffixes; duplicates dropped, order kept."""
     found = []
@@ -235,16 +251,16 @@ def main(argv=None):
     reference = load_reference(args.run, learners)
     if args.fpr is not None:
         check_level(args.fpr, reference)
+    out = output_folder(args.out, args.run)
     paths = find_images(args.images)
     images = load_files(paths, cfg.Data.img_size)
+    make_folder(out)  # before the scoring pass: a folder that cannot be made costs no wait
     maps = score_dataset(learners, images, cfg.Exp.score_batch, device).maps
     scores = referred_scores(maps, reference["statistics"])
     scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
     p = None if reference["in_sample"] else p_values(scores, reference)
     flagged = None if args.fpr is None else p[args.score] <= args.fpr
 
-    out = Path(args.out) if args.out else Path(args.run) / "predict"
-    out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions.csv", paths, scores, p, flagged)
     rows = overlay_rows(args.overlays, scores, args.score, flagged)
     map_name = map_of(args.score)

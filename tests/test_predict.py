@@ -169,3 +169,15 @@ def test_rar_tsne_with_wide_features_and_few_points(tmp_path, monkeypatch):
     assert cka.shape == (2, 2) and np.allclose(np.diag(cka), 1) and 0 <= cka[0, 1] < 1
     with Image.open(tmp_path / "tsne.png") as image:
         assert image.format == "PNG"
+
+
+def test_out_naming_a_file_is_one_line(tiny_root, tiny_run, tmp_path):
+    (tmp_path / "taken.csv").write_text("mine\n")
+    result = run_main("predict.py", "--run", tiny_run, tiny_root / "tiny" / "images" / "test_normal_0000.png",
+                      "--out", tmp_path / "taken.csv")
+    assert result.returncode == 2 and "taken.csv" in result.stderr and "folder" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and (tmp_path / "taken.csv").read_text() == "mine\n"
+    result = run_main("predict.py", "--run", tiny_run, tiny_root / "tiny" / "images" / "test_normal_0000.png",
+                      "--out", tmp_path / "taken.csv" / "inside")
+    assert result.returncode == 2 and "cannot make the output folder" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
