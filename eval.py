@@ -53,18 +53,19 @@ def parse_args(argv=None):
     return args
 
 
-def metrics_table(labels, scores, maps, masks, p=None) -> dict:
+def metrics_table(labels, scores, maps, masks, p=None, in_sample=False) -> dict:
     """Per image score: image AUC and AP, the chi-square distance between the normal and abnormal score histograms,
-    given p-values the shares of normal (fpr05) and abnormal (tpr05) images flagged at level LEVEL, and, given masks,
-    each published score's map's pixel AUROC, AP and best Dice (normal images have no mask file and count as all-zero
-    masks)."""
+    given p-values the shares of normal (fpr05) and abnormal (tpr05) images flagged at level LEVEL (named
+    fpr05_in_sample and tpr05_in_sample for an in-sample reference: too high), and, given masks, each published
+    score's map's pixel AUROC, AP and best Dice (normal images have no mask file and count as all-zero masks)."""
     results = {}
+    suffix = "_in_sample" if in_sample else ""
     for name in scores:
         results[name] = image_metrics(labels, scores[name])
         results[name]["chi2"] = chi_square_distance(scores[name][labels == 0], scores[name][labels == 1])
         if p is not None:
-            results[name]["fpr05"] = float(np.mean(p[name][labels == 0] <= LEVEL))
-            results[name]["tpr05"] = float(np.mean(p[name][labels == 1] <= LEVEL))
+            results[name][f"fpr05{suffix}"] = float(np.mean(p[name][labels == 0] <= LEVEL))
+            results[name][f"tpr05{suffix}"] = float(np.mean(p[name][labels == 1] <= LEVEL))
     if masks is not None:
         pixel = pixel_metrics_of_maps(masks.numpy(), {name: maps[name].numpy() for name in SCORES})
         for name in SCORES:
@@ -217,7 +218,7 @@ def _evaluate(cfg, run_dir, device, echo):
         reference = ensure_reference(run_dir, cfg, learners, device, log, lambda: reference_images(split, cfg))
         scores = referred_scores(maps, reference["statistics"])
         scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
-        results = metrics_table(labels, scores, maps, masks, p_values(scores, reference))
+        results = metrics_table(labels, scores, maps, masks, p_values(scores, reference), reference["in_sample"])
         results["ensemble_size"] = size_curve(labels, scored, masks, results, len(learners))
         results["timing"] = {"score_s": score_s, "images": len(labels), "device": str(device)}
         results["run"] = {**config.run_settings(cfg), "split": describe(split.lists).label, "out_dir": str(run_dir)}

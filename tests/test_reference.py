@@ -130,6 +130,8 @@ def test_holdout_trains_on_the_rest_and_the_reference_holds_the_held_out_images(
     assert results["run"]["holdout"] == 0.25
     assert results["reference"] == {**results["reference"], "in_sample": False, "fit": 6, "calibration": 6}
     assert set(IMAGE_SCORES) <= set(results)
+    assert all({"fpr05", "tpr05"} <= set(results[name]) and "fpr05_in_sample" not in results[name]
+               for name in IMAGE_SCORES)
     rows = list(csv.DictReader(open(run / "scores.csv")))
     assert list(rows[0]) == ["file", "label", *IMAGE_SCORES]
 
