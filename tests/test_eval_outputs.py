@@ -63,15 +63,18 @@ def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path, capsys):
         for metric in ("auc", "ap", "chi2", *PIXEL_KEYS):
             assert f"eval/{score}_{metric}" in tags["scalars"]
         # an in-sample reference (Data.holdout=0): its false-alarm figures are too high, and say so by their names
-        assert results[score]["fpr05_in_sample"] == \
-            pytest.approx(events.Scalars(f"eval/{score}_fpr05_in_sample")[-1].value)
-        assert "fpr05" not in results[score] and f"eval/{score}_fpr05" not in tags["scalars"]
+        for metric in ("fpr05", "tpr05", "fdp10", "power10"):
+            assert results[score][f"{metric}_in_sample"] == \
+                pytest.approx(events.Scalars(f"eval/{score}_{metric}_in_sample")[-1].value)
+            assert metric not in results[score] and f"eval/{score}_{metric}" not in tags["scalars"]
+        assert results[score]["p_min"] == pytest.approx(events.Scalars(f"eval/{score}_p_min")[-1].value)
         assert events.Scalars(f"eval/{score}_auc")[-1].value == pytest.approx(results[score]["auc"])
         assert [event.step for event in events.Scalars(f"ensemble_size/{score}_auc")] == [2]
         assert events.Scalars(f"ensemble_size/{score}_pixel_auroc")[-1].value == \
             pytest.approx(results["ensemble_size"]["2"][score]["pixel_auroc"])
     header = next(line for line in printed.splitlines() if line.startswith("score ")).split()
-    assert "fpr05_in_sample" in header and "fpr05" not in header
+    assert {"fpr05_in_sample", "fdp10_in_sample", "power10_in_sample", "p_min"} <= set(header)
+    assert not {"fpr05", "tpr05", "fdp10", "power10"} & set(header)
     shown = {"input", "reconstruction", "mask", "rec_map", "unc_map", "dsu_map"}
     assert {f"test_images/{name}" for name in shown} <= set(tags["images"])
     hparams = events.PluginTagToContent("hparams")
