@@ -59,7 +59,7 @@ def decision_metrics(labels, p, count, in_sample) -> dict:
     """What flagging by one score's p-values `p` does on the test set: the shares of normal (fpr05) and abnormal
     (tpr05) images at p <= LEVEL; Benjamini-Hochberg at FDR over the whole test set, the share of its flagged images
     that are normal (fdp10, 0 when it flags none) and of abnormal images it flags (power10); and p_min, 1 / (count +
-    1), the smallest p-value `count` calibration images allow. An in-sample reference's figures are too good: their
+    1), the smallest p-value `count` calibration images allow. An in-sample reference's shares are too high: their
     names end in _in_sample."""
     suffix = "_in_sample" if in_sample else ""
     found = discoveries(p, FDR)

@@ -104,8 +104,8 @@ def make(learners, images_u8, files, in_sample, seed, batch_size, device) -> dic
     each image scored once."""
     began = time.perf_counter()
     fit_half, calibration_half = halves(len(files), seed)
-    # a pass per half as before, not one over all: other images in a batch could move the maps' last bits, and with
-    # them the statistics and the referred scores of every image
+    # a pass per half, not one over all: other images in a batch could move the maps' last bits, and with them the
+    # statistics and the referred scores of every image
     statistics, calibration = fit(score_dataset(learners, images_u8[fit_half], batch_size, device).maps,
                                   score_dataset(learners, images_u8[calibration_half], batch_size, device).maps)
     return {"format": FORMAT, "learners": learners_fingerprint(learners), "definition": DEFINITION,
@@ -168,7 +168,7 @@ def calibration_counts(reference) -> dict:
 
 def p_values(scores: dict, reference: dict) -> dict:
     """Per image score the reference calibrates, the share (1 + count) / (n + 1) of calibration images scoring at
-    least as high; NaN for a score that is not finite (no image was assessed). A UserError when the reference's own
+    least as high; NaN where a score is not finite (that image is not assessed). A UserError when the reference's own
     calibration scores are not all finite: they would count as higher than every score."""
     values = {}
     for name in (name for name in scores if name in reference["calibration"]):
