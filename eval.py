@@ -27,7 +27,8 @@ from utils.grid.summary import write_summary
 from utils.method.dsu import SCORES, score_dataset
 from utils.method.feature_shape import spectrum
 from utils.method.rar import pairwise_cka
-from utils.method.reference import IMAGE_SCORES, ensure as ensure_reference, p_values, referred_scores
+from utils.method.reference import IMAGE_SCORES, calibration_counts, discoveries, ensure as ensure_reference, \
+    p_values, referred_scores
 from utils.report.figures import anomaly_grid, ensemble_size_curve, roc_pr_curves, score_histograms, \
     similarity_heatmap
 from utils.report.metrics import chi_square_distance, image_metrics, pixel_metrics_of_maps
@@ -37,6 +38,7 @@ from utils.run.runtime import RunLog, existing_run_dir, setup
 SHOWN_PER_CLASS = 4  # TensorBoard shows the first 4 normal and first 4 abnormal test images: the same in every run
 CURVE_METRICS = ("auc", "ap", "pixel_auroc", "pixel_ap", "pixel_best_dice")  # the curve's, per score and k
 LEVEL = 0.05  # fpr05 / tpr05: the shares of normal / abnormal test images whose p-value is at most this
+FDR = 0.1  # fdp10 / power10: Benjamini-Hochberg at this false-discovery rate over the test set
 
 
 def parse_args(argv=None):
@@ -53,18 +55,32 @@ def parse_args(argv=None):
     return args
 
 
-def metrics_table(labels, scores, maps, masks, p=None) -> dict:
+def decision_metrics(labels, p, count, in_sample) -> dict:
+    """What flagging by one score's p-values `p` does on the test set: the shares of normal (fpr05) and abnormal
+    (tpr05) images at p <= LEVEL; Benjamini-Hochberg at FDR over the whole test set, the share of its flagged images
+    that are normal (fdp10, 0 when it flags none) and of abnormal images it flags (power10); and p_min, 1 / (count +
+    1), the smallest p-value `count` calibration images allow. An in-sample reference's shares are too high: their
+    names end in _in_sample."""
+    suffix = "_in_sample" if in_sample else ""
+    found = discoveries(p, FDR)
+    return {f"fpr05{suffix}": float(np.mean(p[labels == 0] <= LEVEL)),
+            f"tpr05{suffix}": float(np.mean(p[labels == 1] <= LEVEL)),
+            f"fdp10{suffix}": float(found[labels == 0].sum() / max(found.sum(), 1)),
+            f"power10{suffix}": float(np.mean(found[labels == 1])), "p_min": 1 / (count + 1)}
+
+
+def metrics_table(labels, scores, maps, masks, reference=None) -> dict:
     """Per image score: image AUC and AP, the chi-square distance between the normal and abnormal score histograms,
-    given p-values the shares of normal (fpr05) and abnormal (tpr05) images flagged at level LEVEL, and, given masks,
-    each published score's map's pixel AUROC, AP and best Dice (normal images have no mask file and count as all-zero
-    masks)."""
+    given a normal reference decision_metrics, and, given masks, each published score's map's pixel AUROC, AP and
+    best Dice (normal images have no mask file and count as all-zero masks)."""
     results = {}
+    p = None if reference is None else p_values(scores, reference)
     for name in scores:
         results[name] = image_metrics(labels, scores[name])
         results[name]["chi2"] = chi_square_distance(scores[name][labels == 0], scores[name][labels == 1])
         if p is not None:
-            results[name]["fpr05"] = float(np.mean(p[name][labels == 0] <= LEVEL))
-            results[name]["tpr05"] = float(np.mean(p[name][labels == 1] <= LEVEL))
+            results[name].update(decision_metrics(labels, p[name], calibration_counts(reference)[name],
+                                                   reference["in_sample"]))
     if masks is not None:
         pixel = pixel_metrics_of_maps(masks.numpy(), {name: maps[name].numpy() for name in SCORES})
         for name in SCORES:
@@ -217,12 +233,12 @@ def _evaluate(cfg, run_dir, device, echo):
         reference = ensure_reference(run_dir, cfg, learners, device, log, lambda: reference_images(split, cfg))
         scores = referred_scores(maps, reference["statistics"])
         scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
-        results = metrics_table(labels, scores, maps, masks, p_values(scores, reference))
+        results = metrics_table(labels, scores, maps, masks, reference)
         results["ensemble_size"] = size_curve(labels, scored, masks, results, len(learners))
         results["timing"] = {"score_s": score_s, "images": len(labels), "device": str(device)}
         results["run"] = {**config.run_settings(cfg), "split": describe(split.lists).label, "out_dir": str(run_dir)}
         results["reference"] = {"in_sample": reference["in_sample"], "fit": len(reference["fit_files"]),
-                                "calibration": len(reference["calibration_files"]),
+                                "calibration": calibration_counts(reference),
                                 "definition": reference["definition"], "made_s": reference["seconds"]}
         if states[0].get("imported"):  # scripts/import_published.py: trained by the published code
             results["run"]["imported"] = True

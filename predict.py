@@ -1,7 +1,7 @@
 """Score new images with a trained D2UE ensemble: no labels, the run's own preprocessing.
 
-    python predict.py --run runs/demo_AE IMAGES... [--out DIR] [--device auto] [--score rec] [--fpr 0.05]
-                      [--overlays top|all|none]
+    python predict.py --run runs/demo_AE IMAGES... [--out DIR] [--device auto] [--score rec]
+                      [--fpr 0.05 | --fdr 0.1] [--overlays top|all|none]
 
 IMAGES are files or folders (searched recursively; hidden files are skipped): PNG, JPEG, BMP, TIFF, and DICOM
 (.dcm, .dicom). A DICOM goes through the preparation rule of datasets.dicom (dicom_to_array), then,
@@ -9,18 +9,22 @@ like every other image, the loader's grayscale / bilinear resize to the run's im
 Writes <out>/predictions.csv (file, every image score of utils/method/reference.py, and, when the run's normal
 reference is held out of training, each score's p-value: the share of reference images scoring at least as high) and
 prints the images highest on --score (default rec, the score the project advises reading). --fpr A flags the images
-whose p-value of --score is at most A: on normal images, a share of at most A is flagged (in expectation).
+whose p-value of --score is at most A: on normal images, a share of at most A is flagged (in expectation). --fdr Q
+flags by Benjamini-Hochberg over the images' p-values: of the images flagged, a share of at most Q is normal (in
+expectation). Either adds a `flagged` column; an image whose score is NaN or infinite has no p-value and is never
+flagged.
 
 Overlays, <out>/overlays/<name>_<map>.png, paint the pixel map of --score over the image: for a referred or pooled
 score (rec_z_top1, dsu_z_top1) the raw map of the published score it comes from (rec or dsu). All share one colour
 scale, 0 (grey) to the 99th percentile of that map over every image scored (the top colour), printed at the end, so
 overlays compare by colour. --overlays chooses the images:
-    top   (default) the images --fpr flags; without --fpr the 10 highest on --score, the rows of the printed table
+    top   (default) the images --fpr or --fdr flags; without them the 10 highest on --score, the printed table's rows
     all   every image
     none  no overlays
 Default out: <run>/predict. The run needs its reference (reference.pt; train.py and eval.py make it).
 """
 import argparse
+import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,13 +40,14 @@ from models import to_model_input
 from utils.atomic import atomic_write_csv
 from utils.errors import UserError, cli
 from utils.method.dsu import SCORES, score_dataset
-from utils.method.reference import IMAGE_SCORES, load as load_reference, p_values, referred_scores
+from utils.method.reference import IMAGE_SCORES, calibration_counts, discoveries, load as load_reference, p_values, \
+    referred_scores
 from utils.report.overlay import overlay_array, write_overlay
 from utils.run.checkpoint import load_run
 from utils.run.runtime import pick_device
 
 SHOWN = 10  # rows of the printed table
-TOP_OVERLAYS = SHOWN  # --overlays top without --fpr: every row of the printed table has its overlay
+TOP_OVERLAYS = SHOWN  # --overlays top without a flag: every row of the printed table has its overlay
 OVERLAY_PERCENTILE = 99  # the shared colour scale of the overlays tops out at this percentile of the map's pixels
 OVERLAY_CHOICES = ("top", "all", "none")
 
@@ -53,25 +58,46 @@ def parse_args(argv=None):
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--out", help="output folder (default: <run>/predict)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--fpr", type=float, help="flag the images whose p-value is at most this false-alarm rate")
+    flag = parser.add_mutually_exclusive_group()
+    flag.add_argument("--fpr", type=float, help="flag the images whose p-value is at most this false-alarm rate")
+    flag.add_argument("--fdr", type=float, metavar="Q",
+                      help="flag by Benjamini-Hochberg over these images' p-values at this false-discovery rate")
     parser.add_argument("--score", default="rec", choices=IMAGE_SCORES,
-                        help="the score --fpr, the table and the overlays use (default rec)")
+                        help="the score --fpr or --fdr, the table and the overlays use (default rec)")
     parser.add_argument("--overlays", default="top", choices=OVERLAY_CHOICES,
-                        help="top: the flagged images, or without --fpr the 10 highest; all; none (default top)")
+                        help="top: the flagged images, or without --fpr or --fdr the 10 highest; all; none "
+                             "(default top)")
     return parser.parse_args(argv)
 
 
-def check_level(level, reference):
-    """--fpr needs a held-out reference with enough calibration images: no p-value is below 1 / (n + 1)."""
+def check_level(flag, level, reference, score):
+    """--fpr and --fdr need a held-out reference and a level in (0, 1); --fpr one of at least 1 / (n + 1) for the n
+    calibration images of `score`: no p-value is below it. (For --fdr that bound depends on the batch.)"""
     if reference["in_sample"]:
         raise UserError("this run's normal reference is its training images (Data.holdout=0), so its p-values would "
-                        "be in-sample and too small; --fpr needs a run trained with Data.holdout, e.g. 0.1")
-    count = len(reference["calibration_files"])
+                        f"be in-sample and too small; {flag} needs a run trained with Data.holdout, e.g. 0.1")
     if not 0 < level < 1:
-        raise UserError(f"--fpr must be between 0 and 1, got {level}")
-    if level < 1 / (count + 1):
-        raise UserError(f"--fpr {level} is below 1 / (n + 1) = {1 / (count + 1):.4g} for this reference's "
-                        f"{count} calibration images, so no image could be flagged; raise --fpr or Data.holdout")
+        raise UserError(f"{flag} must be between 0 and 1, got {level}")
+    count = calibration_counts(reference)[score]
+    if flag == "--fpr" and level < 1 / (count + 1):
+        raise UserError(f"--fpr {level} is below 1 / (n + 1) = {1 / (count + 1):.4g} for the {count} calibration "
+                        f"images of {score}, so no image could be flagged; raise --fpr or Data.holdout")
+
+
+def output_folder(out, run) -> Path:
+    """--out (default <run>/predict) as a folder; a path that is there and is not a folder is a UserError."""
+    folder = Path(out) if out else Path(run) / "predict"
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file, not a folder; name a folder (made when missing) for "
+                        "predictions.csv and the overlays")
+    return folder
+
+
+def make_folder(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a parent that is a file, no permission
+        raise UserError(f"cannot make the output folder {folder} ({err.strerror}); name another with --out") from None
 
 
 def find_images(arguments) -> list[Path]:
@@ -176,11 +202,22 @@ def write_overlays(folder, paths, images, maps, rows, map_name) -> str:
 
 
 def write_predictions(path, paths, scores, p=None, flagged=None):
-    """One row per image: every score, then each score's p-value (p_<score>) and the --fpr flag, when given."""
-    columns = {**scores, **{f"p_{name}": values for name, values in (p or {}).items()}}
-    atomic_write_csv(path, ["file", *columns, *(["flagged"] if flagged is not None else [])],
-                     ([str(file), *(float(values[row]) for values in columns.values()),
+    """One row per image: every score, then each score's p-value (p_<score>; empty for a non-finite score) and the
+    flag, when given."""
+    p_columns = {f"p_{name}": values for name, values in (p or {}).items()}
+    atomic_write_csv(path, ["file", *scores, *p_columns, *(["flagged"] if flagged is not None else [])],
+                     ([str(file), *(float(values[row]) for values in scores.values()),
+                       *("" if np.isnan(values[row]) else float(values[row]) for values in p_columns.values()),
                        *([int(flagged[row])] if flagged is not None else [])] for row, file in enumerate(paths)))
+
+
+def non_finite_line(paths, scores, by, shown=5) -> str | None:
+    """The images whose score `by` is NaN or infinite, in words, or None when there are none."""
+    rows = np.flatnonzero(~np.isfinite(scores[by]))
+    if not len(rows):
+        return None
+    named = ", ".join(str(paths[row]) for row in rows[:shown]) + (" ..." if len(rows) > shown else "")
+    return f"{len(rows)} image(s) with a non-finite {by} score (NaN or infinite): no p-value, never flagged: {named}"
 
 
 def format_top(paths, scores, by, p=None, shown=SHOWN) -> str:
@@ -193,6 +230,27 @@ def format_top(paths, scores, by, p=None, shown=SHOWN) -> str:
         lines.append(f"{str(paths[i]):<{width}}  " + "  ".join(f"{scores[name][i]:>10.4g}" for name in names)
                      + (f"  {p[by][i]:>7.4f}" if p else ""))
     return "\n".join(lines)
+
+
+def fdr_lines(p, flagged, level, score, count) -> list[str]:
+    """What Benjamini-Hochberg at `level` did over a batch's p-values `p` of `score` (`count` calibration images;
+    `flagged`: discoveries'), what it promises, and, when it flagged nothing, the calibration images that would let
+    it flag one image."""
+    assessed = int(np.isfinite(p).sum())
+    if not assessed:
+        return [f"flagged none: no image has a finite {score} score"]
+    batch = f"{assessed} image(s)" + (f" with a p-value (of {len(p)})" if assessed < len(p) else "")
+    if flagged.any():
+        return [f"flagged {int(flagged.sum())} of {batch} by Benjamini-Hochberg at a false-discovery rate of {level} "
+                f"on {score}: those with p <= {p[flagged].max():.4g}",
+                f"in expectation, at most a share {level} of the flagged images are normal, given that the "
+                f"reference's {count} normal images are exchangeable with the new normal ones"]
+    # BH flags k images only if some p_(k) <= k level / m, and no p-value is below 1 / (n + 1)
+    needed = math.ceil(round(assessed / level - 1, 9))
+    return [f"flagged none of {batch} by Benjamini-Hochberg at a false-discovery rate of {level} on {score}",
+            f"to flag even a single image of a batch of {assessed} at {level}, it needs at least {needed} calibration "
+            f"images (n >= m / Q - 1); {score} has {count}"
+            + (" (raise Data.holdout)" if count < needed else ": enough, but no image scored high enough")]
 
 
 def overlay_line(args, rows, flagged, map_name, folder, scale) -> str:
@@ -222,18 +280,23 @@ def main(argv=None):
     device = pick_device(args.device)
     cfg, learners = load_run(args.run, device)
     reference = load_reference(args.run, learners)
-    if args.fpr is not None:
-        check_level(args.fpr, reference)
+    for flag, level in (("--fpr", args.fpr), ("--fdr", args.fdr)):
+        if level is not None:
+            check_level(flag, level, reference, args.score)
+    out = output_folder(args.out, args.run)
     paths = find_images(args.images)
     images = load_files(paths, cfg.Data.img_size)
+    make_folder(out)  # before the scoring pass: a folder that cannot be made costs no wait
     maps = score_dataset(learners, images, cfg.Exp.score_batch, device).maps
     scores = referred_scores(maps, reference["statistics"])
     scores = {name: value.numpy().astype(np.float64) for name, value in scores.items()}
     p = None if reference["in_sample"] else p_values(scores, reference)
-    flagged = None if args.fpr is None else p[args.score] <= args.fpr
+    flagged = None
+    if args.fpr is not None:
+        flagged = p[args.score] <= args.fpr
+    elif args.fdr is not None:
+        flagged = discoveries(p[args.score], args.fdr)
 
-    out = Path(args.out) if args.out else Path(args.run) / "predict"
-    out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions.csv", paths, scores, p, flagged)
     rows = overlay_rows(args.overlays, scores, args.score, flagged)
     map_name = map_of(args.score)
@@ -242,12 +305,17 @@ def main(argv=None):
     print(f"scored {len(paths)} image(s) with {len(learners)} learners ({cfg.Model.network}, {cfg.Data.img_size} px);"
           f" highest {args.score} first:")
     print(format_top(paths, scores, args.score, p))
+    if non_finite := non_finite_line(paths, scores, args.score):
+        print(non_finite)
     if p is None:
         print("no p-values: this run's normal reference is its training images (in-sample); train with "
-              "Data.holdout (e.g. 0.1) for p-values and --fpr")
-    if flagged is not None:
+              "Data.holdout (e.g. 0.1) for p-values, --fpr and --fdr")
+    count = calibration_counts(reference)[args.score]
+    if args.fpr is not None:
         print(f"flagged {int(flagged.sum())} of {len(paths)} image(s) at p <= {args.fpr} on {args.score} "
-              f"({len(reference['calibration_files'])} reference images calibrate it)")
+              f"({count} reference images calibrate it)")
+    elif args.fdr is not None:
+        print("\n".join(fdr_lines(p[args.score], flagged, args.fdr, args.score, count)))
     print(f"wrote {out / 'predictions.csv'}")
     print(overlay_line(args, rows, flagged, map_name, out / "overlays", scale))
 

@@ -29,11 +29,12 @@ def train_and_eval(cfg, *overrides):
     evaluate.main(["--config", str(cfg), *overrides])
 
 
-def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path):
+def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path, capsys):
     cfg_path = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
     train_and_eval(cfg_path)
     run = tmp_path / "run"
     results = json.loads((run / "results.json").read_text())
+    printed = capsys.readouterr().out
 
     # The pixel metrics are those of the maps the stored learners give, against the masks (zero for normal images).
     cfg = config.load(cfg_path)
@@ -61,10 +62,19 @@ def test_pixel_metrics_figures_and_tensorboard(tiny_root, tmp_path):
     for score in SCORES:
         for metric in ("auc", "ap", "chi2", *PIXEL_KEYS):
             assert f"eval/{score}_{metric}" in tags["scalars"]
+        # an in-sample reference (Data.holdout=0): its false-alarm figures are too high, and say so by their names
+        for metric in ("fpr05", "tpr05", "fdp10", "power10"):
+            assert results[score][f"{metric}_in_sample"] == \
+                pytest.approx(events.Scalars(f"eval/{score}_{metric}_in_sample")[-1].value)
+            assert metric not in results[score] and f"eval/{score}_{metric}" not in tags["scalars"]
+        assert results[score]["p_min"] == pytest.approx(events.Scalars(f"eval/{score}_p_min")[-1].value)
         assert events.Scalars(f"eval/{score}_auc")[-1].value == pytest.approx(results[score]["auc"])
         assert [event.step for event in events.Scalars(f"ensemble_size/{score}_auc")] == [2]
         assert events.Scalars(f"ensemble_size/{score}_pixel_auroc")[-1].value == \
             pytest.approx(results["ensemble_size"]["2"][score]["pixel_auroc"])
+    header = next(line for line in printed.splitlines() if line.startswith("score ")).split()
+    assert {"fpr05_in_sample", "fdp10_in_sample", "power10_in_sample", "p_min"} <= set(header)
+    assert not {"fpr05", "tpr05", "fdp10", "power10"} & set(header)
     shown = {"input", "reconstruction", "mask", "rec_map", "unc_map", "dsu_map"}
     assert {f"test_images/{name}" for name in shown} <= set(tags["images"])
     hparams = events.PluginTagToContent("hparams")

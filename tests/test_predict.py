@@ -205,3 +205,15 @@ def test_overview_counts_learners_from_0(num_learners, roles, loss, monkeypatch)
     readme_figures.overview_diagram("unused.png", num_learners)
     assert [text.split("\n")[0] for text in drawn if text.startswith(("learner ", "junior learner "))] == roles
     assert sum(loss in text for text in drawn) == 1 and not any("learner 3" in text for text in drawn)
+
+
+def test_out_naming_a_file_is_one_line(tiny_root, tiny_run, tmp_path):
+    (tmp_path / "taken.csv").write_text("mine\n")
+    result = run_main("predict.py", "--run", tiny_run, tiny_root / "tiny" / "images" / "test_normal_0000.png",
+                      "--out", tmp_path / "taken.csv")
+    assert result.returncode == 2 and "taken.csv" in result.stderr and "folder" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and (tmp_path / "taken.csv").read_text() == "mine\n"
+    result = run_main("predict.py", "--run", tiny_run, tiny_root / "tiny" / "images" / "test_normal_0000.png",
+                      "--out", tmp_path / "taken.csv" / "inside")
+    assert result.returncode == 2 and "cannot make the output folder" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -2,11 +2,12 @@
 
 The reference images are the normal training images held out by Data.holdout or, without a holdout, the training
 images themselves (in-sample: fitted images score lower than new normal ones, so its p-values are not offered).
-They are split in two seeded halves: the fit half gives the per-pixel statistics the referred scores use, the
-calibration half only its image scores, so that a new normal image and a calibration image are scored by the same
-function and the p-value (1 + #{calibration >= score}) / (n + 1) is exact (split conformal). Test images never
-enter. The reference (reference.pt in the run folder) records the learners' fingerprint and the scores' definition;
-eval.py makes it again when either changes, predict.py refuses a stale one.
+A score's p-value is (1 + #{calibration >= score}) / (n + 1), exact (conformal) when a new normal image and the
+n calibration images are scored by the same function. rec, unc and dsu depend on nothing fitted, so every reference
+image calibrates them. The referred scores depend on per-pixel statistics: the images are split in two seeded
+halves, the fit half gives the statistics, the calibration half alone calibrates them (split conformal). Test
+images never enter. The reference (reference.pt in the run folder) records the learners' fingerprint and the
+scores' definition; eval.py makes it again when either changes, predict.py refuses a stale one.
 
 Referred scores, beside the published rec, unc and dsu (dsu.py):
 <s>_z_top1: z = (map - center) / max(spread, floor) per pixel, center and spread the mean and standard deviation of
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 from torch.nn import functional as F
 
 from utils import seeding
@@ -34,11 +36,7 @@ SMOOTH = 3  # side of the box filter applied first, so that one noisy pixel does
 FILE = "reference.pt"
 FORMAT = "d2ue-reference-1"
 DEFINITION = (f"linear, floor q{FLOOR:g}; top {TOP_SHARE:g} of a {SMOOTH}x{SMOOTH} box; "
-              f"scores {' '.join(IMAGE_SCORES)}")
-# References made before the other forms and scores left (commit 81a2410): the same statistics and, for the scores
-# kept, the same calibration scores.
-EARLIER_DEFINITIONS = ("linear, floor q0.5; log eps 0.01 x mean; top 0.01 of a 3x3 box; scores rec unc dsu rec_top1 "
-                       "unc_top1 dsu_top1 rec_z unc_z dsu_z rec_z_top1 unc_z_top1 dsu_z_top1 fused",)
+              f"scores {' '.join(IMAGE_SCORES)}; {' '.join(SCORES)} calibrated on both halves")
 
 
 class NoReference(UserError):
@@ -91,16 +89,23 @@ def learners_fingerprint(learners) -> str:
 
 
 def fit(fit_maps: dict, calibration_maps: dict) -> tuple[dict, dict]:
-    """(statistics, calibration image scores in float64) from the published maps of the two halves."""
+    """(statistics, calibration image scores in float64) from the published maps of the two halves: the referred
+    scores' of the calibration half, the published scores' of the fit half then the calibration half."""
     statistics = reference_statistics(fit_maps)
     calibration = referred_scores(calibration_maps, statistics)
+    fitted = image_scores(fit_maps)
+    for name in SCORES:
+        calibration[name] = torch.cat([fitted[name], calibration[name]])
     return statistics, {name: values.double() for name, values in calibration.items()}
 
 
 def make(learners, images_u8, files, in_sample, seed, batch_size, device) -> dict:
-    """The reference of `learners` from the uint8 reference images (aligned with `files`)."""
+    """The reference of `learners` from the uint8 reference images (aligned with `files`): one scoring pass per half,
+    each image scored once."""
     began = time.perf_counter()
     fit_half, calibration_half = halves(len(files), seed)
+    # a pass per half, not one over all: other images in a batch could move the maps' last bits, and with them the
+    # statistics and the referred scores of every image
     statistics, calibration = fit(score_dataset(learners, images_u8[fit_half], batch_size, device).maps,
                                   score_dataset(learners, images_u8[calibration_half], batch_size, device).maps)
     return {"format": FORMAT, "learners": learners_fingerprint(learners), "definition": DEFINITION,
@@ -131,7 +136,7 @@ def load(run_dir, learners) -> dict:
         raise NoReference(f"{path} is not a D2UE normal reference; {make_it} again")
     if reference["learners"] != learners_fingerprint(learners):
         raise NoReference(f"{path} was made with other learners than those in {run_dir}; {make_it} again")
-    if reference["definition"] not in (DEFINITION, *EARLIER_DEFINITIONS):
+    if reference["definition"] != DEFINITION:
         raise NoReference(f"{path} was made for other score definitions ({reference['definition']}); "
                           f"{make_it} again")
     return reference
@@ -150,17 +155,44 @@ def ensure(run_dir, cfg, learners, device, log, source) -> dict:
     save(reference, run_dir)
     kind = ("the training images (in-sample)" if in_sample
             else f"held-out normal images (Data.holdout={cfg.Data.holdout})")
-    log.info(f"normal reference: {len(files)} {kind}, {len(reference['fit_files'])} to fit, "
-             f"{len(reference['calibration_files'])} to calibrate; made in {reference['seconds']:.1f} s")
+    log.info(f"normal reference: {len(files)} {kind}, all calibrating {', '.join(SCORES)}; "
+             f"{len(reference['fit_files'])} fit the referred scores, {len(reference['calibration_files'])} calibrate "
+             f"them; made in {reference['seconds']:.1f} s")
     return reference
+
+
+def calibration_counts(reference) -> dict:
+    """{score: n}, the calibration images of each score; its smallest p-value is 1 / (n + 1)."""
+    return {name: len(values) for name, values in reference["calibration"].items()}
 
 
 def p_values(scores: dict, reference: dict) -> dict:
     """Per image score the reference calibrates, the share (1 + count) / (n + 1) of calibration images scoring at
-    least as high."""
+    least as high; NaN where a score is not finite (that image is not assessed). A UserError when the reference's own
+    calibration scores are not all finite: they would count as higher than every score."""
     values = {}
     for name in (name for name in scores if name in reference["calibration"]):
-        ordered = np.sort(reference["calibration"][name].numpy())
-        at_least = len(ordered) - np.searchsorted(ordered, np.asarray(scores[name], dtype=np.float64), side="left")
-        values[name] = (1 + at_least) / (len(ordered) + 1)
+        calibration = reference["calibration"][name].numpy()
+        bad = int((~np.isfinite(calibration)).sum())
+        if bad:
+            raise UserError(f"{bad} of {len(calibration)} calibration scores of {name} in this run's normal reference "
+                            "are NaN or infinite; the learners diverged or a checkpoint is corrupt, so retrain or "
+                            "check the checkpoints")
+        ordered = np.sort(calibration)
+        scored = np.asarray(scores[name], dtype=np.float64)
+        at_least = len(ordered) - np.searchsorted(ordered, scored, side="left")
+        values[name] = np.where(np.isfinite(scored), (1 + at_least) / (len(ordered) + 1), np.nan)
     return values
+
+
+def discoveries(p, level) -> np.ndarray:
+    """Benjamini-Hochberg at false-discovery rate `level` over a batch's p-values (scipy): True for the images it
+    flags. Conformal p-values of one reference are positively dependent, under which BH controls the rate (Bates et
+    al., Ann. Statist. 2023). A NaN p-value (a non-finite score) is not in the batch and never flagged."""
+    p = np.asarray(p, dtype=np.float64)
+    flagged = np.zeros(p.shape, dtype=bool)
+    assessed = np.isfinite(p)
+    if assessed.any():
+        # a relative 1e-9: at the exact boundary p = k level / m (n = m / level - 1) rounding must not decide
+        flagged[assessed] = stats.false_discovery_control(p[assessed], method="bh") <= level * (1 + 1e-9)
+    return flagged
