@@ -18,17 +18,17 @@ K1, K2 = 0.01, 0.03  # SSIM's stabilising constants, as in Wang et al.
 
 
 def gaussian_window(size=WINDOW, sigma=SIGMA) -> torch.Tensor:
-    """The normalised 2-D Gaussian window (1 x 1 x size x size)."""
+    """The normalised 1-D Gaussian window (size,); the 2-D window is its outer product, applied as two passes."""
     offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     line = torch.exp(-offsets.pow(2) / (2 * sigma ** 2))
-    line = line / line.sum()
-    return torch.outer(line, line)[None, None]
+    return line / line.sum()
 
 
-def local_mean(values, window) -> torch.Tensor:
-    """The window-weighted mean around every pixel; the border is replicated."""
-    pad = window.shape[-1] // 2
-    return F.conv2d(F.pad(values, (pad, pad, pad, pad), mode="replicate"), window)
+def local_mean(values, line) -> torch.Tensor:
+    """The window-weighted mean around every pixel (rows, then columns); the border is replicated."""
+    pad = line.numel() // 2
+    padded = F.pad(values, (pad, pad, pad, pad), mode="replicate")
+    return F.conv2d(F.conv2d(padded, line.view(1, 1, 1, -1)), line.view(1, 1, -1, 1))
 
 
 def ssim_map(x, y, data_range=DATA_RANGE) -> torch.Tensor:
