@@ -40,10 +40,8 @@ def parse_args(argv=None):
 def prepare_run(cfg, run_dir):
     """Refuse a run folder that holds another experiment, store the resolved config, and remove the temporary
     files a killed writer left (only the holder of the folder's lock writes in it)."""
-    stored = run_dir / "config.yaml"
-    if stored.exists():
-        checkpoint.check_same_experiment(config.load(stored).to_dict(), cfg.to_dict(), f"run folder {run_dir}")
-    config.save(cfg, stored)
+    checkpoint.check_run_folder(run_dir, cfg)
+    config.save(cfg, run_dir / "config.yaml")
     remove_leftovers(run_dir)
 
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import yaml
 
 import eval as evaluate
 import train
@@ -165,6 +166,21 @@ def test_finished_run_is_skipped_and_other_config_refused(tiny_root, tmp_path, c
     message = user_error(evaluate.main, ["--config", str(cfg), "Model.network=MemAE"], capsys)
     assert "Model.network='AE' but this config has 'MemAE'" in message
     assert_same_weights(before, weights(tmp_path / "run", 1))
+
+
+def test_eval_refuses_a_run_folder_of_a_removed_option(tiny_root, tmp_path, capsys):
+    """A run folder trained at commit 81a2410 with another similarity than linear CKA: eval.py given today's config
+    (as the runner scripts call it) refuses it, as train.py does, rather than scoring it as a linear-CKA run."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
+    train.main(["--config", str(cfg)])
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    stored["Model"]["repulsion"] = "rbf_cka"
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(stored))
+    for command in (evaluate.main, train.main):
+        message = user_error(command, ["--config", str(cfg)], capsys)
+        assert "Model.repulsion=rbf_cka is an option this project no longer has" in message
+        assert "git checkout 81a2410" in message
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_eval_refuses_unfinished_and_missing_learners(tiny_root, tmp_path, capsys):
