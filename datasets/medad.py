@@ -11,6 +11,7 @@ makes (python -m datasets.prepare.demo).
 """
 import json
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,19 @@ def overlaps(lists) -> list[str]:
     return problems
 
 
+def listed_twice(lists) -> list[str]:
+    """Files listed twice in one list: Data.holdout splits train by position, so a file twice there could be
+    trained on and be the normal reference at once."""
+    problems = []
+    for (section, key), files in lists.items():
+        counts = Counter(files)
+        twice = [name for name in dict.fromkeys(files) if counts[name] > 1]
+        if twice:
+            more = f" (and {len(twice) - 1} more, e.g. {', '.join(twice[1:SHOWN])})" if len(twice) > 1 else ""
+            problems.append(f"{twice[0]} is listed twice in {section}.\"{key}\"{more}; list each file once")
+    return problems
+
+
 def missing_files(directory, files) -> list[str]:
     images = Path(directory) / "images"
     return [name for name in dict.fromkeys(files) if not (images / name).is_file()]
@@ -150,7 +164,7 @@ def read_split(directory) -> Split:
     """Read and validate <directory>/data.json; any problem is a UserError naming it."""
     directory = Path(directory)
     lists, problems = parse_lists(read_data_json(directory), directory / "data.json")
-    problems += overlaps(lists)
+    problems += listed_twice(lists) + overlaps(lists)
     if problems:
         more = f" (and {len(problems) - 1} more problems; run python -m datasets.check {directory})"
         raise UserError(problems[0] + (more if len(problems) > 1 else ""))
@@ -219,8 +233,10 @@ def resize_gray(gray, img_size, resample=Image.Resampling.BILINEAR) -> np.ndarra
 
 
 def decode_threads() -> int:
-    """How many threads decode images (PIL releases the GIL while decoding)."""
-    return min(16, os.cpu_count() or 1)
+    """How many threads decode images (PIL releases the GIL while decoding): at most one per CPU this process may
+    run on (Slurm's --cpus-per-task, taskset), which os.cpu_count() does not see."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(16, cpus or 1)
 
 
 def _load(paths, img_size, resample, workers, what):
