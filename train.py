@@ -236,6 +236,10 @@ def train(cfg, device, echo=True, learners=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg, device = setup(args.config, args.overrides)
+    if cfg.Exp.share_learners:  # the grid runner shares learners between its cells; one run has none to share with
+        raise UserError(f"Exp.share_learners={cfg.Exp.share_learners} shares learners between the cells of a grid, "
+                        "which train.py alone would ignore: run the grid with python sweep.py --grid GRID_FILE "
+                        "(docs/grids.md), or leave the setting out")
     train(cfg, device)
     print(f"done; evaluate with: python eval.py --config {args.config} {' '.join(args.overrides)}".rstrip())
 

@@ -15,7 +15,7 @@ import eval as evaluate
 import models
 import sweep
 import train
-from tests.conftest import write_config
+from tests.conftest import run_main, write_config
 from tests.test_pipeline import assert_same_weights, weights
 from utils import seeding
 from utils.grid import sharing
@@ -149,6 +149,15 @@ def test_a_data_set_with_the_same_training_images_takes_every_learner_and_is_sco
     run(changed, tmp_path, "changed", shared, dataset="changed")
     assert taken(tmp_path, "changed") == []  # one training pixel differs: every learner trained again
     assert trained_once(shared, 0) == 2 and trained_once(shared, 1) == 2
+
+
+def test_train_py_alone_refuses_share_learners_and_names_sweep_py(tiny_root, tmp_path):
+    """train.py run directly would store Exp.share_learners and ignore it: it trains every learner itself."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run")
+    result = run_main("train.py", "--config", cfg, f"Exp.share_learners={tmp_path / 'shared'}")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "Exp.share_learners" in result.stderr and "sweep.py --grid" in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "shared").exists()
 
 
 def test_the_key_holds_what_a_learner_sees_and_nothing_else(tiny_root, tmp_path):
