@@ -141,7 +141,7 @@ def train_learner(index, seniors, images, cfg, device, capture, run_dir, log, on
                          "model": learner.state_dict(), "optimizer": optimizer.state_dict(),
                          "rng": torch.get_rng_state(), "report": None, **finish}, path)
 
-    step = training_step(learner, optimizer, seniors, images, cfg)
+    step = make_step(learner, optimizer, seniors, images, cfg)
     learner.train()
     step_warning = None
     if capture and start < solver.num_epoch:
@@ -178,7 +178,7 @@ def train_learner(index, seniors, images, cfg, device, capture, run_dir, log, on
     return learner
 
 
-def training_step(learner, optimizer, seniors, images, cfg):
+def make_step(learner, optimizer, seniors, images, cfg):
     """step(batch): train_step on images[batch], against the seniors' features of those images."""
     # The seniors are frozen and in eval mode, and there is no augmentation: their features of an image never change.
     senior_features = [features_of(senior, images) for senior in seniors] if cfg.Exp.cache_seniors else None

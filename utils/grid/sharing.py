@@ -86,16 +86,16 @@ def take(cfg, index, training, device, run_dir, log, wait=True) -> Share:
     shared = Share(cfg, index, folder / f"learner_{index}.pt", lock)
     own = checkpoint.learner_path(run_dir, index)
     state = finished_at(own, cfg)
-    if state is not None and state["report"] is not None:
-        return shared  # trained or placed here before
     if state is None:
         state = finished_at(shared.copy, cfg)
         if state is None or not (batchnorm.finished_as(state["report"], cfg) or "trained_buffers" in state):
             return shared  # none yet, or a copy left before the trained statistics were kept: train it here
         log.info(f"learner {index}: taken from {shared.copy}, trained in {state['trained_in']} with the same inputs")
-        if not batchnorm.finished_as(state["report"], cfg):
+        if not batchnorm.finished_as(state["report"], cfg):  # back to the statistics its training left
             state = {**state, "model": {**state["model"], **state["trained_buffers"]}, "report": None}
-    # else a copy placed unfinished by an earlier version of this file, for train.py to finish: finished here
+    elif state["report"] is not None:
+        return shared  # trained or placed here before
+    # report None: a copy finished the other way, or one an earlier version placed so, for train.py to finish
     if state["report"] is None:
         log.info(f"learner {index}: trained in {state['trained_in']}, finished again for Solver.precise_bn="
                  f"{cfg.Solver.precise_bn}")
@@ -125,6 +125,8 @@ def leave(shared: Share, run_dir, trained_buffers=None) -> None:
     if shared.taken or finished_at(shared.copy, shared.cfg):
         return
     state = checkpoint.load(checkpoint.learner_path(run_dir, shared.index))
-    trained_buffers = trained_buffers or state.get("trained_buffers")  # checkpoints of earlier versions kept them
-    checkpoint.save({**state, "trained_in": str(run_dir),
-                     **({"trained_buffers": trained_buffers} if trained_buffers else {})}, shared.copy)
+    if trained_buffers is None:  # trained by an earlier launch: its checkpoint kept them before this version
+        trained_buffers = state.get("trained_buffers")
+    if trained_buffers is not None:
+        state = {**state, "trained_buffers": trained_buffers}
+    checkpoint.save({**state, "trained_in": str(run_dir)}, shared.copy)
