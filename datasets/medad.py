@@ -23,8 +23,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils import seeding
-from utils.fingerprint import fingerprint
 from utils.errors import UserError, unknown
+from utils.fingerprint import fingerprint
 
 FOLDERS = {"rsna": "RSNA", "vin": "VinCXR", "brain": "BrainTumor", "lag": "LAG"}  # config name -> folder
 
