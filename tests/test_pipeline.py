@@ -154,7 +154,7 @@ def test_cached_features_equal_fresh_ones(tiny_root, tmp_path):
     assert torch.allclose(cached[order], fresh, atol=1e-5)
 
 
-def test_finished_run_is_skipped_and_other_config_refused(tiny_root, tmp_path, capsys):
+def test_finished_run_is_skipped_and_other_config_or_removed_option_refused(tiny_root, tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
     train.main(["--config", str(cfg)])
     before = weights(tmp_path / "run", 1)
@@ -167,12 +167,8 @@ def test_finished_run_is_skipped_and_other_config_refused(tiny_root, tmp_path, c
     assert "Model.network='AE' but this config has 'MemAE'" in message
     assert_same_weights(before, weights(tmp_path / "run", 1))
 
-
-def test_eval_refuses_a_run_folder_of_a_removed_option(tiny_root, tmp_path, capsys):
-    """A run folder trained at commit 81a2410 with another similarity than linear CKA: eval.py given today's config
-    (as the runner scripts call it) refuses it, as train.py does, rather than scoring it as a linear-CKA run."""
-    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
-    train.main(["--config", str(cfg)])
+    # As if trained at commit 81a2410 with another similarity than linear CKA: eval.py given today's config (as the
+    # runner scripts call it) refuses the folder, as train.py does, rather than scoring it as a linear-CKA run.
     stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     stored["Model"]["repulsion"] = "rbf_cka"
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(stored))
