@@ -210,6 +210,7 @@ def evaluate(cfg, device, echo=True) -> dict:
     TensorBoard records into its run folder and returns the results. echo=False: log to the run folder only."""
     run_dir = existing_run_dir(cfg.run_dir)
     with runlock.hold(run_dir), stop.immediate(f"evaluation of {run_dir} left unfinished"):
+        checkpoint.check_run_folder(run_dir, cfg)  # e.g. trained with an option removed since, as train.py refuses
         return _evaluate(cfg, run_dir, device, echo)
 
 

@@ -30,14 +30,14 @@ import torch.distributed as dist
 
 import eval as evaluate
 import train
-from datasets.medad import dataset_dir, hold_out, load_images, read_split
+from datasets.medad import training_set
 from utils.errors import Interrupted, UserError, cli
-from utils.fingerprint import fingerprint
 from utils.grid import grid as grids
 from utils.grid import sharing
 from utils.grid.summary import markdown_wide, summarize, widen, write_summary
+from utils.method import batchnorm
 from utils.run import runlock, stop
-from utils.run.runtime import pick_device, set_tf32
+from utils.run.runtime import RunLog, pick_device, set_tf32
 
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
 
@@ -124,29 +124,22 @@ def worker_device(cfg) -> torch.device:
 
 def train_sharing(cfg, device, wait=True) -> None:
     """Exp.share_learners: the run's learners one at a time, each placed from the shared folder when a run with the
-    same inputs left it there, else trained here and left there (utils/grid/sharing.py). wait=False: sharing.Busy
-    instead of waiting for a learner another run is training."""
-    images = training_images(cfg)
+    same inputs left it there, else trained here and left there with the BatchNorm statistics its training left
+    (utils/grid/sharing.py). wait=False: sharing.Busy instead of waiting for a learner another run is training."""
+    training, trained = training_set(cfg), {}
+
+    def keep(index, learner):  # as its last epoch left it, before train.py finishes it
+        trained[index] = batchnorm.buffers_of(learner)
+
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    for index in range(cfg.Model.num_learners):
-        with sharing.take(cfg, index, images, cfg.run_dir, print_to_run(cfg.run_dir), wait) as shared:
-            train.train(cfg, device, echo=False, learners=index + 1)
-            sharing.leave(shared, cfg.run_dir)
-
-
-def training_images(cfg) -> str:
-    """The fingerprint of a run's decoded training images (after Data.holdout), as train.py loads them."""
-    split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
-    files, _ = hold_out(split.train, cfg.Data.holdout, cfg.Solver.seed, cfg.Solver.bs)
-    return fingerprint([load_images(split.directory, files, cfg.Data.img_size, cfg.Exp.workers or None)])
-
-
-def print_to_run(run_dir):
-    """A log function writing lines into the run folder's train.log, as train.py's own lines go."""
-    def log(line):
-        with open(run_dir / "train.log", "a") as handle:
-            handle.write(f"[{time.strftime('%H:%M:%S')}] {line}\n")
-    return log
+    log = RunLog(cfg.run_dir, "train", echo=False)  # its lines go to train.log, among train.py's own
+    try:
+        for index in range(cfg.Model.num_learners):
+            with sharing.take(cfg, index, training, device, cfg.run_dir, log, wait) as shared:
+                train.train(cfg, device, echo=False, up_to=index + 1, training=training, on_trained=keep)
+                sharing.leave(shared, cfg.run_dir, trained.get(index))
+    finally:
+        log.close()
 
 
 def run_cell(cell, wait=True):
@@ -166,7 +159,8 @@ def run_cell(cell, wait=True):
         set_tf32(cell.cfg.Exp.tf32)
         if cell.cfg.Exp.share_learners:
             train_sharing(cell.cfg, device, wait)
-        train.train(cell.cfg, device, echo=False)
+        else:
+            train.train(cell.cfg, device, echo=False)
         results = evaluate.evaluate(cell.cfg, device, echo=False)
         return "done", time.monotonic() - began, results
     except Interrupted as err:  # not a failure: the next launch resumes the cell

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 import models
 from datasets.benchmark import describe
-from datasets.medad import dataset_dir, hold_out, load_images, read_split, reference_images
+from datasets.medad import training_set
 from models import to_model_input
 from utils import seeding
 from utils.atomic import remove_leftovers
@@ -40,10 +40,8 @@ def parse_args(argv=None):
 def prepare_run(cfg, run_dir):
     """Refuse a run folder that holds another experiment, store the resolved config, and remove the temporary
     files a killed writer left (only the holder of the folder's lock writes in it)."""
-    stored = run_dir / "config.yaml"
-    if stored.exists():
-        checkpoint.check_same_experiment(config.load(stored).to_dict(), cfg.to_dict(), f"run folder {run_dir}")
-    config.save(cfg, stored)
+    checkpoint.check_run_folder(run_dir, cfg)
+    config.save(cfg, run_dir / "config.yaml")
     remove_leftovers(run_dir)
 
 
@@ -125,15 +123,13 @@ def resume(index, cfg, device, path, capture, log):
     return learner, optimizer, args, state
 
 
-def train_learner(index, seniors, images, cfg, device, capture, run_dir, log):
+def train_learner(index, seniors, images, cfg, device, capture, run_dir, log, on_trained=None):
     """Train learner `index` (or resume or skip it), then finish it (batchnorm.finish_learner); returns it.
-
-    A checkpoint with every epoch but no report (a grid's shared learner finished the other way, utils/grid/
-    sharing.py) is finished here."""
+    on_trained(index, learner) sees it as its last epoch left it, before the finish."""
     path, solver = checkpoint.learner_path(run_dir, index), cfg.Solver
     learner, optimizer, args, state = resume(index, cfg, device, path, capture, log)
     start = state["epoch"] if state else 0
-    if state and checkpoint.finished(state, cfg) and state["report"] is not None:
+    if state and checkpoint.finished(state, cfg):
         log.info(f"learner {index}: finished earlier ({state['epoch']} epochs), skipping")
         return learner
     steps = len(images) // solver.bs
@@ -145,15 +141,7 @@ def train_learner(index, seniors, images, cfg, device, capture, run_dir, log):
                          "model": learner.state_dict(), "optimizer": optimizer.state_dict(),
                          "rng": torch.get_rng_state(), "report": None, **finish}, path)
 
-    # The seniors are frozen and in eval mode, and there is no augmentation: their features of an image never change.
-    senior_features = [features_of(senior, images) for senior in seniors] if cfg.Exp.cache_seniors else None
-
-    def step(batch):
-        x = images[batch]
-        on_x = ([features[batch] for features in senior_features] if senior_features is not None
-                else [features_of(senior, x) for senior in seniors])
-        return train_step(learner, optimizer, x, on_x, solver.Lambda)
-
+    step = make_step(learner, optimizer, seniors, images, cfg)
     learner.train()
     step_warning = None
     if capture and start < solver.num_epoch:
@@ -181,13 +169,26 @@ def train_learner(index, seniors, images, cfg, device, capture, run_dir, log):
             save(epoch)
             last_save = time.monotonic()
             stop.check(f"learner {index} saved after epoch {epoch} of {solver.num_epoch} in {path}")
-    # Finished before the final checkpoint, so that a learner found finished is complete. trained_buffers: the
-    # BatchNorm statistics as training left them, from which a grid finishes a shared copy the other way.
-    trained = batchnorm.buffers_of(learner)
+    if on_trained:
+        on_trained(index, learner)
+    # Finished before the final checkpoint, so that a learner found finished is complete.
     report = batchnorm.finish_learner(index, learner, images, probe, cfg, log)
-    save(solver.num_epoch, report=report, trained_buffers=trained,
+    save(solver.num_epoch, report=report,
          training_warnings=[step_warning] if step_warning else (state or {}).get("training_warnings", []))
     return learner
+
+
+def make_step(learner, optimizer, seniors, images, cfg):
+    """step(batch): train_step on images[batch], against the seniors' features of those images."""
+    # The seniors are frozen and in eval mode, and there is no augmentation: their features of an image never change.
+    senior_features = [features_of(senior, images) for senior in seniors] if cfg.Exp.cache_seniors else None
+
+    def step(batch):
+        x = images[batch]
+        on_x = ([features[batch] for features in senior_features] if senior_features is not None
+                else [features_of(senior, x) for senior in seniors])
+        return train_step(learner, optimizer, x, on_x, cfg.Solver.Lambda)
+    return step
 
 
 def captures(cfg, device) -> bool:
@@ -195,16 +196,16 @@ def captures(cfg, device) -> bool:
     return cfg.Exp.cuda_graph and device.type == "cuda"
 
 
-def train(cfg, device, echo=True, learners=None):
+def train(cfg, device, echo=True, up_to=None, training=None, on_trained=None):
     """Train (or resume, or skip) the learners of the run `cfg` describes; returns its run folder.
 
     echo=False writes the log to the run folder only (no stdout, no progress bar), as the grid runner wants.
-    learners: train only the first this many (default Model.num_learners) and make the normal reference only when
-    all are there (a grid that shares learners between runs trains them one at a time).
+    up_to: train learners 0 .. up_to - 1 only (default all Model.num_learners); the normal reference is made when
+    all are there. training: the run's datasets.medad.training_set, when the caller has it already.
+    on_trained(index, learner): called with each learner trained here as its last epoch left it, before its finish.
     """
-    split = read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset))
-    train_files, held_out = hold_out(split.train, cfg.Data.holdout, cfg.Solver.seed, cfg.Solver.bs)
-    count = cfg.Model.num_learners if learners is None else learners
+    training = training_set(cfg) if training is None else training
+    split, up_to = training.split, cfg.Model.num_learners if up_to is None else up_to
     capture = captures(cfg, device)
     run_dir = make_run_dir(cfg.run_dir)
     with runlock.hold(run_dir), stop.deferred():  # SIGTERM or SIGUSR1: stop at the end of the epoch (utils/run/stop.py)
@@ -218,17 +219,16 @@ def train(cfg, device, echo=True, learners=None):
             log.info(f"run folder {run_dir}; device {device}; {cfg.Model.num_learners} x {cfg.Model.network} on "
                      f"{cfg.Data.dataset} ({len(split.train)} normal training images)")
             log.info(f"split: {describe(split.lists)}")
-            if held_out:
-                log.info(f"holding out {len(held_out)} of {len(split.train)} normal training images as the normal "
-                         f"reference (Data.holdout={cfg.Data.holdout}); training on {len(train_files)}")
-            raw = load_images(split.directory, train_files, cfg.Data.img_size, cfg.Exp.workers or None)
-            images = to_model_input(raw.to(device))
+            if training.held_out:
+                log.info(f"holding out {len(training.held_out)} of {len(split.train)} normal training images as the "
+                         f"normal reference (Data.holdout={cfg.Data.holdout}); training on {len(training.files)}")
+            images = to_model_input(training.images.to(device))
             seniors = []
-            for index in range(count):
-                learner = train_learner(index, seniors, images, cfg, device, capture, run_dir, log)
+            for index in range(up_to):
+                learner = train_learner(index, seniors, images, cfg, device, capture, run_dir, log, on_trained)
                 seniors.append(learner.eval().requires_grad_(False))  # frozen
-            if count == cfg.Model.num_learners:
-                ensure_reference(run_dir, cfg, seniors, device, log, lambda: reference_images(split, cfg, raw))
+            if up_to == cfg.Model.num_learners:
+                ensure_reference(run_dir, cfg, seniors, device, log, training.reference)
         finally:
             log.close()
     return run_dir
@@ -238,6 +238,10 @@ def train(cfg, device, echo=True, learners=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg, device = setup(args.config, args.overrides)
+    if cfg.Exp.share_learners:  # the grid runner shares learners between its cells; one run has none to share with
+        raise UserError(f"Exp.share_learners={cfg.Exp.share_learners} shares learners between the cells of a grid, "
+                        "which train.py alone would ignore: run the grid with python sweep.py --grid GRID_FILE "
+                        "(docs/grids.md), or leave the setting out")
     train(cfg, device)
     print(f"done; evaluate with: python eval.py --config {args.config} {' '.join(args.overrides)}".rstrip())
 

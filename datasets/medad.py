@@ -11,8 +11,10 @@ makes (python -m datasets.prepare.demo).
 """
 import json
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from utils import seeding
 from utils.errors import UserError, unknown
+from utils.fingerprint import fingerprint
 
 FOLDERS = {"rsna": "RSNA", "vin": "VinCXR", "brain": "BrainTumor", "lag": "LAG"}  # config name -> folder
 
@@ -141,6 +144,19 @@ def overlaps(lists) -> list[str]:
     return problems
 
 
+def listed_twice(lists) -> list[str]:
+    """Files listed twice in one list: Data.holdout splits train by position, so a file twice there could be
+    trained on and be the normal reference at once."""
+    problems = []
+    for (section, key), files in lists.items():
+        counts = Counter(files)
+        twice = [name for name in dict.fromkeys(files) if counts[name] > 1]
+        if twice:
+            more = f" (and {len(twice) - 1} more, e.g. {', '.join(twice[1:SHOWN])})" if len(twice) > 1 else ""
+            problems.append(f"{twice[0]} is listed twice in {section}.\"{key}\"{more}; list each file once")
+    return problems
+
+
 def missing_files(directory, files) -> list[str]:
     images = Path(directory) / "images"
     return [name for name in dict.fromkeys(files) if not (images / name).is_file()]
@@ -150,7 +166,7 @@ def read_split(directory) -> Split:
     """Read and validate <directory>/data.json; any problem is a UserError naming it."""
     directory = Path(directory)
     lists, problems = parse_lists(read_data_json(directory), directory / "data.json")
-    problems += overlaps(lists)
+    problems += listed_twice(lists) + overlaps(lists)
     if problems:
         more = f" (and {len(problems) - 1} more problems; run python -m datasets.check {directory})"
         raise UserError(problems[0] + (more if len(problems) > 1 else ""))
@@ -180,20 +196,46 @@ def hold_out(files, share, seed, batch_size) -> tuple[list, list]:
             [name for i, name in enumerate(files) if i in held])
 
 
-def reference_files(train_files, cfg) -> tuple[list, bool]:
-    """(files, in_sample) of a run's normal reference: the normal training files Data.holdout holds out, else every
-    training file (in-sample)."""
-    train, held = hold_out(train_files, cfg.Data.holdout, cfg.Solver.seed, cfg.Solver.bs)
-    return (held, False) if held else (train, True)
+@dataclass(frozen=True)
+class TrainingSet:
+    """A run's normal training files as Data.holdout splits them, derived once (training_set): the files trained on,
+    decoded on first use, and the files held out as its normal reference."""
+    split: Split
+    files: list[str]     # trained on
+    held_out: list[str]  # the normal reference; empty: the reference is the training images themselves (in-sample)
+    img_size: int
+    workers: int | None
+
+    @classmethod
+    def of(cls, split, cfg) -> "TrainingSet":
+        files, held_out = hold_out(split.train, cfg.Data.holdout, cfg.Solver.seed, cfg.Solver.bs)
+        return cls(split, files, held_out, cfg.Data.img_size, cfg.Exp.workers or None)
+
+    @cached_property
+    def images(self) -> torch.Tensor:
+        """uint8 (N, 1, S, S) of `files`."""
+        return load_images(self.split.directory, self.files, self.img_size, self.workers)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The identity of `images` (a grid's shared learners are keyed by it, utils/grid/sharing.py)."""
+        return fingerprint([self.images])
+
+    def reference(self) -> tuple[list, bool, torch.Tensor]:
+        """(files, in_sample, uint8 images) of the run's normal reference (utils/method/reference.py)."""
+        if self.held_out:
+            return self.held_out, False, load_images(self.split.directory, self.held_out, self.img_size, self.workers)
+        return self.files, True, self.images
 
 
-def reference_images(split, cfg, train_images=None) -> tuple[list, bool, torch.Tensor]:
-    """(files, in_sample, uint8 images) of a run's normal reference; in-sample, `train_images` (the run's decoded
-    training images) when given."""
-    files, in_sample = reference_files(split.train, cfg)
-    if in_sample and train_images is not None:
-        return files, in_sample, train_images
-    return files, in_sample, load_images(split.directory, files, cfg.Data.img_size, cfg.Exp.workers or None)
+def training_set(cfg) -> TrainingSet:
+    """The training set of the run `cfg` describes: its data set's split read and checked, Data.holdout applied."""
+    return TrainingSet.of(read_split(dataset_dir(cfg.Data.root, cfg.Data.dataset)), cfg)
+
+
+def reference_images(split, cfg) -> tuple[list, bool, torch.Tensor]:
+    """(files, in_sample, uint8 images) of a run's normal reference, from its data set's split."""
+    return TrainingSet.of(split, cfg).reference()
 
 
 def open_gray(path) -> Image.Image:
@@ -219,8 +261,10 @@ def resize_gray(gray, img_size, resample=Image.Resampling.BILINEAR) -> np.ndarra
 
 
 def decode_threads() -> int:
-    """How many threads decode images (PIL releases the GIL while decoding)."""
-    return min(16, os.cpu_count() or 1)
+    """How many threads decode images (PIL releases the GIL while decoding): at most one per CPU this process may
+    run on (Slurm's --cpus-per-task, taskset), which os.cpu_count() does not see."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(16, cpus or 1)
 
 
 def _load(paths, img_size, resample, workers, what):

@@ -1,5 +1,6 @@
 """Med-AD reading and the demo data set: exact preprocessing, every user error, deterministic synthetic data."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.medad import dataset_dir, load_images, load_masks, read_split
+from datasets.medad import dataset_dir, decode_threads, listed_twice, load_images, load_masks, parse_lists, \
+    read_split
 from datasets.prepare import demo as demo_command
 from datasets.prepare.demo import LESIONS, make_demo, make_image
 from models import to_model_input
@@ -137,11 +139,22 @@ def test_unlabeled_is_accepted_and_ignored(tmp_path):
     ([1, 2], "top level must be an object"),
     ({"train": {"0": ["a.png", "c.png"]}, "test": {"0": ["c.png"], "1": ["d.png"]}}, r"leakage.*c\.png"),
     ({"train": {"0": ["a.png"]}, "test": {"0": ["c.png", "d.png"], "1": ["d.png"]}}, r"label conflict.*d\.png"),
+    # hold_out splits by position: a file twice in train could be trained on and be the normal reference at once
+    ({"train": {"0": ["a.png", "b.png", "a.png"]}, "test": {"0": ["c.png"], "1": ["d.png"]}},
+     r'a\.png is listed twice in train\."0"'),
+    ({"train": {"0": ["a.png"]}, "test": {"0": ["c.png"], "1": ["d.png", "e.png", "d.png"]}},
+     r'd\.png is listed twice in test\."1"'),
 ])
 def test_schema_errors_name_the_key(tmp_path, data, message):
     write_medad(tmp_path, data=data)
     with pytest.raises(UserError, match=message):
         read_split(tmp_path)
+
+
+def test_the_shipped_splits_list_no_file_twice():
+    for path in (REPO / "datasets" / "splits").glob("*.json"):
+        lists, problems = parse_lists(json.loads(path.read_text()), path)
+        assert len(lists) == 3 and problems == [] and listed_twice(lists) == [], path
 
 
 def test_malformed_json_gives_line_and_column(tmp_path):
@@ -172,6 +185,15 @@ def test_missing_images_are_counted_and_named(tmp_path):
     (tmp_path / "images" / "e.png").unlink()
     with pytest.raises(UserError, match=r"2 files .* missing .*b\.png, e\.png"):
         read_split(tmp_path)
+
+
+def test_decoding_uses_the_cpus_this_process_may_run_on(monkeypatch):
+    """Under Slurm's --cpus-per-task=4 on a 64-core node, 4 threads, not 16."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 6, 7}, raising=False)
+    assert decode_threads() == 4
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS and Windows have none
+    assert decode_threads() == 16
 
 
 # ---- demo ----

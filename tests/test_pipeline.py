@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import yaml
 
 import eval as evaluate
 import train
@@ -153,7 +154,7 @@ def test_cached_features_equal_fresh_ones(tiny_root, tmp_path):
     assert torch.allclose(cached[order], fresh, atol=1e-5)
 
 
-def test_finished_run_is_skipped_and_other_config_refused(tiny_root, tmp_path, capsys):
+def test_finished_run_is_skipped_and_other_config_or_removed_option_refused(tiny_root, tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run", Solver={"num_epoch": 1})
     train.main(["--config", str(cfg)])
     before = weights(tmp_path / "run", 1)
@@ -165,6 +166,17 @@ def test_finished_run_is_skipped_and_other_config_refused(tiny_root, tmp_path, c
     message = user_error(evaluate.main, ["--config", str(cfg), "Model.network=MemAE"], capsys)
     assert "Model.network='AE' but this config has 'MemAE'" in message
     assert_same_weights(before, weights(tmp_path / "run", 1))
+
+    # As if trained at commit 81a2410 with another similarity than linear CKA: eval.py given today's config (as the
+    # runner scripts call it) refuses the folder, as train.py does, rather than scoring it as a linear-CKA run.
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    stored["Model"]["repulsion"] = "rbf_cka"
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(stored))
+    for command in (evaluate.main, train.main):
+        message = user_error(command, ["--config", str(cfg)], capsys)
+        assert "Model.repulsion=rbf_cka is an option this project no longer has" in message
+        assert "git checkout 81a2410" in message
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_eval_refuses_unfinished_and_missing_learners(tiny_root, tmp_path, capsys):

@@ -15,11 +15,13 @@ import eval as evaluate
 import models
 import sweep
 import train
-from tests.conftest import write_config
+from datasets.medad import training_set
+from tests.conftest import run_main, write_config
 from tests.test_pipeline import assert_same_weights, weights
 from utils import seeding
 from utils.grid import sharing
 from utils.run import checkpoint, config, runlock
+from utils.run.runtime import RunLog
 
 
 def run(root, tmp_path, name, shared=None, dataset="tiny", **solver):
@@ -98,6 +100,35 @@ def test_a_learner_finished_the_other_way_is_finished_again_as_training_it_here_
         evaluate.evaluate(run_cfg, torch.device("cpu"), echo=False)
     assert (tmp_path / "second" / "scores.csv").read_text() == (tmp_path / "alone" / "scores.csv").read_text()
 
+    # Run folders of the earlier protocol, where train.py finished a placed copy and kept trained_buffers in every
+    # checkpoint: one stopped after the copy was placed unfinished (no report) is finished by the grid, as training
+    # here would have; finished checkpoints holding trained_buffers are skipped and score as before.
+    old = tmp_path / "old"
+    old_cfg = config.load(write_config(tmp_path / "old.yaml", tiny_root, old, Exp={"share_learners": str(shared)},
+                                       Solver={"num_epoch": 2, "Lambda": 0.0, "precise_bn": second}))
+    (copy,) = shared.glob("*/learner_0.pt")
+    state = checkpoint.load(copy)
+    old.mkdir()
+    checkpoint.save({**state, "model": {**state["model"], **state["trained_buffers"]}, "report": None,
+                     "config": old_cfg.to_dict()}, checkpoint.learner_path(old, 0))
+    log = RunLog(old, "train", echo=False)
+    with sharing.take(old_cfg, 0, training_set(old_cfg), torch.device("cpu"), old, log) as placed:
+        assert placed.taken
+    log.close()
+    assert_same_weights(weights(old, 0), weights(tmp_path / "alone", 0))
+    report = checkpoint.load(checkpoint.learner_path(old, 0))["report"]
+    assert report.pop("shared_from") == str(tmp_path / "first") and report == reports[1]
+    scores = (tmp_path / "alone" / "scores.csv").read_text()
+    for index in (0, 1):
+        path = checkpoint.learner_path(tmp_path / "alone", index)
+        state = checkpoint.load(path)
+        checkpoint.save({**state, "trained_buffers": {name: value + 1 for name, value in state["model"].items()
+                                                      if "running" in name}}, path)
+    train.train(alone, torch.device("cpu"), echo=False)
+    evaluate.evaluate(alone, torch.device("cpu"), echo=False)
+    assert "finished earlier" in (tmp_path / "alone" / "train.log").read_text()
+    assert (tmp_path / "alone" / "scores.csv").read_text() == scores
+
 
 def test_a_copy_left_before_the_trained_statistics_were_kept_is_not_taken_to_finish_the_other_way(tiny_root,
                                                                                                    tmp_path):
@@ -149,6 +180,15 @@ def test_a_data_set_with_the_same_training_images_takes_every_learner_and_is_sco
     run(changed, tmp_path, "changed", shared, dataset="changed")
     assert taken(tmp_path, "changed") == []  # one training pixel differs: every learner trained again
     assert trained_once(shared, 0) == 2 and trained_once(shared, 1) == 2
+
+
+def test_train_py_alone_refuses_share_learners_and_names_sweep_py(tiny_root, tmp_path):
+    """train.py run directly would store Exp.share_learners and ignore it: it trains every learner itself."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_root, tmp_path / "run")
+    result = run_main("train.py", "--config", cfg, f"Exp.share_learners={tmp_path / 'shared'}")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "Exp.share_learners" in result.stderr and "sweep.py --grid" in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "shared").exists()
 
 
 def test_the_key_holds_what_a_learner_sees_and_nothing_else(tiny_root, tmp_path):

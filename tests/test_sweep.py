@@ -19,7 +19,7 @@ from tests.conftest import REPO, run_main, write_config
 from utils.errors import UserError
 from utils.grid import sharing
 from utils.grid import grid as grids
-from utils.run import checkpoint
+from utils.run import checkpoint, config
 from utils.run import runlock
 
 
@@ -251,8 +251,37 @@ def test_a_list_of_vary_mappings_gives_each_product_in_turn(tmp_path):
         grids.load(path, ["Solver.precise_bn=false"])
 
 
+def test_a_preset_may_not_set_what_the_grid_sets_or_varies(tmp_path):
+    """A preset's keys are checked as Section.key overrides are: with ablation.yaml the recommended preset would train
+    Lambda 0 in the cells named Lambda1, and with paper.yaml write into the published grid's folders."""
+    for grid, key in (("ablation.yaml", "Solver.Lambda"), ("paper.yaml", "Exp.out_dir")):
+        with pytest.raises(UserError, match=f"preset cfgs/presets/recommended.yaml sets {key}"):
+            grids.load(REPO / "cfgs" / "grids" / grid, ["cfgs/presets/recommended.yaml"])
+    preset = tmp_path / "lambda.yaml"
+    preset.write_text(yaml.safe_dump({"Solver": {"Lambda": 0.5}}))
+    with pytest.raises(UserError, match="which the grid varies"):
+        grids.load(REPO / "cfgs" / "grids" / "ablation.yaml", [str(preset)])
+    preset.write_text(yaml.safe_dump({"Solver": {"num_epoch": 7}}))  # a key the grid leaves alone
+    grid = grids.load(REPO / "cfgs" / "grids" / "ablation.yaml", [str(preset)])
+    assert {cell.cfg.Solver.num_epoch for cell in grid.cells} == {7}
+    assert all(cell.cfg.Solver.Lambda == cell.variant["Solver.Lambda"] for cell in grid.cells)
+
+
+def test_the_recommended_grid_is_the_preset_on_the_four_data_sets_in_folders_of_its_own():
+    grid = grids.load(REPO / "cfgs" / "grids" / "recommended.yaml")
+    paper = grids.load(REPO / "cfgs" / "grids" / "paper.yaml")
+    assert {cell.config_path for cell in grid.cells} == {f"cfgs/{name}_AE.yaml" for name in ("RSNA", "Vin",
+                                                                                          "BraTumor", "LAG")}
+    assert {cell.seed for cell in grid.cells} == {cell.seed for cell in paper.cells}
+    for cell in grid.cells:  # the preset's settings exactly, whatever else the configs say
+        preset = config.load(REPO / cell.config_path, ["cfgs/presets/recommended.yaml", f"Solver.seed={cell.seed}"])
+        assert config.experiment(cell.cfg) == config.experiment(preset)
+    assert not {cell.run_dir for cell in grid.cells} & {cell.run_dir for cell in paper.cells}
+
+
 def test_shipped_grids_load():
-    sizes = {"paper.yaml": 60, "ablation.yaml": 36, "demo.yaml": 3}  # the studies' grids live in studies/<name>/
+    sizes = {"paper.yaml": 60, "ablation.yaml": 36, "demo.yaml": 3, "recommended.yaml": 20}  # the studies' grids
+    # live in studies/<name>/
     assert sizes.keys() == {path.name for path in (REPO / "cfgs" / "grids").glob("*.yaml")}
     for name, size in sizes.items():
         grid = grids.load(REPO / "cfgs" / "grids" / name)

@@ -80,9 +80,7 @@ def load(path, cli_overrides=(), out_dir=None) -> Grid:
     overrides = _settings(raw.get("overrides") or {}, f"{where}: overrides")
     variants, varied = _variants(raw.get("vary"), where)
     for item in cli_overrides:
-        if item.partition("=")[0] in (*SET_BY_GRID, *varied):
-            raise UserError(f"override '{item}': {item.partition('=')[0]} is set per cell by the grid; "
-                            "change it in the grid file")
+        _check_override(item, varied)
     for key in (*overrides, *varied):
         if key in SET_BY_GRID:
             raise UserError(f"{where}: {key} is set per cell by the grid (seeds, out_dir); remove it")
@@ -111,6 +109,24 @@ def load(path, cli_overrides=(), out_dir=None) -> Grid:
             raise UserError(f"{where}: cells {other.index} ({other.config_path}) and {cell.index} ({cell.config_path}) "
                             f"would share the run folder {cell.run_dir}; {fix}")
     return Grid(name, folder, cells)
+
+
+def _check_override(item, varied) -> None:
+    """Refuse a command-line override, or a preset's key, that the grid sets per cell or varies: the cells' folders
+    are named after the grid's own settings."""
+    if not config.is_preset(item):
+        if item.partition("=")[0] in (*SET_BY_GRID, *varied):
+            raise UserError(f"override '{item}': {item.partition('=')[0]} is set per cell by the grid; "
+                            "change it in the grid file")
+        return
+    keys = [f"{section}.{key}" for section, values in config.read(item).items() if isinstance(values, dict)
+            for key in values]
+    for owned, what in ((varied, "varies"), (SET_BY_GRID, "sets per cell")):
+        for key in keys:
+            if key in owned:
+                raise UserError(f"preset {item} sets {key}, which the grid {what}; put the preset's settings in the "
+                                "grid file's overrides, under a grid name of its own (as cfgs/grids/recommended.yaml "
+                                "does for cfgs/presets/recommended.yaml)")
 
 
 def _find_config(name) -> Path:

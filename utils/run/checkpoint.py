@@ -58,6 +58,14 @@ def check_same_experiment(stored: dict, current: dict, where) -> None:
                             "use another Exp.out_dir or the original config")
 
 
+def check_run_folder(run_dir, cfg) -> None:
+    """Refuse a run folder whose stored config.yaml is another experiment's, or names an option this project no
+    longer has at another value (config.REMOVED): what train.py, eval.py and predict.py would otherwise mix."""
+    stored = Path(run_dir) / "config.yaml"
+    if stored.is_file():
+        check_same_experiment(config.load(stored).to_dict(), cfg.to_dict(), f"run folder {run_dir}")
+
+
 def imported_from(run_dir):
     """The record of where a run's learners came from when scripts/import_published.py made its folder (all of its
     learners are imported: the first one's checkpoint says it), else None."""
