@@ -4,11 +4,12 @@ import contextlib
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 import train
-from tests.conftest import write_config
+from tests.conftest import load_script, write_config
 from tests.test_fast import LAMBDA, adam, assert_same, backbone, batches, data  # noqa: F401 (data: a fixture)
 from utils.run import checkpoint, cuda_graph
 
@@ -29,7 +30,7 @@ def step_of(learner, optimizer, data):
 
 def captured(learner, optimizer, data, log):
     """capture_step checked on the batches trajectory() then trains on, as train.py checks the first steps."""
-    planned = batches()
+    planned = [batch.to(data[0].device) for batch in batches()]  # on the GPU, as train.py passes them
     return cuda_graph.capture_step(step_of(learner, optimizer, data), learner, optimizer, planned,
                                    data[0][planned[0]], log=log)[0]
 
@@ -279,6 +280,48 @@ def test_train_checks_the_batches_it_takes_and_a_refused_capture_trains_as_eager
     train.main(["--config", str(refused)])
     assert [len(batches) for batches in checked] == [1]
     assert torch.equal(checked[0][0], train.first_batches(48, 32, 3, 1, range(2, 3), 1)[0])
+
+
+def test_the_noise_script_measures_what_the_check_accepts(capsys):
+    """scripts/dev/capture_noise.py: the headroom of each tolerance over the permuted-rows noise, above 1 (the check
+    accepts it), and the margin by which a halved BatchNorm weight's gradient is refused."""
+    noise = load_script("dev/capture_noise")
+    noise.main(["--networks", "AE", "--lambdas", "1", "--img-size", "32", "--bs", "8", "--n-train", "32"])
+    lines = capsys.readouterr().out.splitlines()
+    result, = json.loads(lines[-1])["results"]
+    assert (result["network"], result["Lambda"]) == ("AE", 1.0)
+    assert all(result[kind] > 1 for kind in [*cuda_graph.TOLERANCES, "update"]), result
+    assert result["halved_margin"] > 1 and 0 < result["bn_weight_share"] < 0.01
+    assert len(lines) == len(cuda_graph.TOLERANCES) + 3
+
+
+def test_the_noise_script_compares_whole_runs_with_and_without_rows_permuted(monkeypatch, capsys):
+    """--runs: each of check_gpu's settings trained as check_gpu trains them, eagerly and with train_step on the rows
+    reversed, and compared as check_gpu compares (here with runs made up)."""
+    noise = load_script("dev/capture_noise")
+    trained = []
+
+    def made_up(overrides, device):
+        permuted = train.train_step is noise.permuted_rows
+        trained.append((overrides, permuted))
+        return {"losses": {"learner0 epoch 1": 1.1 if permuted else 1.0},
+                "scores": {"rec": np.array([2.0 if permuted else 1.0, 4.0])}}
+
+    monkeypatch.setattr(noise.check_gpu, "train_and_score", made_up)
+    monkeypatch.setattr(noise, "make_demo", lambda *args, **kwargs: None)
+    eager_step = train.train_step
+    noise.main(["--runs", "--tiny"])
+    assert train.train_step is eager_step
+    assert [permuted for _, permuted in trained] == [False, True] * len(noise.check_gpu.SETTINGS)
+    assert all(set(noise.check_gpu.TINY) <= set(overrides) for overrides, _ in trained)
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [row["difference"] for row in report["results"]] == pytest.approx([0.1, 1 / 17 ** 0.5] * 2)
+
+    seen = {}
+    monkeypatch.setattr(noise, "train_step", lambda *args: seen.update(args=args))
+    x, features = torch.arange(4.0).view(4, 1), torch.arange(8.0).view(4, 2)
+    noise.permuted_rows("learner", "optimizer", x, [features], 0.5)
+    assert torch.equal(seen["args"][2], x.flip(0)) and torch.equal(seen["args"][3][0], features.flip(0))
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
