@@ -8,6 +8,7 @@ last checkpoint. At the end the run's normal reference is made (utils/method/ref
 folder; a second is refused. The test set is never touched here.
 """
 import argparse
+import itertools
 import math
 import time
 
@@ -99,6 +100,14 @@ def epoch_order(n, seed, index, epoch):
     return torch.randperm(n, generator=seeding.generator(seed, index, "shuffle", epoch))
 
 
+def first_batches(n, bs, seed, index, epochs, count):
+    """The batch indices of the first `count` steps of the epochs `epochs` (counted from 0), as the loop takes them:
+    what the captured step is checked on."""
+    batches = (order[i * bs:(i + 1) * bs] for epoch in epochs
+               for order in [epoch_order(n, seed, index, epoch)] for i in range(n // bs))
+    return list(itertools.islice(batches, count))
+
+
 def new_learner(cfg, index, device):
     """Learner `index` at its initialisation, which depends on (Solver.seed, index) alone; returns it and its
     backbone arguments."""
@@ -145,7 +154,10 @@ def train_learner(index, seniors, images, cfg, device, capture, run_dir, log, on
     learner.train()
     step_warning = None
     if capture and start < solver.num_epoch:
-        step, step_warning = cuda_graph.capture_step(step, learner, optimizer, solver.bs, log=log.info)
+        checked = [batch.to(device) for batch in first_batches(len(images), solver.bs, solver.seed, index,
+                                                               range(start, solver.num_epoch), cuda_graph.CHECK_STEPS)]
+        step, step_warning = cuda_graph.capture_step(step, learner, optimizer, checked, images[checked[0]],
+                                                     log=log.info)
     probe, every = feature_shape.probe_of(images, solver.seed), feature_shape.probe_every(len(images))
     last_save = time.monotonic()
     bar = tqdm(range(start + 1, solver.num_epoch + 1), desc=f"learner {index}", initial=start,

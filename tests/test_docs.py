@@ -36,11 +36,13 @@ from utils.run import config
 REPO = Path(__file__).resolve().parents[1]
 
 # The project's commands whose options are checked against their parser: a script path or a `python -m` module.
-PARSED = ("train.py", "eval.py", "predict.py", "sweep.py", "scripts/import_published.py", "scripts/dev/bench.py",
-          "scripts/dev/epoch_overhead.py", "scripts/dev/readme_figures.py", "datasets.prepare", "datasets.check",
+PARSED = ("train.py", "eval.py", "predict.py", "sweep.py", "check_gpu.py", "scripts/import_published.py",
+          "scripts/dev/bench.py", "scripts/dev/epoch_overhead.py", "scripts/dev/readme_figures.py",
+          "scripts/dev/capture_noise.py", "datasets.prepare", "datasets.check",
           "datasets.prepare.demo", "datasets.prepare.fashion_mnist", "studies.rar.analysis",
           "studies.scores.analysis", "studies.length.analysis", "studies.ensemble_size.analysis")
-WRAPPERS = {"scripts/dev/bench.sh": "scripts/dev/bench.py"}  # shell scripts that pass their arguments on
+WRAPPERS = {"scripts/dev/bench.sh": "scripts/dev/bench.py",  # shell scripts that pass their arguments on
+            "scripts/check_gpu.sh": "check_gpu.py"}
 COMMANDS = ("train.py", "eval.py", "predict.py", "sweep.py")  # also commands when written without `python`
 PYTHONS = ("python", "python3")
 SCRIPT = re.compile(r"^\./(scripts|studies)/|^(scripts|studies)/\S+\.(sh|sbatch)$")

@@ -1,9 +1,7 @@
-"""The training step (eager, and the CUDA-graph capture and its check with an emulated graph), Adam and resuming
-its state, and the benchmark."""
-import contextlib
+"""The training step, Adam and resuming its state, and the benchmark (the captured CUDA-graph step:
+test_cuda_graph.py)."""
 import copy
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from tests.conftest import REPO, load_script, run_cli, write_config
 from utils.method import batchnorm, feature_shape
 from utils.method.dsu import image_scores, score_dataset, score_maps
 from utils.method.rar import features_of, linear_cka
-from utils.run import checkpoint, config, cuda_graph
+from utils.run import config
 from utils.run.optimizer import adam as project_adam, adam_options, load_optimizer_state
 
 SIZE, BS, LAMBDA = 32, 8, 1.0
@@ -44,22 +42,13 @@ def batches(n=3):
     return [torch.randperm(4 * BS, generator=generator)[:BS] for _ in range(n)]
 
 
-def step_for(learner, optimizer, data, capture=False, log=print):
+def step_for(learner, optimizer, data):
     images, cache = data
 
     def step(batch):
         return train.train_step(learner, optimizer, images[batch], [c[batch] for c in cache], LAMBDA)
 
-    return cuda_graph.capture_step(step, learner, optimizer, BS, log=log)[0] if capture else step
-
-
-def trajectory(data, capture=False, log=print, network="AE", learner=None):
-    """Losses of 3 steps from a fixed initial state (the learner's, default a new one), and the final weights."""
-    learner = backbone(network).train() if learner is None else learner
-    optimizer = adam(learner)
-    step = step_for(learner, optimizer, data, capture, log)
-    losses = [{name: value.item() for name, value in step(batch).items()} for batch in batches()]
-    return losses, learner.state_dict()
+    return step
 
 
 def assert_same(a, b, rtol=1e-6):
@@ -93,112 +82,6 @@ def test_eager_step_equals_hand_written_step(data, network):
         assert not terms["loss"].requires_grad
     for key, value in reference.state_dict().items():
         assert torch.allclose(learner.state_dict()[key].double(), value.double(), atol=1e-7), key
-
-
-def test_restore_undoes_steps_and_a_zero_adam_state_equals_a_fresh_one(data):
-    """What the capture relies on: warm-up steps are undone in place, also from an empty optimizer state."""
-    untouched = trajectory(data)
-    learner = backbone().train()
-    optimizer = adam(learner)
-    step = step_for(learner, optimizer, data)
-    tensors = [value.data_ptr() for value in learner.state_dict().values()]
-    saved = cuda_graph.snapshot(learner, optimizer)  # empty Adam state
-    for batch in batches():
-        step(batch)
-    cuda_graph.restore(learner, optimizer, saved)
-    assert [value.data_ptr() for value in learner.state_dict().values()] == tensors  # in place
-    assert all(float(state["step"]) == 0 for state in optimizer.state.values())
-    assert_same(([{name: value.item() for name, value in step(batch).items()} for batch in batches()],
-                 learner.state_dict()), untouched)
-
-    # From a non-empty state (as on resume): steps after restore repeat the steps after the snapshot.
-    saved = cuda_graph.snapshot(learner, optimizer)
-    first = [step(batch)["loss"].item() for batch in batches()]
-    cuda_graph.restore(learner, optimizer, saved)
-    assert [step(batch)["loss"].item() for batch in batches()] == first
-
-
-# How a replay can go wrong: each wrong gradient below leaves the loss, and Adam's first update (about lr x the sign
-# of the gradient), almost as they are, so only the gradient check sees it.
-WRONG_GRADIENTS = {"scaled": lambda gradient: 2 * gradient,
-                   "resized": lambda gradient: gradient.sign() * gradient.abs().mean()}  # right signs, wrong sizes
-
-
-def emulated_capture(mode, learner=None):
-    """A stand-in for cuda_graph.capture on the CPU: 'replay' runs the eager step on the static index (for a mode of
-    WRONG_GRADIENTS, with the learner's gradients made wrong on the way)."""
-    def capture(eager, index, device):
-        if mode == "fails":
-            raise RuntimeError("operation not permitted when stream is capturing")
-        outputs = eager(index)  # like a capture, this leaves the state changed; captured_step restores it
-        if mode == "stale":
-            return (lambda: None), outputs  # a graph that updates nothing
-
-        def replay():
-            hooks = ([param.register_hook(WRONG_GRADIENTS[mode]) for param in learner.parameters()]
-                     if mode in WRONG_GRADIENTS else [])
-            for name, value in eager(index).items():
-                outputs[name].copy_(value)
-            for hook in hooks:
-                hook.remove()
-            if mode == "double":  # right loss, wrong weights
-                eager(index)
-
-        return replay, outputs
-    return capture
-
-
-@pytest.mark.parametrize("mode", ["emulated", "stale", "double", "fails", "scaled", "resized"])
-def test_capture_logic_keeps_the_eager_trajectory(data, monkeypatch, mode):
-    """Warm-up, self-check and fallback never change the maths: the run equals a plain eager run, and a replay whose
-    loss, gradients or update differ from the eager step's is refused."""
-    eager = trajectory(data)
-    learner = backbone().train()
-    monkeypatch.setattr(cuda_graph, "side_stream", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(cuda_graph, "capture", emulated_capture(mode, learner))
-    lines = []
-    captured = trajectory(data, capture=True, log=lines.append, learner=learner)
-    assert len(lines) == 1
-    if mode == "emulated":
-        assert "captured as a CUDA graph" in lines[0]
-    else:
-        assert "not used" in lines[0] and "training eagerly" in lines[0]
-    if mode in WRONG_GRADIENTS:
-        assert "gradient of" in lines[0], lines[0]
-    assert_same(captured, eager)
-
-
-def test_a_bug_in_the_step_surfaces_as_itself_once(data, monkeypatch):
-    """Only what capture raises falls back; an error of the step itself is raised, not reported as a capture
-    problem first."""
-    monkeypatch.setattr(cuda_graph, "side_stream", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(cuda_graph, "capture", emulated_capture("emulated"))
-    learner = backbone().train()
-
-    def broken(batch):
-        raise ValueError("shapes do not match")
-
-    lines = []
-    with pytest.raises(ValueError, match="shapes do not match"):
-        cuda_graph.capture_step(broken, learner, adam(learner), BS, log=lines.append)
-    assert lines == []
-
-
-def test_the_check_refuses_wrongly_scaled_gradients_and_accepts_float_noise(data):
-    """mismatch on records of two steps from one state: the eager step's against itself with its gradients scaled by
-    2, with the right signs but wrong sizes, and with float32 rounding noise."""
-    learner = backbone().train()
-    optimizer = adam(learner)
-    step = step_for(learner, optimizer, data)
-    initial = cuda_graph.snapshot(learner, optimizer)
-    reference = cuda_graph.record(step(batches()[0]), learner)
-    for name, wrong in WRONG_GRADIENTS.items():
-        candidate = {**reference, "gradients": {key: wrong(value) for key, value in reference["gradients"].items()}}
-        assert "gradient of" in cuda_graph.mismatch(reference, candidate, initial), name
-    noisy = {**reference, "gradients": {key: value * (1 + 1e-6 * torch.randn_like(value))
-                                        for key, value in reference["gradients"].items()}}
-    assert cuda_graph.mismatch(reference, noisy, initial) is None
-    assert cuda_graph.mismatch(reference, reference, initial) is None
 
 
 def test_optimizer_state_resumes_without_capturable(data):
@@ -260,38 +143,6 @@ def test_adam_is_fused_on_cpu_and_cuda_and_capturable_when_captured():
     group = optimizer.param_groups[0]
     assert (group["fused"], group["capturable"], group["lr"], group["betas"], group["weight_decay"]) == \
         (True, False, 2e-3, (0.5, 0.999), 1e-5)
-
-
-def test_capture_runs_on_a_stream_of_the_learners_device(monkeypatch):
-    """Exp.device=cuda:1: the graph must be captured on a cuda:1 stream with cuda:1 current, else the step's work
-    runs outside the capture. Checked with stand-ins for torch.cuda's pieces (no GPU needed)."""
-    seen = {}
-
-    class Stream:
-        def __init__(self, device=None):
-            self.device = device
-
-    @contextlib.contextmanager
-    def on_device(device):
-        seen["current"] = device
-        yield
-        seen["current"] = None
-
-    @contextlib.contextmanager
-    def graph(cuda_graph, stream=None, **kwargs):
-        seen["stream_device"] = stream.device if stream is not None else None
-        yield
-
-    def eager(index):
-        seen["step_device"], seen["step_stream"] = seen["current"], seen["stream_device"]
-        return {"loss": torch.zeros(())}
-
-    monkeypatch.setattr(torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(torch.cuda, "device", on_device)
-    monkeypatch.setattr(torch.cuda, "graph", graph)
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: type("Graph", (), {"replay": lambda self: None})())
-    cuda_graph.capture(eager, torch.arange(4), torch.device("cuda:1"))
-    assert seen["step_device"] == torch.device("cuda:1") and seen["step_stream"] == torch.device("cuda:1")
 
 
 def test_fast_and_eager_training_log_the_same_losses(tiny_root, tmp_path):
@@ -371,62 +222,6 @@ def test_bench_runs_end_to_end(tmp_path):
     assert report["profile"] == str(profile) and report["profile_s_per_epoch"] > 0
     assert text.startswith("learner 3 (3 seniors), 2 epochs of 1 steps on cpu")
     assert "Self CPU" in text and "aten::convolution" in text
-
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@cuda
-@pytest.mark.parametrize("network", ["AE", "AE-U", "MemAE"])
-def test_cuda_graph_step_equals_eager_step(data, network):
-    """On a GPU: the step is really captured, and it trains as the eager step does (capturable Adam in both)."""
-    device = torch.device("cuda")
-    images, cache = data
-    runs = {}
-    for capture in (True, False):
-        learner = backbone(network).to(device).train()
-        optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3, betas=(0.5, 0.999), capturable=True)
-        lines = []
-        step = step_for(learner, optimizer, (images.to(device), [c.to(device) for c in cache]), capture,
-                        lines.append)
-        losses = [{name: value.item() for name, value in step(batch.to(device)).items()}
-                  for batch in batches() * 3]
-        runs[capture] = losses, {key: value.cpu() for key, value in learner.state_dict().items()}
-        if capture:
-            assert len(lines) == 1 and "captured as a CUDA graph" in lines[0], lines
-    assert_same(runs[True], runs[False], rtol=1e-3)
-
-
-@cuda
-def test_cuda_training_fast_equals_eager_and_resumes(tiny_root, tmp_path):
-    logged = {}
-    for fast_path in (True, False):
-        cfg = write_config(tmp_path / f"{fast_path}.yaml", tiny_root, tmp_path / f"run{fast_path}",
-                           Exp={"cuda_graph": fast_path, "device": "cuda"}, Solver={"num_epoch": 3})
-        train.main(["--config", str(cfg)])
-        log = (tmp_path / f"run{fast_path}" / "train.log").read_text()
-        assert ("captured as a CUDA graph" in log) == fast_path, log
-        records = [json.loads(line) for line in (tmp_path / f"run{fast_path}" / "metrics.jsonl").open()]
-        logged[fast_path] = {(r["tag"], r["step"]): r["loss"] for r in records}
-    assert logged[True].keys() == logged[False].keys()
-    for key, loss in logged[True].items():
-        assert loss == pytest.approx(logged[False][key], rel=1e-3), key
-    # Resume from a checkpoint written by the captured run (capturable Adam state on the GPU): on the GPU with and
-    # without capture, and on the CPU; epoch 3 is trained again from the same state and gives the same loss.
-    state = checkpoint.load(checkpoint.learner_path(tmp_path / "runTrue", 1))
-    state["epoch"] = 2
-    losses = []
-    for device, fast_path in (("cuda", True), ("cuda", False), ("cpu", True)):
-        out = tmp_path / f"resume-{device}-{fast_path}"
-        out.mkdir()
-        shutil.copy(checkpoint.learner_path(tmp_path / "runTrue", 0), checkpoint.learner_path(out, 0))
-        checkpoint.save(state, checkpoint.learner_path(out, 1))
-        cfg = write_config(tmp_path / "resume.yaml", tiny_root, out, Exp={"cuda_graph": fast_path, "device": device},
-                           Solver={"num_epoch": 3})
-        train.main(["--config", str(cfg)])
-        assert "learner 1: resuming at epoch 2" in (out / "train.log").read_text()
-        losses.append([json.loads(line) for line in (out / "metrics.jsonl").open()][-1]["loss"])
-    assert losses == pytest.approx([losses[0]] * 3, rel=1e-3)
 
 
 def test_epoch_overhead_script_times_the_real_loop(monkeypatch):
