@@ -15,7 +15,8 @@ def _write_run(root, name, seed, lr, auc_shift, with_pixels=False):
            "num_epoch": 250, "lr": lr, "Lambda": 1.0, "out_dir": f"runs/{name}"}
     result = {"run": run}
     for offset, score in enumerate(["dsu", "rec", "unc"]):  # deliberately not in display order
-        metrics = {"auc": 0.6 + 0.1 * offset + auc_shift, "ap": 0.5 + 0.1 * offset + auc_shift / 2}
+        metrics = {"auc": 0.6 + 0.1 * offset + auc_shift, "ap": 0.5 + 0.1 * offset + auc_shift / 2,
+                   "fdp10": 0.05 * offset + auc_shift, "power10": 0.4 + auc_shift * 3}
         if with_pixels:
             metrics.update(pixel_auroc=0.9 + auc_shift, pixel_ap=0.3, pixel_best_dice=0.35)
         result[score] = metrics
@@ -54,7 +55,7 @@ def test_summarize_means_and_stds_match_numpy(tree):
     assert [row["config"] for row in rows] == ["lr=0.0005"] * 3 + ["lr=0.001"] * 3
     for row in rows[:3]:
         assert row["n_seeds"] == 2 and row["seeds"] == [8, 10]
-        for metric in ["auc", "ap", "pixel_auroc", "pixel_ap", "pixel_best_dice"]:
+        for metric in ["auc", "ap", "fdp10", "power10", "pixel_auroc", "pixel_ap", "pixel_best_dice"]:
             values = np.array([run[row["score"]][metric] for run in runs[:2]])
             assert row[f"{metric}_mean"] == pytest.approx(values.mean())
             assert row[f"{metric}_std"] == pytest.approx(values.std(ddof=1))

@@ -19,13 +19,15 @@ from utils.method.dsu import SCORES
 from utils.method.reference import IMAGE_SCORES
 from utils.run import config
 
-METRICS = ["auc", "ap", "fpr05", "tpr05", "pixel_auroc", "pixel_ap", "pixel_best_dice"]
+METRICS = ["auc", "ap", "fpr05", "tpr05", "fdp10", "power10", "pixel_auroc", "pixel_ap",
+           "pixel_best_dice"]
 REQUIRED_METRICS = ["auc", "ap"]
 # the entries of a results.json that are not scores
 NOT_SCORES = ("run", "source", "diagnostics", "reference", "ensemble_size", "timing")
 NOT_IDENTITY = {*map(config.bare, config.REPLICATE), "out_dir"}  # replicates of one experiment, and where it ran
 SHOWN_ELSEWHERE = {"dataset", "network", "split"}  # identity keys with a place of their own in the table
-HEADERS = {"auc": "AUC", "ap": "AP", "fpr05": "FPR at p<=0.05", "tpr05": "TPR at p<=0.05", "pixel_auroc": "pixel AUROC",
+HEADERS = {"auc": "AUC", "ap": "AP", "fpr05": "FPR at p<=0.05", "tpr05": "TPR at p<=0.05",
+           "fdp10": "FDP of BH at 0.1", "power10": "power of BH at 0.1", "pixel_auroc": "pixel AUROC",
            "pixel_ap": "pixel AP", "pixel_best_dice": "pixel best Dice"}
 
 
