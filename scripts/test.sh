@@ -6,7 +6,7 @@ source "$(dirname "$0")/_env.sh"
 setup_python requirements-test.txt
 parallel=()
 if "$PY" -c "import xdist" 2>/dev/null; then
-    parallel=(-n "${TEST_WORKERS:-auto}")
+    parallel=(-n "${TEST_WORKERS:-auto}" --dist loadgroup)  # tests marked xdist_group share a worker (and a fixture)
     # one thread per process: the workers fill the cores, and the commands the tests start would oversubscribe them
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 fi

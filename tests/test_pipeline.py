@@ -194,12 +194,22 @@ def test_eval_refuses_unfinished_and_missing_learners(tiny_root, tmp_path, capsy
     assert "learner 1 in" in message and "has 0 of 1 epochs" in message
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tiny_root, tmp_path):
-    epochs = 12
-    straight = write_config(tmp_path / "a.yaml", tiny_root, tmp_path / "straight", Solver={"num_epoch": epochs})
-    killed = write_config(tmp_path / "b.yaml", tiny_root, tmp_path / "killed", Solver={"num_epoch": epochs})
-    assert run_cli("train.py", "--config", straight).returncode == 0  # same process setup as the killed run
+INTERRUPTED_EPOCHS = 16
 
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_root, tmp_path_factory):
+    """The uninterrupted run the stopped ones must end equal to; the checkpoint interval changes no weight."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    cfg = write_config(run_dir.parent / "a.yaml", tiny_root, run_dir, Solver={"num_epoch": INTERRUPTED_EPOCHS})
+    assert run_cli("train.py", "--config", cfg).returncode == 0  # the same process setup as the stopped runs
+    return run_dir
+
+
+@pytest.mark.xdist_group("straight_run")  # one worker trains the straight run for both
+def test_resume_after_kill_equals_uninterrupted_run(tiny_root, straight_run, tmp_path):
+    epochs = INTERRUPTED_EPOCHS
+    killed = write_config(tmp_path / "b.yaml", tiny_root, tmp_path / "killed", Solver={"num_epoch": epochs})
     junior = checkpoint.learner_path(tmp_path / "killed", 1)
     process = subprocess.Popen([sys.executable, "train.py", "--config", str(killed)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -216,7 +226,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_root, tmp_path):
     assert f"learner 1: resuming at epoch {interrupted_at}" in result.stdout
     assert "learner 0: finished earlier" in result.stdout
     for index in range(2):
-        assert_same_weights(weights(tmp_path / "straight", index), weights(tmp_path / "killed", index))
+        assert_same_weights(weights(straight_run, index), weights(tmp_path / "killed", index))
 
 
 def wait_for_epoch(run_dir, tag, process, timeout=240):
@@ -227,15 +237,13 @@ def wait_for_epoch(run_dir, tag, process, timeout=240):
         time.sleep(0.01)
 
 
-def test_sigterm_saves_at_the_epoch_end_and_resume_equals_uninterrupted_run(tiny_root, tmp_path):
+@pytest.mark.xdist_group("straight_run")
+def test_sigterm_saves_at_the_epoch_end_and_resume_equals_uninterrupted_run(tiny_root, straight_run, tmp_path):
     """Pre-emption: the signal is kept until the epoch ends, a checkpoint is written, the process exits 143 with one
     line; the rerun ends with the weights of a run that was never stopped."""
-    epochs, no_periodic_checkpoint = 16, {"checkpoint_every_s": 3600.0}  # so the one found was the signal's
-    straight = write_config(tmp_path / "a.yaml", tiny_root, tmp_path / "straight", Solver={"num_epoch": epochs},
-                             Exp=no_periodic_checkpoint)
+    epochs, no_periodic_checkpoint = INTERRUPTED_EPOCHS, {"checkpoint_every_s": 3600.0}  # the one found: the signal's
     stopped = write_config(tmp_path / "b.yaml", tiny_root, tmp_path / "stopped", Solver={"num_epoch": epochs},
                            Exp=no_periodic_checkpoint)
-    assert run_cli("train.py", "--config", straight).returncode == 0
 
     process = subprocess.Popen([sys.executable, "train.py", "--config", str(stopped)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -253,7 +261,7 @@ def test_sigterm_saves_at_the_epoch_end_and_resume_equals_uninterrupted_run(tiny
     assert result.returncode == 0, result.stderr
     assert f"learner 1: resuming at epoch {stopped_at}" in result.stdout
     for index in range(2):
-        assert_same_weights(weights(tmp_path / "straight", index), weights(tmp_path / "stopped", index))
+        assert_same_weights(weights(straight_run, index), weights(tmp_path / "stopped", index))
 
 
 STOPPED_AT_ONCE = """
