@@ -71,6 +71,15 @@ def paired_over_units(ours, theirs) -> dict | None:
     return {**over_units(units), "pairs": len(pairs)} if pairs else None
 
 
+def confirming_runs(records, choosing, confirming) -> tuple[int, int]:
+    """(archived, expected) runs of the confirming seeds: each (data set, latent size) the choosing seeds ran, once
+    per confirming seed. A decision waits until they are all there."""
+    design = {(r["run"]["dataset"], r["run"].get("ls")) for r in records if r["run"]["seed"] in choosing}
+    found = {(r["run"]["dataset"], r["run"].get("ls"), r["run"]["seed"]) for r in records
+             if r["run"]["seed"] in confirming}
+    return len(found & {(*cell, seed) for cell in design for seed in confirming}), len(design) * len(confirming)
+
+
 def interval_text(difference) -> str:
     """"+0.012 [-0.004, +0.028]", or "+0.012" without an interval."""
     if difference["low"] is None:

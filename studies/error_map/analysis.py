@@ -17,7 +17,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from studies.common import anomaly_kind, markdown_table, number, over_units, read_record, shown, unit, write_text
+from studies.common import (anomaly_kind, confirming_runs, markdown_table, number, over_units, read_record, shown,
+                            unit, write_text)
 from utils.errors import UserError, cli
 
 MAPS = ("l2", "l1", "ssim", "l2_ssim")  # as in maps.py, which this analysis does not import (it reads records)
@@ -115,7 +116,12 @@ def study_markdown(records) -> str:
              ""]
     confirming = [r for r in records if r["run"]["seed"] in CONFIRMING_SEEDS]
     lines += ["## b. The decision, on seeds 2-3", ""]
-    if chosen and confirming:
+    archived, expected = confirming_runs(records, CHOOSING_SEEDS, CONFIRMING_SEEDS)
+    if chosen and confirming and archived < expected:
+        lines += [*comparison_table(records, CONFIRMING_SEEDS), "",
+                  f"Seeds 2-3 hold {archived} of their {expected} runs: the differences so far, no decision until "
+                  "they are all archived.", ""]
+    elif chosen and confirming:
         lines += [*comparison_table(records, CONFIRMING_SEEDS), ""]
         verdict = passes(difference(records, chosen, "pixel_auroc", "local", CONFIRMING_SEEDS),
                          difference(records, chosen, "auc", "local", CONFIRMING_SEEDS),

@@ -73,6 +73,8 @@ def test_the_map_chosen_on_seed_1_passes_only_with_gain_and_no_image_auc_loss():
     assert "does not pass" in flat
     early = study.study_markdown(records(0.02, 0.0, seeds=(1,)))
     assert "Seeds 2-3 have not run yet: no decision." in early
+    partial = study.study_markdown([r for r in records(0.02, 0.0) if (r["run"]["seed"], r["run"]["ls"]) != (3, 4)])
+    assert "Seeds 2-3 hold 18 of their 24 runs" in partial and "passes" not in partial
 
 
 def test_the_differences_are_averaged_within_units_then_over_units():

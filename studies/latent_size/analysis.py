@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from studies.common import (anomaly_kind, markdown_table, mean_interval, number, paired_over_units, read_record,
-                            shown, training_set, write_text)
+from studies.common import (anomaly_kind, confirming_runs, markdown_table, mean_interval, number, paired_over_units,
+                            read_record, shown, training_set, write_text)
 from utils.errors import UserError, cli
 
 BASE = 16  # the published latent size
@@ -138,7 +138,9 @@ def works(rho, sign, loss, fixed) -> bool:
     return agrees and loss["mean"] < fixed["mean"]
 
 
-def criterion_table(records, kind, metric) -> tuple[list, list]:
+def criterion_table(records, kind, metric, judged=True) -> tuple[list, list]:
+    """The criterion's rows for rec's `metric` on `kind` sets, and the quantities that work; judged=False (seeds 2-3
+    not all archived) leaves the verdict column empty."""
     confirming = units(records, kind, metric, CONFIRMING_SEEDS)
     fixed = regret(confirming, lambda by_ls: BASE)
     rows, passing = [], []
@@ -150,7 +152,7 @@ def criterion_table(records, kind, metric) -> tuple[list, list]:
         passing += [quantity] if ok else []
         rows.append([quantity, "lowest" if sign > 0 else "highest",
                      shown(correlation(units(records, kind, metric, CHOOSING_SEEDS), quantity)), shown(rho),
-                     shown(loss), "yes" if ok else "no"])
+                     shown(loss), ("yes" if ok else "no") if judged else "-"])
     rows.append([f"always ls {BASE}", "-", "-", "-", shown(fixed), "-"])
     header = ["quantity", "picks", "rho, seed 1", "rho, seeds 2-3", "loss, seeds 2-3", "works"]
     return markdown_table(header, rows), passing
@@ -173,12 +175,16 @@ def study_markdown(records) -> str:
               "direction taken from seed 1; its loss is the best latent size's metric in hindsight minus the picked "
               "one's. A quantity works when, on seeds 2-3, rho keeps seed 1's sign with its interval away from 0 "
               f"and its loss is below always taking ls {BASE}'s.", ""]
-    verdicts = []
+    verdicts, (archived, expected) = [], confirming_runs(records, CHOOSING_SEEDS, CONFIRMING_SEEDS)
     for kind, metric, title in KINDS:
-        table, passing = criterion_table(records, kind, metric)
+        table, passing = criterion_table(records, kind, metric, judged=archived == expected)
         lines += [f"### rec, {title}", "", *table, ""]
         verdicts.append(f"{title}: {', '.join(passing) if passing else 'none'}")
-    lines += ["Quantities that work: " + "; ".join(verdicts) + ".", ""]
+    if archived < expected:
+        lines += [f"Seeds 2-3 hold {archived} of their {expected} runs: the columns of seeds 2-3 are the runs so far, "
+                  "and no quantity is judged until they are all archived.", ""]
+    else:
+        lines += ["Quantities that work: " + "; ".join(verdicts) + ".", ""]
     return "\n".join(lines)
 
 
