@@ -280,7 +280,8 @@ def test_the_recommended_grid_is_the_preset_on_the_four_data_sets_in_folders_of_
 
 
 def test_shipped_grids_load():
-    sizes = {"paper.yaml": 60, "ablation.yaml": 36, "demo.yaml": 3, "recommended.yaml": 20}  # the studies' grids
+    sizes = {"paper.yaml": 60, "ablation.yaml": 36, "demo.yaml": 3, "recommended.yaml": 20,
+             "latent_size_choice.yaml": 4}  # the studies' grids
     # live in studies/<name>/
     assert sizes.keys() == {path.name for path in (REPO / "cfgs" / "grids").glob("*.yaml")}
     for name, size in sizes.items():

@@ -6,6 +6,9 @@
                                                  (a one-class Fashion-MNIST dev set, other classes as anomalies, or
                                                   with --anomalies local the class with local defects and masks;
                                                   datasets/prepare/fashion_mnist.py)
+    python -m datasets.prepare validation FOLDER --count N [--seed S]
+                                                (labelled images kept apart from FOLDER's test set, to choose a
+                                                 setting on: FOLDER_val and FOLDER_test; datasets/prepare/validation.py)
 
 FOLDER is RSNA, VinCXR, BrainTumor or LAG. data.json is
     {"train": {"0": [normal training files]}, "test": {"0": [normal test files], "1": [abnormal test files]}}
@@ -51,6 +54,9 @@ def main(argv=None):
     if argv[:1] == ["fmnist"]:  # not a Med-AD download: a dev set with options of its own
         from datasets.prepare import fashion_mnist
         return fashion_mnist.main(argv[1:])
+    if argv[:1] == ["validation"]:  # a prepared data set's test images split into a validation and a test set
+        from datasets.prepare import validation
+        return validation.main(argv[1:])
     args = parse_args(argv)
     prepare(args.dataset, args.src, args.out, split=args.split, workers=args.workers, seed=args.seed,
             allow_missing=args.allow_missing)
