@@ -260,11 +260,15 @@ def resize_gray(gray, img_size, resample=Image.Resampling.BILINEAR) -> np.ndarra
     return np.asarray(gray.resize((img_size, img_size), resample))
 
 
-def decode_threads() -> int:
-    """How many threads decode images (PIL releases the GIL while decoding): at most one per CPU this process may
-    run on (Slurm's --cpus-per-task, taskset), which os.cpu_count() does not see."""
+def usable_cpus() -> int:
+    """The CPUs this process may run on (Slurm's --cpus-per-task, taskset), which os.cpu_count() does not see."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(16, cpus or 1)
+    return cpus or 1
+
+
+def decode_threads() -> int:
+    """How many threads decode images (PIL releases the GIL while decoding): at most one per usable CPU."""
+    return min(16, usable_cpus())
 
 
 def _load(paths, img_size, resample, workers, what):

@@ -12,6 +12,7 @@ from PIL import Image
 
 from datasets.medad import dataset_dir, decode_threads, listed_twice, load_images, load_masks, parse_lists, \
     read_split
+from datasets.prepare import __main__ as prepare_cli
 from datasets.prepare import demo as demo_command
 from datasets.prepare.demo import LESIONS, make_demo, make_image
 from models import to_model_input
@@ -192,6 +193,7 @@ def test_decoding_uses_the_cpus_this_process_may_run_on(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 6, 7}, raising=False)
     assert decode_threads() == 4
+    assert prepare_cli.parse_args(["rsna", "--src", "raw", "--out", "out"]).workers == 4  # conversion processes
     monkeypatch.delattr(os, "sched_getaffinity")  # macOS and Windows have none
     assert decode_threads() == 16
 

@@ -17,9 +17,9 @@ The raw layouts expected under --src: datasets/prepare/raw.py; the split: datase
 datasets/prepare/convert.py.
 """
 import argparse
-import os
 import sys
 
+from datasets.medad import usable_cpus
 from datasets.prepare.convert import prepare
 from datasets.prepare.raw import DATASETS
 from utils.errors import UserError, cli
@@ -43,7 +43,8 @@ def parse_args(argv=None):
                                         "benchmark); default: the benchmark's own split, shipped in datasets/splits")
     parser.add_argument("--allow-missing", action="store_true",
                         help="write data.json even when listed files are missing from --src (without them)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="conversion processes")
+    parser.add_argument("--workers", type=int, default=usable_cpus(),
+                        help="conversion processes (default: one per CPU this process may run on)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --split seeded")
     return parser.parse_args(argv)
 

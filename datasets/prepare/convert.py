@@ -12,7 +12,6 @@ run fails without writing data.json.
 import contextlib
 import json
 import multiprocessing
-import os
 import shutil
 import signal
 import sys
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from datasets import benchmark
 from datasets.dicom import dicom_to_array
-from datasets.medad import LISTS
+from datasets.medad import LISTS, usable_cpus
 from datasets.prepare.raw import DATASETS, find_raw_images, label_dicoms, output_names, searched, some, warn
 from datasets.prepare.split import SEEDED, match_split, seeded_split
 from utils.atomic import atomic_write, atomic_write_text, remove_leftovers
@@ -83,7 +82,7 @@ def prepare(dataset, src, out, split=None, workers=None, seed=0, allow_missing=F
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise UserError(f"raw folder {src} does not exist; pass the raw download with --src")
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = usable_cpus() if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
 
