@@ -1,5 +1,5 @@
-"""Keep labelled images apart from a data set's test set, to choose a setting on (a latent size: cfgs/grids/
-latent_size.yaml) without looking at the images the final figures come from.
+"""Keep labelled images apart from a data set's test set, to choose a setting on (the latent size:
+cfgs/grids/latent_size_choice.yaml) without looking at the images the final figures come from.
 
     python -m datasets.prepare validation ./Med-AD/RSNA --count 200 [--seed 0]
 
