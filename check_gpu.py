@@ -29,7 +29,7 @@ import torch
 import train
 from datasets.medad import dataset_dir, load_images, read_split
 from datasets.prepare.demo import make_demo
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 from utils.method.dsu import image_scores, score_dataset
 from utils.report.metrics import image_metrics
 from utils.run import checkpoint, config
@@ -48,7 +48,7 @@ FLOORS = {"demo": {"losses": 0.02, "scores": 0.5}, "repulsion": {"losses": 0.2, 
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="a new or empty folder for the runs (default: a fresh temporary folder)")
     parser.add_argument("--data", help="Data.root holding the demo data set, demo/ (default ./data if it holds "
                         "demo/, else made under --out)")

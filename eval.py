@@ -22,7 +22,7 @@ from datasets.benchmark import describe
 from datasets.medad import dataset_dir, load_images, load_masks, read_split, reference_images
 from models import to_model_input
 from utils.atomic import atomic_write_csv, atomic_write_text
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 from utils.grid.summary import write_summary
 from utils.method.dsu import SCORES, score_dataset
 from utils.method.feature_shape import spectrum
@@ -42,7 +42,7 @@ FDR = 0.1  # fdp10 / power10: Benjamini-Hochberg at this false-discovery rate ov
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--config", help="evaluate the run trained with this YAML file")
     mode.add_argument("--summary", metavar="OUT_ROOT",

@@ -38,7 +38,7 @@ from datasets.dicom import dicom_to_array
 from datasets.medad import decode_threads, open_gray, resize_gray
 from models import to_model_input
 from utils.atomic import atomic_write_csv
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 from utils.method.dsu import SCORES, score_dataset
 from utils.method.reference import IMAGE_SCORES, calibration_counts, discoveries, load as load_reference, p_values, \
     referred_scores
@@ -53,7 +53,7 @@ OVERLAY_CHOICES = ("top", "all", "none")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder written by train.py (holds config.yaml)")
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--out", help="output folder (default: <run>/predict)")

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import eval as evaluate
 import train
 from datasets.medad import training_set
-from utils.errors import Interrupted, UserError, cli
+from utils.errors import ArgumentParser, Interrupted, UserError, cli
 from utils.grid import grid as grids
 from utils.grid import sharing
 from utils.grid.summary import markdown_wide, summarize, widen, write_summary
@@ -43,7 +43,7 @@ PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets 
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", required=True, help="grid file, e.g. cfgs/grids/demo.yaml")
     parser.add_argument("--list", action="store_true", help="print the cells and their state, run nothing")
     parser.add_argument("--cell", type=int, help="run this cell alone (e.g. --cell $SLURM_ARRAY_TASK_ID)")

@@ -21,7 +21,7 @@ from datasets.medad import training_set
 from models import to_model_input
 from utils import seeding
 from utils.atomic import remove_leftovers
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 from utils.method import batchnorm, feature_shape
 from utils.method.rar import features_of, repulsion
 from utils.method.reference import ensure as ensure_reference
@@ -31,7 +31,7 @@ from utils.run.runtime import RunLog, make_run_dir, setup
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML file in cfgs/")
     parser.add_argument("overrides", nargs="*", help="Section.key=value (e.g. Solver.num_epoch=30) or a preset file "
                         "(e.g. cfgs/presets/recommended.yaml), applied in order")

@@ -8,7 +8,6 @@ missing or unreadable images (every image is decoded), file names listed twice, 
 listed in both train and test. Exit code 0 when clean, 1 when problems were found, 2 when the folder or its
 data.json cannot be read at all.
 """
-import argparse
 import hashlib
 import io
 import os
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from datasets.benchmark import describe
 from datasets.medad import LISTS, decode_threads, missing_files, overlaps, parse_lists, read_data_json
-from utils.errors import cli
+from utils.errors import ArgumentParser, cli
 
 SHOWN = 20  # problem lines per kind; the rest are counted
 
@@ -110,7 +109,7 @@ def check(directory) -> list[str]:
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m datasets.check", description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="a data set folder holding images/ and data.json, e.g. Med-AD/RSNA")
     args = parser.parse_args(argv)
     problems = check(args.folder)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from utils.errors import cli  # noqa: E402
+from utils.errors import ArgumentParser, cli  # noqa: E402
 from utils.run.published_run import import_published  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--published", required=True, help="the published code's Exp.out_dir (holds train/<k>.pth)")
     parser.add_argument("--config", required=True, help="YAML file: ours (cfgs/) or the published one")
     parser.add_argument("overrides", nargs="*", help="Section.key=value, e.g. Exp.out_dir=./runs/published_rsna_AE")

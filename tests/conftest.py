@@ -5,6 +5,7 @@ import importlib.util
 import io
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,13 @@ def run_cli(*args, timeout=300):
 def run_main(script, *args):
     """Run a project command's main() in this process, as its command line would with these arguments: the
     CompletedProcess run_cli gives (exit code, stdout, stderr), without a fresh interpreter's seconds of start-up.
-    For the commands' error paths; an exception main() lets through fails the test as a traceback would."""
-    path = Path(script)
-    module = load_script(path.stem) if path.parent.name == "scripts" else importlib.import_module(path.stem)
+    For the commands' error paths; an exception main() lets through fails the test as a traceback would. `script`
+    may also be an imported module with a main(argv) (the `python -m` commands)."""
+    if isinstance(script, types.ModuleType):
+        module = script
+    else:
+        path = Path(script)
+        module = load_script(path.stem) if path.parent.name == "scripts" else importlib.import_module(path.stem)
     stdout, stderr = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -57,7 +62,7 @@ def run_main(script, *args):
             module.main(list(map(str, args)))
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
-    return subprocess.CompletedProcess([script, *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
+    return subprocess.CompletedProcess([str(script), *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
 def load_script(name):

@@ -1,4 +1,5 @@
 """Every bad input ends in one clear line and exit code 2, never a traceback, and loses nothing written before."""
+import importlib
 import json
 import pickle
 import shutil
@@ -120,3 +121,19 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(2)}, path)
     with pytest.raises(UserError, match="not a D2UE learner checkpoint"):
         checkpoint.load(path)
+
+
+@pytest.mark.parametrize("command, prog", [
+    ("train", "train.py"), ("eval", "eval.py"), ("predict", "predict.py"), ("sweep", "sweep.py"),
+    ("check_gpu", "check_gpu.py"), ("datasets.check", "python -m datasets.check"),
+    ("datasets.prepare.__main__", "python -m datasets.prepare"), ("datasets.prepare.demo", "python -m datasets.prepare.demo"),
+    ("datasets.prepare.fashion_mnist", "python -m datasets.prepare.fashion_mnist"),
+    ("datasets.prepare.validation", "python -m datasets.prepare validation"),
+    ("studies.latent_size.analysis", "python -m studies.latent_size.analysis"),
+])
+def test_a_command_line_mistake_is_one_line_naming_it(command, prog, monkeypatch):
+    """argparse prints its whole usage before the error; every command says only the error and where help is."""
+    monkeypatch.setattr("sys.argv", [f"{command.rsplit('.', 1)[-1]}.py"])  # what argparse names the program after
+    result = run_main(importlib.import_module(command), "--no-such-option")
+    line = fails_cleanly(result, f"(see {prog} --help)")
+    assert result.stderr.strip() == line and ("--no-such-option" in line or "required" in line)

@@ -1,4 +1,5 @@
 """User-facing failures: one clear line on stderr and a non-zero exit, never a traceback."""
+import argparse
 import difflib
 import functools
 import sys
@@ -17,6 +18,15 @@ class Interrupted(Exception):
 
 
 EXIT_USER_ERROR = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line, "error: <what> (see <prog> --help)", and exit code 2, like every
+    other user error (argparse itself prints the whole usage first)."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 def closest(name, valid):

@@ -16,25 +16,17 @@ FOLDER is RSNA, VinCXR, BrainTumor or LAG. data.json is
 The raw layouts expected under --src: datasets/prepare/raw.py; the split: datasets/prepare/split.py; the conversion:
 datasets/prepare/convert.py.
 """
-import argparse
 import sys
 
 from datasets.medad import usable_cpus
 from datasets.prepare.convert import prepare
 from datasets.prepare.raw import DATASETS
-from utils.errors import UserError, cli
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line like every other user error."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python -m datasets.prepare --help)")
+from utils.errors import ArgumentParser, cli
 
 
 def parse_args(argv=None):
-    parser = OneLineParser(prog="python -m datasets.prepare",
-                           description="Convert a raw download into the Med-AD layout (see the module docstring).")
+    parser = ArgumentParser(prog="python -m datasets.prepare",
+                            description="Convert a raw download into the Med-AD layout (see the module docstring).")
     parser.add_argument("dataset", choices=list(DATASETS), help="which data set the raw folder holds (or fmnist: "
                                                                 "python -m datasets.prepare fmnist --help)")
     parser.add_argument("--src", required=True, help="the raw download folder")

@@ -11,7 +11,6 @@ Masks (255 = lesion) are written for the abnormal test images only.
     python -m datasets.prepare.demo                  the demo's data in ./data/demo, where cfgs/Demo_AE.yaml reads it
     python -m datasets.prepare.demo OUT_DIR [--n-train 3851 --n-test 2000 --size 512 --workers 16]   (RSNA-sized)
 """
-import argparse
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 
 LESIONS = ("opacity", "missing", "texture")
 DEMO_DIR = Path("data") / "demo"  # Data.root ./data and Data.dataset demo of cfgs/Demo_AE.yaml
@@ -164,7 +163,7 @@ def make_demo(directory, seed=0, n_train=DEMO_TRAIN, n_test_normal=100, n_test_a
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m datasets.prepare.demo", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", nargs="?", default=str(DEMO_DIR),
                         help=f"folder to create (default {DEMO_DIR}, the demo config's data)")
     parser.add_argument("--seed", type=int, default=0)

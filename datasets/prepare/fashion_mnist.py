@@ -23,7 +23,6 @@ written under a temporary name and renamed, existing ones are kept (defective im
 seed, are rewritten, and those of another seed removed), and data.json is written last, so a killed run is resumed
 by running the same command again.
 """
-import argparse
 import gzip
 import json
 import math
@@ -36,7 +35,7 @@ from PIL import Image
 
 from datasets.prepare import defects
 from utils.atomic import atomic_write, atomic_write_text, remove_leftovers
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 
 SOURCE = "/usr/share/datasets/fashion-mnist"
 INSTALL = "apt-get install dataset-fashion-mnist"
@@ -199,16 +198,9 @@ def make_local_set(out_dir, normal_class, seed=0, source=SOURCE) -> Path:
     return folder
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line like every other user error."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python -m datasets.prepare.fashion_mnist --help)")
-
-
 @cli
 def main(argv=None):
-    parser = _Parser(prog="python -m datasets.prepare.fashion_mnist", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m datasets.prepare.fashion_mnist", description=__doc__.split("\n")[0])
     parser.add_argument("--class", dest="normal_class", type=int, required=True, choices=range(len(CLASSES)),
                         metavar="0-9", help="the normal class: " + ", ".join(f"{i} {n}" for i, n in enumerate(CLASSES)))
     parser.add_argument("--out", required=True, help="Med-AD root; the set goes into <out>/FMNIST_c<class> "

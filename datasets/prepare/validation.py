@@ -15,7 +15,7 @@ from pathlib import Path
 
 from datasets.medad import read_data_json, read_split
 from utils.atomic import atomic_write_text
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 
 
 def split_off(normal, abnormal, count, seed) -> tuple[dict, dict]:
@@ -65,7 +65,7 @@ def make_validation(directory, count, seed=0) -> tuple[Path, Path]:
 
 @cli
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m datasets.prepare validation", description=__doc__,
+    parser = ArgumentParser(prog="python -m datasets.prepare validation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="a data set folder in the Med-AD layout, e.g. ./Med-AD/RSNA")
     parser.add_argument("--count", type=int, required=True, help="test images kept apart, half of them abnormal")

@@ -18,7 +18,7 @@ import numpy as np
 
 from studies.common import (SCORES, anomaly_kind, markdown_table, number, paired_over_units, read_record, shown,
                             write_text)
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 
 BASE = 3  # the paper's K: every k is compared with it
 KINDS = (("semantic", "auc", "image AUC, semantic sets"), ("local", "auc", "image AUC, local sets"),
@@ -159,7 +159,8 @@ def study_markdown(records) -> str:
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m studies.ensemble_size.analysis", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="*", default=[], help="grid folders whose evaluated runs are archived first")
     parser.add_argument("--study", default="studies/ensemble_size", help="the study's folder (records/, study.md)")
     args = parser.parse_args(argv)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from studies.common import (anomaly_kind, confirming_runs, markdown_table, number, over_units, read_record, shown,
                             unit, write_text)
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 
 MAPS = ("l2", "l1", "ssim", "l2_ssim")  # as in maps.py, which this analysis does not import (it reads records)
 NEW = MAPS[1:]
@@ -137,7 +137,8 @@ def study_markdown(records) -> str:
 
 @cli
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m studies.error_map.analysis", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="*", default=[], help="grid folders whose evaluated runs are archived first")
     parser.add_argument("--study", default=str(Path(__file__).parent), help="the study folder (records/, study.md)")
     args = parser.parse_args(argv)

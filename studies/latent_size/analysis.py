@@ -20,7 +20,7 @@ from scipy import stats
 
 from studies.common import (anomaly_kind, confirming_runs, markdown_table, mean_interval, number, paired_over_units,
                             read_record, shown, training_set, write_text)
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 
 BASE = 16  # the published latent size
 SCORES = ("rec", "unc", "dsu", "rec_z_top1", "dsu_z_top1")
@@ -190,7 +190,8 @@ def study_markdown(records) -> str:
 
 @cli
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m studies.latent_size.analysis", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="*", default=[], help="grid folders whose evaluated runs are archived first")
     parser.add_argument("--study", default=str(Path(__file__).parent), help="the study folder (records/, study.md)")
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ import numpy as np
 
 from studies.common import (SCORES, anomaly_kind, markdown_table, paired_over_units, rar_results, read_record,
                             shown, write_text)
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 
 
 def diagnostics_of(results) -> dict:
@@ -93,7 +93,8 @@ def length_markdown(records, rar_records) -> str:
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m studies.length.analysis", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", help="the grid folder whose evaluated runs are archived first (runs/length)")
     parser.add_argument("--study", default="studies/length", help="the study's folder: records/ and study.md")
     parser.add_argument("--rar-records", default="studies/rar/records", help="the RAR study's records (30 epochs)")

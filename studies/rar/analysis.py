@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from studies.common import (KINDS, SCORES, anomaly_kind, interval_text, markdown_table, number,  # noqa: E402
                             paired_over_units, read_record, write_text)
-from utils.errors import UserError, cli  # noqa: E402
+from utils.errors import ArgumentParser, UserError, cli  # noqa: E402
 
 PRECISE_BN = " + precise BN"
 PUBLISHED, PLAIN = "published (linear_cka, Lambda 1)", "Lambda 0 (plain ensemble)"
@@ -467,7 +467,8 @@ def rank_figure(entries, path) -> None:
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m studies.rar.analysis", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=["runs/rar_screen", "runs/rar_confirm"],
                         help="grid folders whose runs are archived (missing ones are skipped)")
     parser.add_argument("--study", default="studies/rar", help="the study's folder: records/ and study.md")

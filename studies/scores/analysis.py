@@ -25,7 +25,7 @@ import numpy as np
 
 from studies.common import (SCORES, anomaly_kind, markdown_table, over_units, paired_over_units, rar_results,
                             read_record, shown, unit, write_text)
-from utils.errors import UserError, cli
+from utils.errors import ArgumentParser, UserError, cli
 
 # the score names and forms of the records (utils/method/scores.py at commit 81a2410)
 FORMS = ("linear q0", "linear q0.1", "linear q0.5", "log q0", "log q0.1", "log q0.5")
@@ -229,7 +229,8 @@ def network_sections(records, rar_records, fixed_form, heading) -> list:
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m studies.scores.analysis", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", default="studies/scores", help="the study's folder: records/ and study.md")
     parser.add_argument("--rar-records", default="studies/rar/records", help="the RAR study's records, for table f")
     parser.add_argument("--form", choices=FORMS, help="use this form instead of choosing one on seed 1")
