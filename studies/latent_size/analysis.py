@@ -106,6 +106,8 @@ def correlation(by_unit, quantity) -> dict | None:
     if not rhos:
         return None
     mean, low, high = mean_interval(rhos)
+    if low is not None:  # a mean of correlations lies in [-1, 1], and so does the interval that may hold it
+        low, high = max(low, -1.0), min(high, 1.0)
     return {"mean": mean, "low": low, "high": high, "n": len(rhos)}
 
 

@@ -66,3 +66,11 @@ def test_label_free_quantities_of_the_calibration_scores():
     assert quantities["rec_mean"] == 2.0 and quantities["rec_std"] == 1.0 and quantities["rec_cv"] == 0.5
     assert quantities["unc_mean"] == 0.5 and quantities["dsu_mean"] == pytest.approx(0.2)
     assert quantities["images"] == 3
+
+
+def test_a_mean_rank_correlations_interval_stays_within_minus_one_and_one():
+    rising = {4: ({"q": 1.0}, 0.1), 8: ({"q": 2.0}, 0.2), 16: ({"q": 3.0}, 0.3)}
+    falling = {ls: ({"q": q["q"]}, 1.0 - m) for ls, (q, m) in rising.items()}
+    rho = study.correlation({("a", 1): rising, ("b", 1): falling, ("c", 1): rising}, "q")  # rhos +1, -1, +1
+    assert rho["mean"] == pytest.approx(1 / 3) and rho["n"] == 3
+    assert rho["low"] == -1.0 and rho["high"] == 1.0  # the t interval alone reaches about -2.5 and +3.2
