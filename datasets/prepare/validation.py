@@ -66,7 +66,7 @@ def make_validation(directory, count, seed=0) -> tuple[Path, Path]:
 @cli
 def main(argv=None) -> None:
     parser = ArgumentParser(prog="python -m datasets.prepare validation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="a data set folder in the Med-AD layout, e.g. ./Med-AD/RSNA")
     parser.add_argument("--count", type=int, required=True, help="test images kept apart, half of them abnormal")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
