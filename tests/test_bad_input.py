@@ -126,7 +126,8 @@ def test_foreign_checkpoint_is_refused(tmp_path):
 @pytest.mark.parametrize("command, prog", [
     ("train", "train.py"), ("eval", "eval.py"), ("predict", "predict.py"), ("sweep", "sweep.py"),
     ("check_gpu", "check_gpu.py"), ("datasets.check", "python -m datasets.check"),
-    ("datasets.prepare.__main__", "python -m datasets.prepare"), ("datasets.prepare.demo", "python -m datasets.prepare.demo"),
+    ("datasets.prepare.__main__", "python -m datasets.prepare"),
+    ("datasets.prepare.demo", "python -m datasets.prepare.demo"),
     ("datasets.prepare.fashion_mnist", "python -m datasets.prepare.fashion_mnist"),
     ("datasets.prepare.validation", "python -m datasets.prepare validation"),
     ("studies.latent_size.analysis", "python -m studies.latent_size.analysis"),

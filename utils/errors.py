@@ -20,13 +20,18 @@ class Interrupted(Exception):
 EXIT_USER_ERROR = 2
 
 
+def refuse(message):
+    """End the command with one line, "error: <message>", and exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line, "error: <what> (see <prog> --help)", and exit code 2, like every
     other user error (argparse itself prints the whole usage first)."""
 
     def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        refuse(f"{message} (see {self.prog} --help)")
 
 
 def closest(name, valid):
@@ -58,8 +63,7 @@ def cli(main):
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            refuse(err)
         except Interrupted as err:
             print(err, file=sys.stderr)
             sys.exit(err.exit_code)

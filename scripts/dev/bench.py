@@ -41,7 +41,7 @@ import train  # noqa: E402
 from datasets.prepare.demo import LESIONS, make_image  # noqa: E402
 from models import to_model_input  # noqa: E402
 from utils import seeding  # noqa: E402
-from utils.errors import cli  # noqa: E402
+from utils.errors import ArgumentParser, cli  # noqa: E402
 from utils.method.dsu import SCORES, image_scores, score_dataset, score_maps  # noqa: E402
 from utils.report.metrics import image_metrics  # noqa: E402
 from utils.run import config  # noqa: E402
@@ -51,7 +51,7 @@ FULL_EPOCHS = 250  # a published run trains every learner this long
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     parser.add_argument("--n-train", type=int, default=3851)
     parser.add_argument("--n-test", type=int, default=2000, help="half normal, half abnormal")

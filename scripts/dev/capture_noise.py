@@ -35,7 +35,7 @@ import models  # noqa: E402
 import train  # noqa: E402
 from datasets.medad import load_images, read_split  # noqa: E402
 from datasets.prepare.demo import make_demo  # noqa: E402
-from utils.errors import cli  # noqa: E402
+from utils.errors import ArgumentParser, cli  # noqa: E402
 from utils.method.rar import features_of  # noqa: E402
 from utils.run import config, cuda_graph  # noqa: E402
 from utils.run.optimizer import adam  # noqa: E402
@@ -43,7 +43,7 @@ from utils.run.runtime import pick_device  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--networks", nargs="+", default=list(models.MODELS), choices=list(models.MODELS))
     parser.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 1.0], help="Solver.Lambda values")

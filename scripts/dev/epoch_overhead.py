@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 import train  # noqa: E402
-from utils.errors import cli  # noqa: E402
+from utils.errors import ArgumentParser, cli  # noqa: E402
 from utils.method import batchnorm, feature_shape  # noqa: E402
 from utils.run import checkpoint, config  # noqa: E402
 from utils.run.runtime import RunLog, pick_device  # noqa: E402
@@ -116,7 +116,7 @@ def measure(cfg_path, device, epochs=None):
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--configs", nargs="*", default=sorted(str(p) for p in Path("cfgs").glob("*.yaml")))
     parser.add_argument("--epochs", type=int, help="epochs per learner (default: twice the probe's interval, >= 4)")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 
 import predict  # noqa: E402
 from datasets.medad import dataset_dir, read_split  # noqa: E402
-from utils.errors import cli  # noqa: E402
+from utils.errors import ArgumentParser, cli  # noqa: E402
 from utils.run.checkpoint import load_run  # noqa: E402
 from utils.run.runtime import pick_device  # noqa: E402
 
@@ -189,7 +189,7 @@ def _save(fig, path, dpi=DPI, palette=False):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder written by train.py")
     parser.add_argument("--out", default="images", help="folder for the PNGs (default: images)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
